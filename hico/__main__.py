@@ -1,0 +1,155 @@
+"""The command line: python -m hico {synth, train, embed, eval, predict} ...
+
+Each command is a thin call into the package; a user error prints one sentence and exits 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from hico.errors import HiCoError
+from hico.paths import hico_home
+
+log = logging.getLogger("hico")
+
+
+def cmd_synth(args) -> None:
+    from hico.synth import write_dataset
+
+    out = write_dataset(args.out_dir, clips=args.clips, frames=args.frames, size=args.size, seed=args.seed)
+    print(f"synthetic dataset in {out}")
+
+
+def cmd_train(args) -> None:
+    from hico import config as config_mod
+    from hico.train import train
+
+    if args.resume:
+        run_dir = Path(args.resume).expanduser()
+        if args.config:
+            raise HiCoError("Give either --config or --resume: a resumed run keeps the config in its folder.")
+        cfg = config_mod.load(run_dir / "config.yaml", args.overrides)
+    else:
+        if not args.config:
+            raise HiCoError("train needs --config FILE (for example configs/tiny.yaml) or --resume RUN_DIR.")
+        cfg = config_mod.load(args.config, args.overrides)
+        name = f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
+        run_dir = Path(args.run_dir).expanduser() if args.run_dir else hico_home() / "runs" / name
+    print(f"run folder: {run_dir}", file=sys.stderr)
+    summary = train(cfg, run_dir, resume=bool(args.resume))
+    final = summary["final"]
+    print(f"{summary['state']} at step {summary['step']}/{summary['total_steps']} "
+          f"(epoch {summary['epochs']:.2f}) in {summary['elapsed_s']:.1f} s, "
+          f"{summary['images_per_s']:.1f} images/s; loss {final.get('total', float('nan')):.4f}")
+    if summary["best_step"] is not None:
+        print(f"best held-out contrastive loss {summary['best_val_contrastive']:.4f} at step {summary['best_step']}")
+    print(f"run folder: {run_dir}")
+
+
+def cmd_embed(args) -> None:
+    from hico.embed import embed_dataset
+
+    table, path = embed_dataset(args.run_dir, args.data_dir, out=args.out, checkpoint=args.checkpoint,
+                                device=args.device, reuse=not args.out)
+    print(f"{len(table)} frames of {table['video_id'].nunique()} clips -> {path}")
+
+
+def cmd_eval(args) -> None:
+    import pandas as pd
+
+    from hico.evaluate import evaluate_run
+
+    results, path = evaluate_run(args.run_dir, args.data_dir, folds=args.folds, k=args.k, seed=args.seed,
+                                 device=args.device)
+    with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):
+        print(results.to_string(index=False))
+    print(f"results -> {path}")
+
+
+def cmd_predict(args) -> None:
+    import pandas as pd
+
+    from hico.predict import predict_clip
+
+    pred = predict_clip(args.run_dir, args.clip, device=args.device, max_frames=args.max_frames)
+    table = pred.frame_table()
+    with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160,
+                           "display.max_rows", 40):
+        print(table.to_string(index=False) if len(table) <= 40 else table)
+    print("clip: " + "  ".join(f"{c} {p:.3f}" for c, p in zip(pred.classes, pred.clip_probs)))
+    print(f"prediction: {pred.label}")
+    if args.out:
+        out = Path(args.out).expanduser()
+        out.mkdir(parents=True, exist_ok=True)
+        table.to_csv(out / "frames.csv", index=False)
+        clip = {"clip": str(pred.path), "prediction": pred.label,
+                "probabilities": dict(zip(pred.classes, map(float, pred.clip_probs)))}
+        (out / "clip.json").write_text(json.dumps(clip, indent=2))
+        print(f"results -> {out}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m hico", description="HiCo: hierarchical contrastive "
+                                     "pretraining of ultrasound video models.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log debugging detail")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("synth", help="write a labelled synthetic ultrasound dataset of mp4 clips")
+    p.add_argument("out_dir")
+    p.add_argument("--clips", type=int, default=200, help="number of clips (spread over the classes)")
+    p.add_argument("--frames", type=int, default=16, help="frames per clip")
+    p.add_argument("--size", type=int, default=128, help="frame side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("train", help="pretrain HiCo and write a run folder")
+    p.add_argument("--config", help="YAML config (configs/tiny.yaml, demo.yaml, paper.yaml)")
+    p.add_argument("--run-dir", help="where the run goes (default $HICO_HOME/runs/<config>-<time>)")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a stopped run from its last checkpoint")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.batch_size=8")
+    p.set_defaults(func=cmd_train)
+
+    for name, help_text, func in (("embed", "write per-frame embeddings of every level to Parquet", cmd_embed),
+                                  ("eval", "linear-probe and kNN accuracy per level, split by video", cmd_eval)):
+        p = sub.add_parser(name, help=help_text)
+        p.add_argument("run_dir")
+        p.add_argument("data_dir")
+        p.add_argument("--device", default="auto")
+        if name == "embed":
+            p.add_argument("--out", help="Parquet file (default: in RUN_DIR/embeddings)")
+            p.add_argument("--checkpoint", default="auto", choices=("auto", "best", "last"))
+        else:
+            p.add_argument("--folds", type=int, default=5, help="video-level folds (at most)")
+            p.add_argument("--k", type=int, default=10, help="neighbours for kNN")
+            p.add_argument("--seed", type=int, default=0)
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("predict", help="per-frame and clip-level class probabilities for a clip")
+    p.add_argument("run_dir")
+    p.add_argument("clip", help="video file, DICOM file, image or frame folder")
+    p.add_argument("--out", help="folder for frames.csv and clip.json")
+    p.add_argument("--max-frames", type=int, default=None, help="evenly spaced frames to keep from a long clip")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
+                        stream=sys.stderr)
+    try:
+        args.func(args)
+    except HiCoError as exc:
+        print(f"hico {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

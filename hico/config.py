@@ -1,0 +1,269 @@
+"""Typed run configuration: dataclasses, YAML load/save, dotted key=value overrides, validation.
+
+A config has the sections `data`, `model`, `loss`, `train` and the top-level `device`.
+Every value a user can set is a field below; an unknown key is an error that names it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from hico.errors import HiCoError
+
+LEVEL_NAMES = ("P2", "P3", "P4", "P5")
+
+
+@dataclass
+class DataConfig:
+    root: str = ""  # dataset folder or CSV manifest (path,label[,split])
+    size: int = 224  # input pixels (square)
+    label_fraction: float = 1.0  # share of videos that keep their label
+    val_fraction: float = 0.2  # share of videos held out to pick the best checkpoint
+    frame_folders: bool = True  # a folder of images is one video (US-4); False: each image is a clip
+    max_frames: int = 0  # frames kept per clip in the cache (evenly spaced); 0 keeps all
+    cache_dir: str = ""  # decoded-frame cache; "" means $HICO_HOME/cache
+    crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
+    crop_ratio: list[float] = field(default_factory=lambda: [0.8, 1.25])
+    flip: float = 0.5
+    brightness: float = 0.8
+    contrast: float = 0.8
+    saturation: float = 0.8
+    hue: float = 0.2
+    mixup_alpha: float = 0.5  # frame mixup lambda ~ Beta(alpha, alpha)
+
+
+@dataclass
+class ModelConfig:
+    backbone: str = "resnet18"  # resnet18 | resnet50
+    heads: str = "pooled"  # pooled | flatten
+    levels: list[str] = field(default_factory=lambda: ["P2", "P3", "P5"])  # local, medium, global
+    fpn_dim: int = 256
+    hidden_dim: int = 256
+    proj_dim: int = 256
+    weights: str = ""  # optional safetensors file to start the backbone from
+
+
+@dataclass
+class LossConfig:
+    mode: str = "hico"  # hico | simclr | peer | supervised
+    temperature: float = 0.5
+    peer_weight: float = 0.5
+    cross_weight: float = 0.5
+    sup_weight: float = 0.2
+    label_smoothing: float = 0.2
+    cross_pairing: str = "same_view"  # same_view (the code) | cross_view (the paper's figure)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 32  # videos per step; each gives two views
+    epochs: int = 300
+    max_steps: int = 0  # 0: epochs decide
+    lr: float = 3e-4
+    weight_decay: float = 1e-4
+    warmup: str = "constant"  # constant (the code) | linear
+    warmup_epochs: float = 10.0
+    seed: int = 0
+    log_every: int = 10  # steps between metrics.jsonl lines
+    val_every: int = 1  # epochs between held-out evaluations (0: never)
+    checkpoint_every: int = 0  # steps between `last` checkpoints; 0: once per epoch
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+CHOICES = {
+    "model.backbone": ("resnet18", "resnet50"),
+    "model.heads": ("pooled", "flatten"),
+    "loss.mode": ("hico", "simclr", "peer", "supervised"),
+    "loss.cross_pairing": ("same_view", "cross_view"),
+    "train.warmup": ("constant", "linear"),
+}
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Return `value` as the type `hint` asks for, or raise HiCoError naming `key`."""
+    origin = typing.get_origin(hint)
+    if origin is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, (list, tuple)):
+            raise HiCoError(f"Config key {key} must be a list, got {value!r}.")
+        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        raise HiCoError(f"Config key {key} must be true or false, got {value!r}.")
+    if hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        raise HiCoError(f"Config key {key} must be a whole number, got {value!r}.")
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise HiCoError(f"Config key {key} must be a number, got {value!r}.")
+    if hint is str:
+        if value is None:
+            return ""
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise HiCoError(f"Config key {key} must be text, got {value!r}.")
+    raise TypeError(f"unsupported config type {hint!r} for {key}")
+
+
+def _fill(obj: Any, values: dict[str, Any], prefix: str) -> None:
+    hints = typing.get_type_hints(type(obj))
+    names = {f.name for f in dataclasses.fields(obj)}
+    for name, value in values.items():
+        key = f"{prefix}{name}"
+        if name not in names:
+            known = ", ".join(sorted(names))
+            raise HiCoError(f"Unknown config key {key} (known keys here: {known}).")
+        current = getattr(obj, name)
+        if dataclasses.is_dataclass(current):
+            if not isinstance(value, dict):
+                raise HiCoError(f"Config section {key} must be a mapping of keys to values.")
+            _fill(current, value, f"{key}.")
+        else:
+            setattr(obj, name, _coerce(key, value, hints[name]))
+
+
+def from_dict(values: dict[str, Any] | None) -> Config:
+    """Build and validate a Config from nested dicts (as read from YAML)."""
+    cfg = Config()
+    _fill(cfg, values or {}, "")
+    validate(cfg)
+    return cfg
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """Split `section.key=value` into its dotted path and a YAML-parsed value."""
+    if "=" not in text:
+        raise HiCoError(f"Override {text!r} must look like section.key=value.")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of nested `values` with each `a.b=value` override set."""
+    out = yaml.safe_load(yaml.safe_dump(values)) or {}
+    for text in overrides:
+        path, value = parse_override(text)
+        node = out
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise HiCoError(f"Override {text!r}: {part} is not a config section.")
+        node[path[-1]] = value
+    return out
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise HiCoError(f"Config file {path} does not exist.")
+    try:
+        values = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark else ""
+        raise HiCoError(f"Config file {path} is not valid YAML{where}.") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise HiCoError(f"Config file {path} must hold a mapping of sections, not {type(values).__name__}.")
+    return values
+
+
+def load(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config (or start from the defaults), apply overrides, validate."""
+    values = read_yaml(path) if path else {}
+    return from_dict(apply_overrides(values, overrides or []))
+
+
+def save(cfg: Config, path: str | Path) -> None:
+    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def validate(cfg: Config) -> None:
+    """Check ranges and choices; raise HiCoError naming the first bad key."""
+    for key, allowed in CHOICES.items():
+        section, name = key.split(".")
+        value = getattr(getattr(cfg, section), name)
+        if value not in allowed:
+            raise HiCoError(f"Config key {key} must be one of {', '.join(allowed)}, got {value!r}.")
+    d, m, lo, t = cfg.data, cfg.model, cfg.loss, cfg.train
+    checks = [
+        ("data.size", d.size >= 32, "at least 32 pixels"),
+        ("data.label_fraction", 0.0 <= d.label_fraction <= 1.0, "between 0 and 1"),
+        ("data.val_fraction", 0.0 <= d.val_fraction < 1.0, "at least 0 and below 1"),
+        ("data.max_frames", d.max_frames >= 0, "0 (all) or more"),
+        ("data.crop_scale", len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1, "[min, max] within (0, 1]"),
+        ("data.crop_ratio", len(d.crop_ratio) == 2 and 0 < d.crop_ratio[0] <= d.crop_ratio[1], "[min, max] above 0"),
+        ("data.flip", 0.0 <= d.flip <= 1.0, "a probability between 0 and 1"),
+        ("data.brightness", 0.0 <= d.brightness <= 1.0, "between 0 and 1"),
+        ("data.contrast", 0.0 <= d.contrast <= 1.0, "between 0 and 1"),
+        ("data.saturation", 0.0 <= d.saturation <= 1.0, "between 0 and 1"),
+        ("data.hue", 0.0 <= d.hue <= 0.5, "between 0 and 0.5"),
+        ("data.mixup_alpha", d.mixup_alpha > 0, "above 0"),
+        ("model.levels", len(m.levels) == 3 and all(v in LEVEL_NAMES for v in m.levels)
+         and m.levels == sorted(set(m.levels)), "three of P2, P3, P4, P5 from fine to coarse (local, medium, global)"),
+        ("model.fpn_dim", m.fpn_dim >= 1, "at least 1"),
+        ("model.hidden_dim", m.hidden_dim >= 1, "at least 1"),
+        ("model.proj_dim", m.proj_dim >= 1, "at least 1"),
+        ("loss.temperature", lo.temperature > 0, "above 0"),
+        ("loss.peer_weight", lo.peer_weight >= 0, "0 or more"),
+        ("loss.cross_weight", lo.cross_weight >= 0, "0 or more"),
+        ("loss.sup_weight", lo.sup_weight >= 0, "0 or more"),
+        ("loss.label_smoothing", 0.0 <= lo.label_smoothing < 1.0, "at least 0 and below 1"),
+        ("train.batch_size", t.batch_size >= 1, "at least 1"),
+        ("train.epochs", t.epochs >= 1, "at least 1"),
+        ("train.max_steps", t.max_steps >= 0, "0 (epochs decide) or more"),
+        ("train.lr", t.lr > 0, "above 0"),
+        ("train.weight_decay", t.weight_decay >= 0, "0 or more"),
+        ("train.warmup_epochs", t.warmup_epochs >= 0, "0 or more"),
+        ("train.log_every", t.log_every >= 1, "at least 1"),
+        ("train.val_every", t.val_every >= 0, "0 (never) or more"),
+        ("train.checkpoint_every", t.checkpoint_every >= 0, "0 (each epoch) or more"),
+    ]
+    for key, ok, want in checks:
+        if not ok:
+            section, name = key.split(".")
+            value = getattr(getattr(cfg, section), name)
+            raise HiCoError(f"Config key {key} must be {want}, got {value!r}.")
+    if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
+        raise HiCoError(f"Config key device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}.")
+
+
+def keys() -> list[tuple[str, Any]]:
+    """Every config key with its default, in order, for docs and forms."""
+    out = []
+    for section in dataclasses.fields(Config):
+        default = getattr(Config(), section.name)
+        if dataclasses.is_dataclass(default):
+            for f in dataclasses.fields(default):
+                out.append((f"{section.name}.{f.name}", getattr(default, f.name)))
+        else:
+            out.append((section.name, default))
+    return out
+

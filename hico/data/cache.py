@@ -1,0 +1,122 @@
+"""The decoded-frame cache: every clip decoded once, resized to the training size, kept as uint8.
+
+On disk: one `.npy` per clip (T x C x S x S uint8) under `<cache_dir>/<S>px/`, named by a hash of
+the clip's path, modification time, byte size and the frame limit, so an edited clip is decoded
+again. In memory: one packed tensor of all frames with per-clip offsets, which can live on the
+GPU so that batches are gathered there without touching the host.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from hico.errors import HiCoError
+from hico.io import read_clip
+from hico.paths import hico_home
+
+CACHE_VERSION = 1
+
+
+def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
+    """T x H x W x C uint8 -> T x C x size x size uint8 (antialiased bilinear, aspect not kept,
+    as the published pipeline resizes to a square)."""
+    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+    if x.shape[-2:] != (size, size):
+        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
+        x = x.round_().clamp_(0, 255).to(torch.uint8)
+    return x.contiguous().numpy()
+
+
+def _fingerprint(path: Path) -> str:
+    if path.is_dir():
+        stats = [p.stat() for p in sorted(path.iterdir()) if p.is_file()]
+        mtime, size = max((s.st_mtime_ns for s in stats), default=0), sum(s.st_size for s in stats)
+    else:
+        st = path.stat()
+        mtime, size = st.st_mtime_ns, st.st_size
+    return f"{path.resolve()}|{mtime}|{size}"
+
+
+def cache_path(cache_dir: Path, clip_path: Path, size: int, max_frames: int) -> Path:
+    key = f"v{CACHE_VERSION}|{_fingerprint(clip_path)}|{size}|{max_frames}"
+    return cache_dir / f"{size}px" / (hashlib.sha1(key.encode()).hexdigest() + ".npy")
+
+
+def load_clip_frames(clip_path: Path, size: int, max_frames: int = 0, cache_dir: Path | None = None) -> np.ndarray:
+    """A clip's frames as T x C x size x size uint8, from the disk cache or decoded and stored."""
+    cache_dir = Path(cache_dir) if cache_dir else hico_home() / "cache"
+    target = cache_path(cache_dir, clip_path, size, max_frames)
+    if target.is_file():
+        try:
+            return np.load(target, allow_pickle=False)
+        except (OSError, ValueError):
+            target.unlink(missing_ok=True)  # a torn write from a killed process: decode again
+    frames = resize_frames(read_clip(clip_path, max_frames=max_frames or None), size)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    with open(tmp, "wb") as fh:
+        np.save(fh, frames, allow_pickle=False)
+    os.replace(tmp, target)
+    return frames
+
+
+@dataclass
+class FrameCache:
+    """All frames of a list of clips, packed.
+
+    frames:  N x C x S x S uint8, C = 1 when every clip is gray, else 3 (gray clips replicated)
+    offsets: V int64 (numpy, on the host), index of each clip's first frame
+    lengths: V int64 (numpy, on the host), frames per clip
+    Only `frames` moves to a device; indices stay on the host so sampling never syncs.
+    """
+
+    frames: torch.Tensor
+    offsets: np.ndarray
+    lengths: np.ndarray
+
+    @property
+    def channels(self) -> int:
+        return int(self.frames.shape[1])
+
+    @property
+    def size(self) -> int:
+        return int(self.frames.shape[-1])
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def to(self, device: torch.device | str) -> "FrameCache":
+        device = torch.device(device)
+        frames = self.frames.to(device, non_blocking=True)
+        if device.type == "cpu" and torch.cuda.is_available():
+            frames = frames.pin_memory()
+        return FrameCache(frames, self.offsets, self.lengths)
+
+    def clip(self, i: int) -> torch.Tensor:
+        start = int(self.offsets[i])
+        return self.frames[start:start + int(self.lengths[i])]
+
+
+def build_cache(paths: list[Path], size: int, max_frames: int = 0, cache_dir: Path | None = None,
+                progress: bool = True, desc: str = "decoding clips") -> FrameCache:
+    """Decode (or load) every clip at `size` and pack them; raise HiCoError naming a bad clip."""
+    if not paths:
+        raise HiCoError("There are no clips to decode.")
+    clips = []
+    for path in tqdm(paths, desc=desc, unit="clip", disable=not progress, leave=False):
+        clips.append(load_clip_frames(Path(path), size, max_frames, cache_dir))
+    channels = max(c.shape[1] for c in clips)
+    if channels == 3:
+        clips = [np.repeat(c, 3, axis=1) if c.shape[1] == 1 else c for c in clips]
+    lengths = np.array([c.shape[0] for c in clips], dtype=np.int64)
+    offsets = np.cumsum(lengths) - lengths
+    frames = torch.from_numpy(np.concatenate(clips, axis=0))
+    return FrameCache(frames, offsets, lengths)

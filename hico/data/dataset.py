@@ -1,0 +1,124 @@
+"""Finding the clips of a dataset and their labels: class folders or a CSV manifest.
+
+Layouts (README, "Data layouts"):
+    root/<class>/<clip>           a clip under a first-level folder takes that folder's name as label
+    root/<clip>                   a clip directly under the root is unlabelled
+    manifest.csv                  path,label[,split] rows; paths relative to the CSV's folder
+A clip is a video file, a DICOM file, a still image, or a folder of frames (one video).
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+from hico.errors import HiCoError
+from hico.io import clip_kind
+from hico.paths import expand_path
+
+SPLITS = ("train", "val", "test")
+
+
+@dataclass(frozen=True)
+class Clip:
+    """One video of the dataset. `label` is a class name or None; `split` a manifest's split or None."""
+
+    video_id: str
+    path: Path
+    label: str | None = None
+    split: str | None = None
+
+
+@dataclass
+class Dataset:
+    """The clips of a dataset root, in a stable order, and the sorted class names."""
+
+    root: Path
+    clips: list[Clip]
+    classes: list[str]
+
+    def label_index(self, clip: Clip) -> int:
+        return self.classes.index(clip.label) if clip.label is not None else -1
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+
+def find_clips(root: str | Path, frame_folders: bool = True) -> Dataset:
+    """Discover every clip under a folder, or read a CSV manifest; raise HiCoError if there is none."""
+    if not str(root).strip():
+        raise HiCoError("No dataset given: set data.root to a dataset folder or a CSV manifest.")
+    root = expand_path(root)
+    if str(root) == ".":
+        raise HiCoError("No dataset given: set data.root to a dataset folder or a CSV manifest.")
+    if not root.exists():
+        raise HiCoError(f"Dataset {root} does not exist.")
+    if root.is_file():
+        if root.suffix.lower() == ".csv":
+            clips = _read_manifest(root)
+        elif clip_kind(root):
+            clips = [Clip(root.stem, root)]
+        else:
+            raise HiCoError(f"Dataset {root} is neither a folder, a CSV manifest nor a clip.")
+    else:
+        clips = _scan_folder(root, frame_folders)
+    if not clips:
+        raise HiCoError(f"Dataset folder {root} holds no clips (videos, DICOM files, images or frame folders).")
+    classes = sorted({c.label for c in clips if c.label is not None})
+    return Dataset(root, clips, classes)
+
+
+def _scan_folder(root: Path, frame_folders: bool) -> list[Clip]:
+    clips = []
+    for path in _walk(root, frame_folders):
+        rel = path.relative_to(root)
+        label = rel.parts[0] if len(rel.parts) >= 2 else None
+        vid = rel.with_suffix("").as_posix() if path.is_file() else rel.as_posix()
+        clips.append(Clip(vid, path, label))
+    return clips
+
+
+def _walk(folder: Path, frame_folders: bool):
+    """Yield clip paths below `folder` in sorted order; a frame folder is yielded whole."""
+    try:
+        entries = sorted(folder.iterdir(), key=lambda p: p.name)
+    except PermissionError:
+        raise HiCoError(f"Folder {folder} cannot be read (permission denied).") from None
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        if entry.is_dir():
+            if frame_folders and clip_kind(entry) == "frames":
+                yield entry
+            else:
+                yield from _walk(entry, frame_folders)
+        elif clip_kind(entry) in ("video", "dicom", "image"):
+            yield entry
+
+
+def _read_manifest(path: Path) -> list[Clip]:
+    with path.open(newline="") as fh:
+        reader = csv.DictReader(fh)
+        fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+        if "path" not in fields:
+            raise HiCoError(f"Manifest {path} needs a header row with a path column (path,label[,split]).")
+        clips, seen = [], set()
+        for line, row in enumerate(reader, start=2):
+            row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
+            if not row.get("path"):
+                raise HiCoError(f"Manifest {path} line {line} has no path.")
+            clip_path = Path(row["path"]).expanduser()
+            if not clip_path.is_absolute():
+                clip_path = path.parent / clip_path
+            if not clip_path.exists():
+                raise HiCoError(f"Manifest {path} line {line}: clip {clip_path} does not exist.")
+            split = row.get("split") or None
+            if split is not None and split not in SPLITS:
+                raise HiCoError(f"Manifest {path} line {line}: split must be train, val or test, got {split!r}.")
+            vid = Path(row["path"]).with_suffix("").as_posix() if clip_path.is_file() else Path(row["path"]).as_posix()
+            if vid in seen:
+                raise HiCoError(f"Manifest {path} line {line}: clip {row['path']} is listed twice.")
+            seen.add(vid)
+            clips.append(Clip(vid, clip_path, row.get("label") or None, split))
+    return clips

@@ -1,0 +1,55 @@
+"""Splits by video, never by frame, and the labelled share of the semi-supervised setting.
+
+Both are pure functions of the clip list and a seed, so a resumed run, `hico embed` and the
+app see the same assignment as the run that was trained.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+
+from hico.data.dataset import Dataset
+
+
+def _by_class(dataset: Dataset, indices) -> dict:
+    groups = defaultdict(list)
+    for i in indices:
+        groups[dataset.clips[i].label].append(i)
+    return groups
+
+
+def assign_splits(dataset: Dataset, val_fraction: float, seed: int) -> list[str]:
+    """One of train, val, test per clip.
+
+    A manifest's split column wins. Otherwise `val_fraction` of the videos of each class
+    (unlabelled videos form a group of their own) go to val, chosen with `seed`; at least one
+    video always stays in train.
+    """
+    splits = [c.split or "" for c in dataset.clips]
+    free = [i for i, s in enumerate(splits) if not s]
+    rng = np.random.default_rng([seed, 17])
+    for label, members in sorted(_by_class(dataset, free).items(), key=lambda kv: str(kv[0])):
+        members = list(rng.permutation(members))
+        n_val = int(round(val_fraction * len(members)))
+        for j, i in enumerate(members):
+            splits[i] = "val" if j < n_val else "train"
+    if splits and "train" not in splits:
+        splits[int(np.argmax([s == "val" for s in splits]))] = "train"
+    return splits
+
+
+def labelled_mask(dataset: Dataset, label_fraction: float, seed: int) -> list[bool]:
+    """Which clips keep their label: `label_fraction` of the labelled videos of each class
+    (at least one per class when the fraction is above 0), chosen with `seed`."""
+    keep = [False] * len(dataset.clips)
+    labelled = [i for i, c in enumerate(dataset.clips) if c.label is not None]
+    rng = np.random.default_rng([seed, 29])
+    for label, members in sorted(_by_class(dataset, labelled).items()):
+        n = int(round(label_fraction * len(members)))
+        if label_fraction > 0:
+            n = max(n, 1)
+        for i in rng.permutation(members)[:n]:
+            keep[int(i)] = True
+    return keep

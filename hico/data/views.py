@@ -1,0 +1,64 @@
+"""Positive pairs from videos: three frames, frame mixup around a shared anchor (METHOD.md).
+
+For each video with L frames:
+    L >= 3: distinct frames a, b, c; v1 = lam * aug(a) + (1 - lam) * aug(b), v2 = lam * aug(c) + (1 - lam) * aug(b)
+    L == 2: v1 = aug(a), v2 = aug(b)       (no mixup)
+    L == 1: v1, v2 = two augmentations of the one frame
+with lam ~ Beta(alpha, alpha). All of it runs on whole batches on the cache's device.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from hico.config import DataConfig
+from hico.data.augment import augment, draw_params, normalise, to_unit
+from hico.data.cache import FrameCache
+
+
+def draw_frames(rng: np.random.Generator, lengths: np.ndarray) -> np.ndarray:
+    """Frame indices a, b, c (B x 3) for videos of the given lengths (B).
+
+    Three distinct indices are drawn uniformly without rejection: a from L, b from the L - 1
+    others, c from the L - 2 left. Shorter videos fall back as the module docstring says.
+    """
+    lengths = np.asarray(lengths, dtype=np.int64)
+    u = rng.uniform(0, 1, (len(lengths), 3))
+    a = np.floor(u[:, 0] * lengths).astype(np.int64)
+    b = np.floor(u[:, 1] * np.maximum(lengths - 1, 1)).astype(np.int64)
+    b = b + (b >= a)
+    c = np.floor(u[:, 2] * np.maximum(lengths - 2, 1)).astype(np.int64)
+    lo, hi = np.minimum(a, b), np.maximum(a, b)
+    c = c + (c >= lo)
+    c = c + (c >= hi)
+    two, one = lengths == 2, lengths == 1
+    c = np.where(two, b, c)
+    a, b, c = (np.where(one, 0, v) for v in (a, b, c))
+    return np.stack([a, b, c], axis=1)
+
+
+def sample_views(cache: FrameCache, videos: np.ndarray, rng: np.random.Generator, cfg: DataConfig,
+                 augmented: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two normalised views per video, each B x C x S x S float32 on the cache's device.
+
+    videos: B indices into the cache. `augmented=False` gives the unaugmented views used to
+    score held-out videos (same frames and mixup, no crop, flip or jitter).
+    """
+    videos = np.asarray(videos, dtype=np.int64)
+    lengths = cache.lengths[videos]
+    idx = draw_frames(rng, lengths)
+    lam = rng.beta(cfg.mixup_alpha, cfg.mixup_alpha, len(videos))
+    lam = np.where(lengths >= 3, lam, 1.0).astype(np.float32)
+    params = draw_params(rng, 3 * len(videos), cfg)
+    device = cache.frames.device
+    offsets = cache.offsets[videos]
+    flat = torch.from_numpy((offsets[:, None] + idx).T.reshape(-1)).to(device, non_blocking=True)
+    x = to_unit(cache.frames.index_select(0, flat))  # 3B: all a, then all b, then all c
+    if augmented:
+        x = augment(x, torch.from_numpy(params).to(device, non_blocking=True))
+    x = normalise(x)
+    b = len(videos)
+    fa, fb, fc = x[:b], x[b:2 * b], x[2 * b:]
+    w = torch.from_numpy(lam).to(device, non_blocking=True).view(-1, 1, 1, 1)
+    return w * fa + (1 - w) * fb, w * fc + (1 - w) * fb

@@ -1,0 +1,132 @@
+"""Per-frame embeddings of a dataset at every level, as a pandas table, and 2-D projections.
+
+Table columns (one row per frame):
+    video_id, frame, label (class name or None), path, split (train / val / test, or
+    "external" for a dataset the run was not trained on)
+    backbone          pooled C5 (512 floats for ResNet-18)
+    local, medium, global        pooled FPN maps of the three levels (fpn_dim floats)
+    z_local, z_medium, z_global  the projection-head outputs the loss compares (proj_dim floats)
+Vector columns hold float32 arrays; `level_matrix(table, name)` stacks one into N x d.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from hico.checkpoint import find_checkpoint, load_run, read_sidecar
+from hico.data import assign_splits, build_cache, find_clips
+from hico.data.augment import normalise, to_unit
+from hico.errors import HiCoError
+from hico.paths import expand_path
+from hico.train import resolve_device
+
+log = logging.getLogger(__name__)
+VECTOR_COLUMNS = ("backbone", "local", "medium", "global", "z_local", "z_medium", "z_global")
+LEVEL_COLUMNS = ("local", "medium", "global", "backbone")
+
+
+@torch.no_grad()
+def embed_frames(model, frames: torch.Tensor, device: torch.device, batch_size: int = 64,
+                 progress: bool = False) -> dict[str, np.ndarray]:
+    """frames: N x C x S x S uint8 -> {column: N x d float32} for every vector column (and logits)."""
+    model.eval()
+    chunks: dict[str, list] = {}
+    for start in tqdm(range(0, frames.shape[0], batch_size), desc="embedding", unit="batch",
+                      disable=not progress, leave=False):
+        x = normalise(to_unit(frames[start:start + batch_size].to(device)))
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out = model.embed(x)
+        for key, value in out.items():
+            chunks.setdefault(key, []).append(value.float().cpu().numpy())
+    return {k: np.concatenate(v) for k, v in chunks.items()}
+
+
+def default_output(run_dir: Path, data_dir: Path, checkpoint: str, step: int, max_frames: int) -> Path:
+    key = f"{Path(data_dir).expanduser().resolve()}|{checkpoint}|{step}|{max_frames}"
+    digest = hashlib.sha1(key.encode()).hexdigest()[:10]
+    return Path(run_dir) / "embeddings" / f"{Path(data_dir).stem or 'data'}-{checkpoint}-{digest}.parquet"
+
+
+def embed_dataset(run_dir: str | Path, data_dir: str | Path, out: str | Path | None = None,
+                  checkpoint: str = "auto", device: str = "auto", batch_size: int = 64,
+                  max_frames: int | None = None, reuse: bool = True, progress: bool = True) -> tuple[pd.DataFrame, Path]:
+    """Embed every frame of every clip under data_dir with a run's checkpoint.
+
+    Writes the table as Parquet (to `out`, or a file in RUN_DIR/embeddings named for the data,
+    checkpoint and step) and returns (table, path). With `reuse`, an existing table for the same
+    data, checkpoint and step is read instead of recomputed.
+    """
+    run_dir, data_dir = expand_path(run_dir), expand_path(data_dir)
+    name = find_checkpoint(run_dir, checkpoint)
+    sidecar = read_sidecar(run_dir / "checkpoints", name)
+    frames_cap = sidecar["config"]["data"]["max_frames"] if max_frames is None else max_frames
+    target = Path(out) if out else default_output(run_dir, data_dir, name, sidecar["step"], frames_cap)
+    if reuse and out is None and target.is_file():
+        return load_embeddings(target), target
+    dev = resolve_device(device)
+    cfg, model, sidecar = load_run(run_dir, name, dev)
+    dataset = find_clips(data_dir, cfg.data.frame_folders)
+    same_data = bool(cfg.data.root) and expand_path(cfg.data.root).resolve() == data_dir.resolve()
+    splits = assign_splits(dataset, cfg.data.val_fraction, cfg.train.seed) if same_data else None
+    cache_dir = expand_path(cfg.data.cache_dir) if cfg.data.cache_dir else None
+    cache = build_cache([c.path for c in dataset.clips], cfg.data.size, frames_cap, cache_dir, progress)
+    vectors = embed_frames(model, cache.frames, dev, batch_size, progress)
+    rows = {"video_id": [], "frame": [], "label": [], "path": [], "split": []}
+    for i, clip in enumerate(dataset.clips):
+        n = int(cache.lengths[i])
+        rows["video_id"] += [clip.video_id] * n
+        rows["frame"] += list(range(n))
+        rows["label"] += [clip.label] * n
+        rows["path"] += [str(clip.path)] * n
+        rows["split"] += [(clip.split or (splits[i] if splits else "external"))] * n
+    table = pd.DataFrame(rows)
+    for col in VECTOR_COLUMNS:
+        table[col] = list(vectors[col])
+    table.attrs.update({"checkpoint": name, "step": sidecar["step"]})
+    target.parent.mkdir(parents=True, exist_ok=True)
+    table.to_parquet(target, index=False)
+    log.info("wrote %d frame embeddings to %s", len(table), target)
+    return table, target
+
+
+def load_embeddings(path: str | Path) -> pd.DataFrame:
+    path = Path(path)
+    if not path.is_file():
+        raise HiCoError(f"Embeddings table {path} does not exist.")
+    try:
+        table = pd.read_parquet(path)
+    except Exception as exc:  # pyarrow raises several types for a damaged file
+        raise HiCoError(f"Embeddings table {path} cannot be read ({type(exc).__name__}).") from None
+    return table
+
+
+def level_matrix(table: pd.DataFrame, column: str) -> np.ndarray:
+    """Stack a vector column into an N x d float32 matrix."""
+    if column not in table.columns:
+        raise HiCoError(f"Embeddings table has no column {column!r} (it has {', '.join(table.columns)}).")
+    return np.stack([np.asarray(v, dtype=np.float32) for v in table[column]])
+
+
+def project(x: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
+    """N x d -> N x 2 with PCA (instant) or UMAP (cosine metric; slower, first call compiles)."""
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"project needs an N x d matrix with N >= 2, got shape {x.shape}")
+    if method == "pca":
+        centred = x - x.mean(axis=0)
+        _, _, vt = np.linalg.svd(centred, full_matrices=False)
+        out = centred @ vt[:2].T
+        return np.pad(out, ((0, 0), (0, 2 - out.shape[1]))).astype(np.float32)
+    if method == "umap":
+        import umap  # imported here: it takes seconds and only projections need it
+
+        neighbours = max(2, min(15, x.shape[0] - 1))
+        reducer = umap.UMAP(n_neighbors=neighbours, metric="cosine", random_state=seed, n_jobs=1)
+        return reducer.fit_transform(x).astype(np.float32)
+    raise ValueError(f"method must be pca or umap, got {method!r}")

@@ -1,0 +1,100 @@
+"""Linear-probe and kNN accuracy of each level's frozen embeddings, split by video.
+
+Protocol (METHOD.md, "Evaluation as published"): features standardised, then logistic
+regression and a k-nearest-neighbour classifier (k = 10). Folds are by video: no frame of a
+test video is ever in training. With a manifest `test` split, that split is the test set;
+otherwise stratified group k-fold over the labelled videos. Accuracy is reported per frame and
+per video (the mean of a video's frame probabilities).
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedGroupKFold
+from sklearn.neighbors import KNeighborsClassifier
+from sklearn.preprocessing import StandardScaler
+
+from hico.embed import LEVEL_COLUMNS, embed_dataset, level_matrix
+from hico.errors import HiCoError
+
+log = logging.getLogger(__name__)
+FEATURES = (*LEVEL_COLUMNS, "concat")  # concat = local + medium + global
+
+
+def video_folds(table: pd.DataFrame, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train rows, test rows) pairs with every video wholly on one side."""
+    if "test" in set(table["split"]):
+        test = (table["split"] == "test").to_numpy()
+        return [(np.flatnonzero(~test), np.flatnonzero(test))]
+    per_class = table.groupby("label")["video_id"].nunique()
+    if len(per_class) < 2:
+        raise HiCoError("Evaluation needs labelled clips of at least two classes.")
+    n = int(min(folds, per_class.min()))
+    if n < 2:
+        raise HiCoError(f"Evaluation needs at least two labelled videos per class; class {per_class.idxmin()!r} "
+                        f"has {per_class.min()}.")
+    splitter = StratifiedGroupKFold(n_splits=n, shuffle=True, random_state=seed)
+    return list(splitter.split(np.zeros(len(table)), table["label"], groups=table["video_id"]))
+
+
+def _video_accuracy(probs: np.ndarray, classes: np.ndarray, labels: np.ndarray, videos: np.ndarray) -> float:
+    frame = pd.DataFrame(probs, columns=classes)
+    frame["video"] = videos
+    mean = frame.groupby("video").mean()
+    truth = pd.Series(labels, index=videos).groupby(level=0).first().loc[mean.index]
+    return float((mean.idxmax(axis=1).to_numpy() == truth.to_numpy()).mean())
+
+
+def evaluate_embeddings(table: pd.DataFrame, folds: int = 5, k: int = 10, seed: int = 0) -> pd.DataFrame:
+    """One row per feature (local, medium, global, backbone, concat) with mean and std over folds of
+    frame- and video-level accuracy for the linear probe and kNN."""
+    table = table[table["label"].notna()].reset_index(drop=True)
+    if table.empty:
+        raise HiCoError("Evaluation needs labelled clips, and this dataset has none.")
+    splits = video_folds(table, folds, seed)
+    labels, videos = table["label"].to_numpy(), table["video_id"].to_numpy()
+    rows = []
+    for feature in FEATURES:
+        if feature == "concat":
+            x = np.concatenate([level_matrix(table, c) for c in ("local", "medium", "global")], axis=1)
+        else:
+            x = level_matrix(table, feature)
+        scores = {"linear": [], "linear_video": [], "knn": [], "knn_video": []}
+        for train, test in splits:
+            scaler = StandardScaler().fit(x[train])
+            xtr, xte = scaler.transform(x[train]), scaler.transform(x[test])
+            probe = LogisticRegression(max_iter=1000)
+            knn = KNeighborsClassifier(n_neighbors=min(k, len(train)))
+            for name, clf in (("linear", probe), ("knn", knn)):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", ConvergenceWarning)
+                    clf.fit(xtr, labels[train])
+                probs = clf.predict_proba(xte)
+                pred = clf.classes_[probs.argmax(axis=1)]
+                scores[name].append(float((pred == labels[test]).mean()))
+                scores[f"{name}_video"].append(_video_accuracy(probs, clf.classes_, labels[test], videos[test]))
+        row = {"feature": feature, "dim": x.shape[1]}
+        for key, values in scores.items():
+            row[f"{key}_acc"] = float(np.mean(values))
+            row[f"{key}_std"] = float(np.std(values))
+        row.update(folds=len(splits), videos=int(pd.unique(videos).size), frames=len(table))
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def evaluate_run(run_dir: str | Path, data_dir: str | Path, folds: int = 5, k: int = 10, seed: int = 0,
+                 device: str = "auto", progress: bool = True) -> tuple[pd.DataFrame, Path]:
+    """Embed data_dir with the run (reusing a cached table), evaluate every level, and write the
+    results as CSV beside the embeddings table; returns (results, csv path)."""
+    table, table_path = embed_dataset(run_dir, data_dir, device=device, progress=progress)
+    results = evaluate_embeddings(table, folds, k, seed)
+    target = table_path.with_suffix(".eval.csv")
+    results.to_csv(target, index=False)
+    return results, target

@@ -1,0 +1,214 @@
+"""Video files: decode with decord (random access), fall back to PyAV; write H.264 mp4 with PyAV."""
+
+from __future__ import annotations
+
+import functools
+import io
+import logging
+import os
+import uuid
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from hico.errors import HiCoError
+from hico.io.pixels import frame_indices
+from hico.io.reasons import short_reason
+
+log = logging.getLogger(__name__)
+
+CLIP_VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
+
+# A source PyAV can open: a path, or the bytes of a whole stream (e.g. MPEG in DICOM).
+Source = str | bytes
+
+
+def read_video(path: str | os.PathLike, max_frames: int | None = None) -> np.ndarray:
+    """Decode a video file to uint8 RGB frames, shape (T, H, W, 3).
+
+    With `max_frames`, a longer clip gives `max_frames` evenly spaced frames. decord is
+    tried first (it seeks, so only the kept frames are decoded); if it is missing or
+    fails, PyAV decodes the file. Raises HiCoError naming the file when both fail.
+    """
+    path = str(path)
+    try:
+        return _read_with_decord(path, max_frames)
+    except Exception as decord_error:  # decord raises its own types, or ImportError
+        decord_reason = _reason(decord_error)
+        log.debug("decord could not read %s (%s); trying PyAV", path, decord_reason)
+    try:
+        return read_with_pyav(path, max_frames)
+    except Exception as pyav_error:  # FFmpeg errors, no video stream, odd frame sizes
+        raise HiCoError(
+            f"Cannot read clip {path}: decord and PyAV both failed "
+            f"(decord: {decord_reason}; PyAV: {_reason(pyav_error)})."
+        ) from pyav_error
+
+
+def _read_with_decord(path: str, max_frames: int | None) -> np.ndarray:
+    """Decode with decord's VideoReader; (T, H, W, 3) uint8. Raises whatever decord raises."""
+    import decord  # imported lazily: it is optional and slow to import
+
+    reader = decord.VideoReader(path, ctx=decord.cpu(0))
+    indices = frame_indices(len(reader), max_frames)
+    if len(indices) == 0:
+        return np.zeros((0, 0, 0, 3), dtype=np.uint8)
+    batch = reader.get_batch(indices.tolist())
+    # Someone may have switched decord's bridge (e.g. to torch); cope with either output.
+    frames = batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)
+    return np.ascontiguousarray(frames, dtype=np.uint8)
+
+
+def read_with_pyav(source: Source, max_frames: int | None = None) -> np.ndarray:
+    """Decode the first video stream of `source` with PyAV; (T, H, W, 3) uint8 RGB.
+
+    Decodes sequentially and converts only the kept frames. The frame count used for
+    spacing comes from the container, checked against the decoded count; when the
+    header was wrong, the selection is redone with the true count.
+    """
+    if max_frames is None:
+        frames, _ = _decode_pyav(source, None)
+        return frames
+    total = _count_frames(source)
+    frames, decoded = _decode_pyav(source, set(frame_indices(total, max_frames).tolist()))
+    if decoded != total:
+        log.debug("container said %d frames but %d decoded; reselecting", total, decoded)
+        frames, _ = _decode_pyav(source, set(frame_indices(decoded, max_frames).tolist()))
+    return frames
+
+
+def _open(source: Source) -> av.container.InputContainer:
+    return av.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+
+
+def _decode_pyav(source: Source, keep: set[int] | None) -> tuple[np.ndarray, int]:
+    """Frames whose index is in `keep` (all when None) and the number decoded."""
+    frames = []
+    decoded = 0
+    with _open(source) as container:
+        stream = container.streams.video[0]
+        stream.thread_type = "AUTO"
+        for frame in container.decode(stream):
+            if keep is None or decoded in keep:
+                frames.append(frame.to_ndarray(format="rgb24"))
+            decoded += 1
+    if not frames:
+        return np.zeros((0, 0, 0, 3), dtype=np.uint8), decoded
+    return np.stack(frames), decoded
+
+
+def _count_frames(source: Source) -> int:
+    """Frame count from the container header, else by counting packets (no decoding)."""
+    with _open(source) as container:
+        stream = container.streams.video[0]
+        if stream.frames > 0:
+            return stream.frames
+        return sum(1 for packet in container.demux(stream) if packet.size > 0)
+
+
+def read_video_meta(path: str | os.PathLike) -> dict:
+    """Cheap facts about a video file without decoding frames.
+
+    Returns {"kind": "video", "frames": int, "height": int, "width": int,
+    "fps": float | None, "codec": str}. `frames` comes from the container header, or
+    from counting packets where the header has none (mkv, webm).
+    """
+    path = str(path)
+    try:
+        with av.open(path) as container:
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            meta = {
+                "kind": "video",
+                "height": stream.height,
+                "width": stream.width,
+                "fps": float(rate) if rate else None,
+                "codec": stream.codec_context.name,
+            }
+        meta["frames"] = _count_frames(path)
+    except Exception as error:  # FFmpeg errors or no video stream
+        raise HiCoError(f"Cannot read clip {path}: PyAV could not open it ({_reason(error)}).") from error
+    return meta
+
+
+def _reason(error: BaseException) -> str:
+    return "no video stream" if isinstance(error, IndexError) else short_reason(error, 160)
+
+
+@functools.lru_cache(maxsize=1)
+def h264_encoder() -> str:
+    """The encoder write_mp4 uses: libx264 when the PyAV wheel has it (it does as of
+    PyAV 14-18), else any other H.264 encoder, else mpeg4 (MPEG-4 part 2 in mp4:
+    larger files, and browsers may not play it, but every FFmpeg build has it)."""
+    for name in ("libx264", "h264", "libopenh264", "mpeg4"):
+        try:
+            av.codec.Codec(name, "w")
+        except Exception:  # not in this build
+            continue
+        return name
+    raise RuntimeError("this PyAV build has neither an H.264 nor an MPEG-4 encoder")
+
+
+def write_mp4(path: str | os.PathLike, frames: np.ndarray, fps: float = 15.0) -> Path:
+    """Write frames as an H.264 (yuv420p) mp4 that browsers can stream (moov atom first).
+
+    `frames`: uint8 (T, H, W), (T, H, W, 1) gray or (T, H, W, 3) RGB, T >= 1. Odd
+    heights/widths are padded by one replicated edge row/column, since yuv420p needs
+    even sizes. The file is written to a temporary name in the same folder and then
+    renamed, so readers never see half a file. Returns the path written.
+    """
+    frames = _even_frames(_check_frames(frames))
+    if not (np.isfinite(fps) and fps > 0):
+        raise ValueError(f"fps must be a positive number, got {fps!r}")
+    path = Path(path)
+    # A unique name rather than mkstemp: FFmpeg creates it, so it gets the usual
+    # permissions instead of mkstemp's owner-only ones.
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.part")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _encode(str(tmp), frames, Fraction(fps).limit_denominator(1001))
+        os.replace(tmp, path)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)
+        if isinstance(error, OSError) or (isinstance(error, av.FFmpegError) and error.errno):
+            raise HiCoError(f"Cannot write video {path}: {error.strerror or error}.") from error
+        raise
+    return path
+
+
+def _check_frames(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8:
+        raise ValueError(f"write_mp4 needs uint8 frames, got {frames.dtype}")
+    if frames.ndim == 4 and frames.shape[-1] == 1:
+        frames = frames[..., 0]
+    if not (frames.ndim == 3 or (frames.ndim == 4 and frames.shape[-1] == 3)) or len(frames) == 0:
+        raise ValueError(f"write_mp4 needs (T, H, W[, 1|3]) frames with T >= 1, got shape {frames.shape}")
+    return frames
+
+
+def _even_frames(frames: np.ndarray) -> np.ndarray:
+    pad = [(0, 0), (0, frames.shape[1] % 2), (0, frames.shape[2] % 2)] + [(0, 0)] * (frames.ndim - 3)
+    return np.pad(frames, pad, mode="edge") if any(p[1] for p in pad) else frames
+
+
+def _encode(target: str, frames: np.ndarray, rate: Fraction) -> None:
+    encoder = h264_encoder()
+    pixel_format = "gray" if frames.ndim == 3 else "rgb24"
+    with av.open(target, "w", format="mp4", container_options={"movflags": "+faststart"}) as container:
+        stream = container.add_stream(encoder, rate=rate)
+        stream.width, stream.height = frames.shape[2], frames.shape[1]
+        stream.pix_fmt = "yuv420p"
+        if encoder == "mpeg4":
+            stream.bit_rate = int(max(1_000_000, frames.shape[1] * frames.shape[2] * float(rate)))
+        else:
+            # crf 18 keeps speckle visually intact; x264's default (23) smears it.
+            stream.options = {"crf": "18"}
+        for index, array in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format=pixel_format)
+            frame.pts = index
+            frame.time_base = 1 / rate
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))

@@ -1,0 +1,340 @@
+"""The HiCo training loop: data, model, Adam with warm-up and cosine decay, AMP, checkpoints,
+metrics.jsonl, status.json, clean stop and exact resume.
+
+Randomness: the batch order of epoch e comes from a numpy Generator seeded with (seed, e), and
+every random number of step s (frames, mixup, augmentation) from one seeded with (seed, s). A run
+resumed at step k therefore replays steps k+1.. exactly as an uninterrupted run would.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from hico import __version__
+from hico import config as config_mod
+from hico.checkpoint import load_init_weights, load_state, load_weights, read_sidecar, save_checkpoint
+from hico.config import Config
+from hico.data import FrameCache, assign_splits, build_cache, find_clips, labelled_mask, sample_views
+from hico.data.dataset import Dataset
+from hico.errors import HiCoError
+from hico.paths import expand_path
+from hico.losses import TERMS, HiCoLoss
+from hico.model import architecture, build_model
+
+log = logging.getLogger(__name__)
+STOP_FILE = "STOP"
+
+
+def resolve_device(name: str) -> torch.device:
+    """`auto` picks CUDA when present; asking for CUDA without one is a user error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise HiCoError(f"Config key device is {name!r} but this machine has no CUDA GPU; use device=cpu or auto.")
+    return torch.device(name)
+
+
+@dataclass
+class TrainingData:
+    """The dataset with its splits and labels, and the frame cache of the training and held-out videos."""
+
+    dataset: Dataset
+    splits: list[str]
+    labels: np.ndarray  # per clip: class index, or -1 when unlabelled or its label is withheld
+    train_idx: np.ndarray  # clip indices used for training
+    val_idx: np.ndarray  # clip indices held out to pick the best checkpoint
+    cache: FrameCache  # frames of train_idx then val_idx, in that order
+
+
+def prepare_data(cfg: Config, progress: bool = True) -> TrainingData:
+    d = cfg.data
+    dataset = find_clips(d.root, d.frame_folders)
+    splits = assign_splits(dataset, d.val_fraction, cfg.train.seed)
+    keep = labelled_mask(dataset, d.label_fraction, cfg.train.seed)
+    labels = np.array([dataset.label_index(c) if keep[i] else -1 for i, c in enumerate(dataset.clips)], dtype=np.int64)
+    train_idx = np.array([i for i, s in enumerate(splits) if s == "train"], dtype=np.int64)
+    val_idx = np.array([i for i, s in enumerate(splits) if s == "val"], dtype=np.int64)
+    order = np.concatenate([train_idx, val_idx])
+    cache_dir = expand_path(d.cache_dir) if d.cache_dir else None
+    cache = build_cache([dataset.clips[i].path for i in order], d.size, d.max_frames, cache_dir, progress)
+    return TrainingData(dataset, splits, labels, train_idx, val_idx, cache)
+
+
+def lr_factor(step: int, total: int, warmup: int, kind: str) -> float:
+    """Multiplier of the base learning rate at `step`: warm-up (constant or linear), then cosine to 0."""
+    if step < warmup:
+        return 1.0 if kind == "constant" else (step + 1) / warmup
+    span = max(total - warmup, 1)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warmup, span) / span))
+
+
+def batch_videos(step: int, n_train: int, batch: int, seed: int) -> np.ndarray:
+    """Positions (into the training videos) of the batch at `step`; epochs are seeded permutations."""
+    per_epoch = max(n_train // batch, 1)
+    epoch, i = divmod(step, per_epoch)
+    perm = np.random.default_rng([seed, epoch, 7]).permutation(n_train)
+    return perm[i * batch:(i + 1) * batch]
+
+
+def write_status(run_dir: Path, **fields) -> None:
+    path = run_dir / "status.json"
+    current = json.loads(path.read_text()) if path.is_file() else {}
+    current.update(fields, updated=time.time())
+    tmp = path.with_name(f".status.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(current, indent=2))
+    os.replace(tmp, path)
+
+
+class _StopFlag:
+    """Set by SIGTERM/SIGINT or a STOP file in the run folder: the loop checkpoints and ends."""
+
+    def __init__(self, run_dir: Path):
+        self.file = run_dir / STOP_FILE
+        self.raised = False
+        self._old = {}
+
+    def __enter__(self):
+        try:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                self._old[sig] = signal.signal(sig, self._handle)
+        except ValueError:  # not the main thread: the STOP file still works
+            pass
+        return self
+
+    def _handle(self, signum, frame):
+        self.raised = True
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    def __bool__(self) -> bool:
+        return self.raised or self.file.exists()
+
+
+class Trainer:
+    """Holds what one run needs; `run()` trains from the current step to the end or a stop."""
+
+    def __init__(self, cfg: Config, run_dir: Path, resume: bool = False, progress: bool = True):
+        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        self.device = resolve_device(cfg.device)
+        self.cuda = self.device.type == "cuda"
+        torch.manual_seed(cfg.train.seed)
+        self.data = prepare_data(cfg, progress)
+        t = cfg.train
+        self.n_train = len(self.data.train_idx)
+        self.batch = min(t.batch_size, self.n_train)
+        self.steps_per_epoch = max(self.n_train // self.batch, 1)
+        self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
+        self.warmup_steps = int(round(t.warmup_epochs * self.steps_per_epoch))
+        self.classes = self.data.dataset.classes if self._supervised() else []
+        if cfg.loss.mode == "supervised" and not (self.data.labels[self.data.train_idx] >= 0).any():
+            raise HiCoError("loss.mode=supervised needs labelled training clips, and this dataset has none.")
+        self.model = build_model(cfg, len(self.classes))
+        if cfg.model.weights:
+            load_init_weights(self.model, cfg.model.weights)
+        self.model.to(self.device)
+        if self.cuda:
+            self.model.to(memory_format=torch.channels_last)
+        self.loss_fn = HiCoLoss.from_config(cfg)
+        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
+                                          **({"fused": True} if self.cuda else {}))
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, self.total_steps, self.warmup_steps, t.warmup))
+        self.cache = self.data.cache.to(self.device) if self.cuda else self.data.cache
+        self.labels = torch.from_numpy(self.data.labels[np.concatenate([self.data.train_idx, self.data.val_idx])])
+        self.step, self.best_val, self.best_step, self.lr = 0, float("inf"), None, t.lr
+        if resume:
+            self._resume()
+
+    def _supervised(self) -> bool:
+        has_labels = any(c.label is not None for c in self.data.dataset.clips) and self.cfg.data.label_fraction > 0
+        return self.cfg.loss.mode in ("hico", "supervised") and has_labels
+
+    def _resume(self) -> None:
+        folder = self.run_dir / "checkpoints"
+        sidecar = read_sidecar(folder, "last")
+        if sidecar.get("classes", []) != self.classes:
+            raise HiCoError(f"Run {self.run_dir} was trained on classes {sidecar.get('classes')} but the dataset "
+                            f"now has {self.classes}; resume needs the same dataset.")
+        load_weights(self.model, folder / "last.safetensors", architecture(self.cfg, len(self.classes)),
+                     sidecar.get("architecture"))
+        state = load_state(folder, "last")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.step = int(state["step"])
+        self.best_val = float(state.get("best_val", float("inf")))
+        self.best_step = state.get("best_step")
+        _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+        log.info("resumed %s at step %d", self.run_dir, self.step)
+
+    def _autocast(self):
+        return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else torch.autocast("cpu", enabled=False)
+
+    def _forward(self, v1: torch.Tensor, v2: torch.Tensor, labels: torch.Tensor):
+        x = torch.cat([v1, v2])
+        if self.cuda:
+            x = x.contiguous(memory_format=torch.channels_last)
+        with self._autocast():
+            out = self.model(x)
+        n = v1.shape[0]
+        out1 = {k: v[:n] for k, v in out.items()}
+        out2 = {k: v[n:] for k, v in out.items()}
+        return self.loss_fn(out1, out2, labels)
+
+    def train_step(self) -> dict[str, torch.Tensor]:
+        t = self.cfg.train
+        positions = batch_videos(self.step, self.n_train, self.batch, t.seed)
+        rng = np.random.default_rng([t.seed, self.step, 11])
+        v1, v2 = sample_views(self.cache, positions, rng, self.cfg.data)
+        labels = self.labels[positions].to(self.device, non_blocking=True)
+        self.model.train()
+        total, terms = self._forward(v1, v2, labels)
+        self.optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        self.lr = self.optimizer.param_groups[0]["lr"]
+        self.optimizer.step()
+        self.scheduler.step()
+        self.step += 1
+        return terms
+
+    @torch.no_grad()
+    def validate(self) -> float | None:
+        """Mean contrastive loss over the held-out videos' unaugmented views (None without any)."""
+        n_val = len(self.data.val_idx)
+        if n_val == 0 or self.cfg.loss.mode == "supervised":
+            return None
+        self.model.eval()
+        rng = np.random.default_rng([self.cfg.train.seed, 99])
+        positions = np.arange(self.n_train, self.n_train + n_val)
+        losses, weights = [], []
+        for start in range(0, n_val, self.batch):
+            chunk = positions[start:start + self.batch]
+            v1, v2 = sample_views(self.cache, chunk, rng, self.cfg.data, augmented=False)
+            _, terms = self._forward(v1, v2, None)
+            losses.append(terms["contrastive"])
+            weights.append(len(chunk))
+        self.model.train()
+        w = torch.tensor(weights, dtype=torch.float32)
+        return float((torch.stack(losses).cpu() * w).sum() / w.sum())
+
+    def sidecar(self, metrics: dict) -> dict:
+        return {"hico_version": __version__, "config": self.cfg.to_dict(),
+                "architecture": architecture(self.cfg, len(self.classes)), "classes": self.classes,
+                "step": self.step, "epoch": self.step / self.steps_per_epoch, "total_steps": self.total_steps,
+                "metrics": metrics}
+
+    def save(self, name: str, metrics: dict, with_state: bool = True) -> None:
+        state = None
+        if with_state:
+            state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+                     "step": self.step, "best_val": self.best_val, "best_step": self.best_step}
+        save_checkpoint(self.run_dir / "checkpoints", name, self.model, self.sidecar(metrics), state)
+
+    def run(self, stop_at_step: int | None = None) -> dict:
+        """Train to the end (or a stop); returns the summary also written to summary.json."""
+        t = self.cfg.train
+        run_dir = self.run_dir
+        write_status(run_dir, state="running", pid=os.getpid(), step=self.step, total_steps=self.total_steps,
+                     device=str(self.device), error=None)
+        (run_dir / STOP_FILE).unlink(missing_ok=True)
+        sums = torch.zeros(len(TERMS), device=self.device)
+        window, window_start, started = 0, time.perf_counter(), time.perf_counter()
+        steps_done, last_metrics, state = 0, {}, "finished"
+        bar = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step",
+                   disable=not self.progress, dynamic_ncols=True)
+        with _StopFlag(run_dir) as stop, (run_dir / "metrics.jsonl").open("a") as metrics_file:
+            while self.step < self.total_steps:
+                if stop or (stop_at_step is not None and self.step >= stop_at_step):
+                    state = "stopped"
+                    break
+                terms = self.train_step()
+                sums += torch.stack([terms[k] for k in TERMS])
+                window += 1
+                steps_done += 1
+                bar.update(1)
+                epoch_end = self.step % self.steps_per_epoch == 0
+                if self.step % t.log_every == 0 or self.step == self.total_steps or epoch_end:
+                    if self.cuda:
+                        torch.cuda.synchronize()
+                    elapsed = time.perf_counter() - window_start
+                    means = (sums / window).tolist()
+                    last_metrics = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
+                                    **{k: v for k, v in zip(TERMS, means)},
+                                    "lr": self.lr,
+                                    "images_per_s": 2 * self.batch * window / max(elapsed, 1e-9)}
+                    if self.cuda:
+                        last_metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+                    if not math.isfinite(last_metrics["total"]):
+                        raise HiCoError(f"Training diverged at step {self.step} (the loss is {last_metrics['total']}); "
+                                        f"lower train.lr (now {t.lr}).")
+                    if epoch_end and t.val_every and (self.step // self.steps_per_epoch) % t.val_every == 0:
+                        val = self.validate()
+                        if val is not None:
+                            last_metrics["val_contrastive"] = val
+                            if val < self.best_val:
+                                self.best_val, self.best_step = val, self.step
+                                self.save("best", last_metrics, with_state=False)
+                    metrics_file.write(json.dumps(last_metrics) + "\n")
+                    metrics_file.flush()
+                    bar.set_postfix(loss=f"{last_metrics['total']:.3f}", img_s=f"{last_metrics['images_per_s']:.0f}")
+                    write_status(run_dir, step=self.step, epoch=last_metrics["epoch"])
+                    sums.zero_()
+                    window, window_start = 0, time.perf_counter()
+                every = t.checkpoint_every or self.steps_per_epoch
+                if self.step % every == 0 and self.step < self.total_steps:
+                    self.save("last", last_metrics)
+        bar.close()
+        self.save("last", last_metrics)
+        elapsed = time.perf_counter() - started
+        summary = {"state": state, "step": self.step, "total_steps": self.total_steps,
+                   "epochs": self.step / self.steps_per_epoch, "steps_this_session": steps_done,
+                   "elapsed_s": elapsed, "images_per_s": 2 * self.batch * steps_done / max(elapsed, 1e-9),
+                   "train_videos": self.n_train, "val_videos": len(self.data.val_idx),
+                   "classes": self.classes, "best_val_contrastive": None if self.best_step is None else self.best_val,
+                   "best_step": self.best_step, "device": str(self.device), "final": last_metrics}
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+        write_status(run_dir, state=state, step=self.step)
+        return summary
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines logged after the checkpoint a run resumes from."""
+    if not path.is_file():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+    path.write_text("".join(ln + "\n" for ln in lines))
+
+
+def train(cfg: Config, run_dir: str | Path, resume: bool = False, stop_at_step: int | None = None,
+          progress: bool = True) -> dict:
+    """Pretrain HiCo as `cfg` says into `run_dir`; returns the run summary.
+
+    A new run refuses a folder that already holds one; `resume=True` continues from its `last`
+    checkpoint. `stop_at_step` stops cleanly (with a checkpoint) once that step is reached.
+    """
+    run_dir = Path(run_dir).expanduser()
+    if not resume and (run_dir / "checkpoints").exists():
+        raise HiCoError(f"Run folder {run_dir} already holds a run; resume it with --resume {run_dir} or pick another.")
+    if resume and not (run_dir / "checkpoints" / "last.json").is_file():
+        raise HiCoError(f"Run folder {run_dir} has no checkpoint to resume from.")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config_mod.save(cfg, run_dir / "config.yaml")
+    try:
+        trainer = Trainer(cfg, run_dir, resume=resume, progress=progress)
+        return trainer.run(stop_at_step=stop_at_step)
+    except BaseException as exc:
+        message = str(exc) if isinstance(exc, HiCoError) else f"{type(exc).__name__}: {exc}"
+        write_status(run_dir, state="failed", error=message)
+        raise
