@@ -248,7 +248,6 @@ class Trainer:
         run_dir = self.run_dir
         write_status(run_dir, state="running", pid=os.getpid(), step=self.step, total_steps=self.total_steps,
                      device=str(self.device), error=None)
-        (run_dir / STOP_FILE).unlink(missing_ok=True)
         sums = torch.zeros(len(TERMS), device=self.device)
         window, window_start, started = 0, time.perf_counter(), time.perf_counter()
         steps_done, last_metrics, state = 0, {}, "finished"
@@ -330,6 +329,7 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, stop_at_step: 
     if resume and not (run_dir / "checkpoints" / "last.json").is_file():
         raise HiCoError(f"Run folder {run_dir} has no checkpoint to resume from.")
     run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stop request of an earlier session is spent
     config_mod.save(cfg, run_dir / "config.yaml")
     try:
         trainer = Trainer(cfg, run_dir, resume=resume, progress=progress)

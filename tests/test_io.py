@@ -67,7 +67,7 @@ def decode_codes(clip: np.ndarray) -> list[int]:
     return [int(round((float(frame.mean()) - 16) / 19)) for frame in clip]
 
 
-def colour_clip(frames: int = 6, height: int = 32, width: int = 48) -> np.ndarray:
+def colour_clip(frames: int = 6, height: int = 32, width: int = 64) -> np.ndarray:
     """(T, H, W, 3) uint8: a red block on the left, a gray gradient elsewhere."""
     clip = np.repeat(gray_clip(frames, height, width)[..., None], 3, axis=-1)
     clip[:, 4:20, 2:18] = RED
@@ -111,7 +111,7 @@ def test_write_mp4_gray_round_trip(tmp_path):
 def test_write_mp4_colour_round_trip(tmp_path):
     frames = colour_clip()
     clip = read_clip(write_mp4(tmp_path / "colour.mp4", frames))
-    assert clip.shape == (6, 32, 48, 3)
+    assert clip.shape == (6, 32, 64, 3)
     red = clip[:, 8:16, 6:14].reshape(-1, 3).mean(axis=0)
     assert red[0] > 190 and red[1] < 50 and red[2] < 60
     assert mean_abs_error(clip, frames) < 6
@@ -219,6 +219,23 @@ def test_max_frames_takes_evenly_spaced_frames(tmp_path, monkeypatch, reader, na
     assert decode_codes(read_clip(path, max_frames=50)) == list(range(12))
 
 
+def test_pyav_reselects_when_the_container_frame_count_is_wrong(tmp_path, monkeypatch):
+    path = write_mp4(tmp_path / "a.mp4", coded_clip(12))
+    monkeypatch.setattr(video_module, "_read_with_decord", lambda *a: 1 / 0)
+    monkeypatch.setattr(video_module, "_count_frames", lambda source: 20)  # a lying header
+    assert decode_codes(read_clip(path, max_frames=4)) == [0, 4, 7, 11]
+
+
+def test_widths_decord_cannot_copy_are_read_by_pyav(tmp_path):
+    # decord 0.6 raises "DECORDArrayCopyFromTo: The size must exactly match" for
+    # widths such as 16, 24 and 48; the PyAV fallback must take over silently.
+    frames = colour_clip(4, height=16, width=48)
+    with pytest.raises(Exception, match="size must exactly match"):
+        video_module._read_with_decord(str(write_mp4(tmp_path / "w48.mp4", frames)), None)
+    clip = read_clip(tmp_path / "w48.mp4")
+    assert clip.shape == (4, 16, 48, 3) and mean_abs_error(clip, frames) < 6
+
+
 def test_frame_indices_are_even_and_unique():
     assert frame_indices(12, 4).tolist() == [0, 4, 7, 11]
     assert frame_indices(5, None).tolist() == [0, 1, 2, 3, 4]
@@ -306,7 +323,7 @@ def test_still_colour_images_rgb_rgba_and_palette(tmp_path):
     Image.fromarray(rgb).quantize(16).save(tmp_path / "pal.png")
     for name in ["rgb.png", "rgba.png", "pal.png"]:
         clip = read_clip(tmp_path / name)
-        assert clip.shape == (1, 32, 48, 3), name
+        assert clip.shape == (1, 32, 64, 3), name
         assert np.abs(clip[0, 10, 10].astype(int) - RED).max() <= 12, name
 
 
@@ -412,7 +429,7 @@ def test_dicom_12_bit_uses_the_window_when_present(tmp_path):
     ds = make_dicom(image, bits_stored=12, WindowCenter=1500, WindowWidth=1001)
     clip = read_clip(save(ds, tmp_path / "win.dcm"))
     # window [999.5, 1999.5]: below -> 0, above -> 255, centre -> mid gray
-    assert clip[0, :, 0].tolist() == [0, 0, 128, 255, 255, 255, 255, 0]
+    assert clip[0, 0, :, 0].tolist() == [0, 0, 128, 255, 255, 255, 255, 0]
 
 
 def test_dicom_cine_frames_values_meta_and_max_frames(tmp_path):
@@ -540,6 +557,19 @@ def test_dicom_detected_by_magic_without_suffix(tmp_path):
     assert np.array_equal(read_clip(path)[0, ..., 0], image)
     (tmp_path / "README").write_text("x" * 200)
     assert not is_dicom(tmp_path / "README") and clip_kind(tmp_path / "README") is None
+    save(make_dicom(image), tmp_path / "DICOMDIR")  # the index file of a DICOM CD is no clip
+    assert clip_kind(tmp_path / "DICOMDIR") is None
+
+
+def test_dicom_without_preamble_or_meta_header(tmp_path):
+    image = gray_clip(1, 8, 8)[0]
+    ds = make_dicom(image)
+    del ds.file_meta  # old-style file: bare implicit-VR dataset, no "DICM" marker
+    path = tmp_path / "old.dcm"
+    ds.save_as(path, implicit_vr=True, little_endian=True)
+    assert path.read_bytes()[128:132] != b"DICM"
+    assert np.array_equal(read_clip(path)[0, ..., 0], image)
+    assert read_clip_meta(path)["transfer_syntax"] == "1.2.840.10008.1.2"
 
 
 def test_garbage_with_dicom_suffix_is_a_user_error(tmp_path):

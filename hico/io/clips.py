@@ -20,7 +20,8 @@ def clip_kind(path: str | os.PathLike) -> str | None:
     """"video", "dicom", "image", "frames" (a folder directly holding images), or None.
 
     Suffixes decide first (case-insensitive); a file without a known suffix is a
-    DICOM when it carries the "DICM" marker. Missing paths give None.
+    DICOM when it carries the "DICM" marker (except a DICOMDIR index). Missing
+    paths give None.
     """
     path = Path(path)
     if path.is_dir():
@@ -32,6 +33,8 @@ def clip_kind(path: str | os.PathLike) -> str | None:
         return "video"
     if suffix in IMAGE_SUFFIXES:
         return "image"
+    if path.name.upper() == "DICOMDIR":  # a media index with "DICM" magic but no pixels
+        return None
     return "dicom" if is_dicom(path) else None
 
 

@@ -7,7 +7,6 @@ H.264 and HEVC transfer syntaxes, which pydicom cannot decode, go through PyAV.
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pydicom
 from pydicom.dataset import Dataset
 from pydicom.encaps import generate_fragments
 from pydicom.errors import InvalidDicomError
+from pydicom.multival import MultiValue
 from pydicom.pixels import apply_color_lut, get_decoder, iter_pixels, pixel_array
 from pydicom.uid import UID, ExplicitVRLittleEndian, ImplicitVRLittleEndian, MPEGTransferSyntaxes
 
@@ -23,8 +23,6 @@ from hico.errors import HiCoError
 from hico.io.pixels import frame_indices, scale_to_uint8
 from hico.io.reasons import short_reason
 from hico.io.video import read_with_pyav
-
-log = logging.getLogger(__name__)
 
 DICOM_SUFFIXES = (".dcm", ".dicom")
 _MAGIC = b"DICM"
@@ -54,12 +52,10 @@ def read_dicom(path: str | os.PathLike, max_frames: int | None = None) -> np.nda
     gives `max_frames` evenly spaced frames, decoding only those.
     """
     ds = _read_dataset(path, header_only=False)
-    total = _frame_count(ds, path)
-    indices = frame_indices(total, max_frames)
-    syntax = _transfer_syntax(ds)
-    if syntax in MPEGTransferSyntaxes:
+    if _transfer_syntax(ds) in MPEGTransferSyntaxes:
         return _decode_mpeg(ds, path, max_frames)
-    frames = _decode(ds, path, indices, total)
+    total = _frame_count(ds, path)
+    frames = _decode(ds, path, frame_indices(total, max_frames), total)
     photometric = str(ds.get("PhotometricInterpretation", "")).strip().upper()
     if photometric == "PALETTE COLOR":
         rgb = apply_color_lut(frames, ds)
@@ -153,13 +149,14 @@ def _frame_count(ds: Dataset, path: str | os.PathLike) -> int:
 
 
 def _fps(ds: Dataset) -> float | None:
-    frame_time = ds.get("FrameTime")  # milliseconds per frame
-    if frame_time and float(frame_time) > 0:
-        return 1000.0 / float(frame_time)
-    for keyword in ("CineRate", "RecommendedDisplayFrameRate"):
-        rate = ds.get(keyword)
-        if rate and float(rate) > 0:
-            return float(rate)
+    """Frames per second from FrameTime (ms per frame), CineRate or RecommendedDisplayFrameRate."""
+    for keyword in ("FrameTime", "CineRate", "RecommendedDisplayFrameRate"):
+        try:
+            value = _first_value(ds.get(keyword))
+        except (TypeError, ValueError):  # a malformed header value: no rate rather than no clip
+            continue
+        if value and value > 0:
+            return 1000.0 / value if keyword == "FrameTime" else value
     return None
 
 
@@ -209,7 +206,7 @@ def _window_to_uint8(frames: np.ndarray, ds: Dataset) -> np.ndarray:
 def _first_value(value) -> float | None:
     if value is None or value == "":
         return None
-    if isinstance(value, (list, tuple, pydicom.multival.MultiValue)):
+    if isinstance(value, (list, tuple, MultiValue)):
         return float(value[0]) if len(value) else None
     return float(value)
 

@@ -6,9 +6,11 @@ import functools
 import io
 import logging
 import os
+import re
 import uuid
 from fractions import Fraction
 from pathlib import Path
+from typing import Union
 
 import av
 import numpy as np
@@ -22,7 +24,9 @@ log = logging.getLogger(__name__)
 CLIP_VIDEO_SUFFIXES = (".mp4", ".avi", ".mov", ".mkv", ".webm")
 
 # A source PyAV can open: a path, or the bytes of a whole stream (e.g. MPEG in DICOM).
-Source = str | bytes
+Source = Union[str, bytes]
+
+_DECORD_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
 
 
 def read_video(path: str | os.PathLike, max_frames: int | None = None) -> np.ndarray:
@@ -134,7 +138,12 @@ def read_video_meta(path: str | os.PathLike) -> dict:
 
 
 def _reason(error: BaseException) -> str:
-    return "no video stream" if isinstance(error, IndexError) else short_reason(error, 160)
+    if isinstance(error, IndexError):
+        return "no video stream"
+    if isinstance(error, av.FFmpegError) and error.strerror:
+        return error.strerror  # without PyAV's errno and repeated path
+    # decord prefixes messages with "[hh:mm:ss] /src/file.cc:123: "; drop that.
+    return _DECORD_PREFIX.sub("", short_reason(error, 240))[:160]
 
 
 @functools.lru_cache(maxsize=1)

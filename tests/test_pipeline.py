@@ -1,0 +1,123 @@
+"""Embed, evaluate and predict from a trained run, through the functions and the CLI."""
+
+import json
+
+import numpy as np
+import pytest
+
+from hico import config
+from hico.__main__ import main
+from hico.embed import VECTOR_COLUMNS, embed_dataset, level_matrix, project
+from hico.evaluate import evaluate_embeddings
+from hico.io import write_mp4
+from hico.predict import predict_clip
+from hico.train import train
+from tests.conftest import moving_square_clip, write_class_dataset
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """A 2-step run on a 2-class dataset (bright vs dark clips), shared by the tests below."""
+    import os
+
+    base = tmp_path_factory.mktemp("pipeline")
+    os.environ["HICO_HOME"] = str(base / "home")
+    data = write_class_dataset(base / "data", per_class=5, frames=5)
+    cfg = config.load(None, [f"data.root={data}", "data.size=32", "train.batch_size=4", "train.max_steps=2",
+                             "train.warmup_epochs=0", "device=cpu"])
+    train(cfg, base / "run", progress=False)
+    return base / "run", data
+
+
+def test_embed_table_has_every_frame_and_level(trained):
+    run, data = trained
+    table, path = embed_dataset(run, data, progress=False)
+    assert path.is_file() and path.suffix == ".parquet"
+    assert len(table) == 10 * 5 and table["video_id"].nunique() == 10
+    assert sorted(table["frame"].unique()) == [0, 1, 2, 3, 4]
+    assert set(table["label"]) == {"bright", "dark"}
+    assert set(table["split"]) <= {"train", "val"} and (table["split"] == "val").any()
+    dims = {c: level_matrix(table, c).shape[1] for c in VECTOR_COLUMNS}
+    assert dims == {"backbone": 512, "local": 256, "medium": 256, "global": 256,
+                    "z_local": 256, "z_medium": 256, "z_global": 256}
+    assert np.isfinite(level_matrix(table, "local")).all()
+    again, same_path = embed_dataset(run, data, progress=False)  # cached: read, not recomputed
+    assert same_path == path and np.array_equal(level_matrix(again, "global"), level_matrix(table, "global"))
+    xy = project(level_matrix(table, "global"), "pca")
+    assert xy.shape == (50, 2) and xy[:, 0].var() >= xy[:, 1].var()
+
+
+def test_eval_separates_bright_from_dark_by_video(trained):
+    run, data = trained
+    table, _ = embed_dataset(run, data, progress=False)
+    results = evaluate_embeddings(table, folds=5, k=3)
+    assert list(results["feature"]) == ["local", "medium", "global", "backbone", "concat"]
+    assert (results["folds"] == 5).all() and (results["videos"] == 10).all()
+    for col in ("linear_acc", "knn_acc", "linear_video_acc", "knn_video_acc"):
+        assert results[col].between(0, 1).all()
+    # brightness differs by a factor of two between classes: any level separates them
+    assert results.set_index("feature").loc["backbone", "linear_acc"] >= 0.9
+    assert results.set_index("feature").loc["concat", "dim"] == 768
+
+
+def test_predict_gives_per_frame_probabilities(trained, tmp_path):
+    run, _ = trained
+    clip = write_mp4(tmp_path / "new.mp4", moving_square_clip(7, 40), fps=10)
+    pred = predict_clip(run, clip, device="cpu")
+    assert pred.frame_probs.shape == (7, 2) and pred.classes == ["bright", "dark"]
+    np.testing.assert_allclose(pred.frame_probs.sum(axis=1), 1.0, atol=1e-9)
+    np.testing.assert_allclose(pred.clip_probs, pred.frame_probs.mean(axis=0))
+    table = pred.frame_table()
+    assert list(table.columns) == ["frame", "prediction", "bright", "dark"]
+    assert predict_clip(run, clip, device="cpu", max_frames=3).frame_probs.shape == (3, 2)
+
+
+def test_cli_end_to_end(trained, tmp_path, capsys):
+    run, data = trained
+    assert main(["embed", str(run), str(data), "--out", str(tmp_path / "e.parquet"), "--device", "cpu"]) == 0
+    assert "50 frames of 10 clips" in capsys.readouterr().out
+    assert main(["eval", str(run), str(data), "--folds", "2", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "linear_acc" in out and "concat" in out
+    clip = data / "bright" / "bright_0.mp4"
+    assert main(["predict", str(run), str(clip), "--out", str(tmp_path / "pred"), "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "prediction:" in out
+    saved = json.loads((tmp_path / "pred" / "clip.json").read_text())
+    assert sum(saved["probabilities"].values()) == pytest.approx(1.0)
+
+
+def test_cli_train_and_resume(class_dataset, tmp_path, capsys):
+    run = tmp_path / "run"
+    args = ["train", "--config", "configs/tiny.yaml", "--run-dir", str(run), f"data.root={class_dataset}",
+            "data.size=32", "train.batch_size=4", "train.epochs=1", "device=cpu"]
+    assert main(args) == 0
+    assert "finished at step 1/1" in capsys.readouterr().out
+    assert main(["train", "--resume", str(run), "train.epochs=2"]) == 0
+    assert "finished at step 2/2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["train", "--config", "configs/tiny.yaml", "data.root=/no/such/folder"], "Dataset /no/such/folder does not exist."),
+    (["train", "--config", "configs/tiny.yaml", "train.bogus=1"], "Unknown config key train.bogus"),
+    (["train", "--config", "/no/config.yaml"], "Config file /no/config.yaml does not exist."),
+    (["train"], "train needs --config"),
+    (["predict", "/no/run", "/no/clip.mp4"], "Clip /no/clip.mp4 does not exist."),
+    (["embed", "/no/run", "."], "Run folder /no/run does not exist."),
+])
+def test_cli_user_errors_are_one_sentence(args, needle, capsys):
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert needle in err and "Traceback" not in err
+
+
+def test_cli_empty_folder_and_corrupt_clip(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert main(["train", "--config", "configs/tiny.yaml", f"data.root={tmp_path / 'empty'}"]) == 2
+    assert "holds no clips" in capsys.readouterr().err
+    bad = tmp_path / "bad" / "cls"
+    bad.mkdir(parents=True)
+    (bad / "broken.mp4").write_bytes(b"\x00not a video" * 50)
+    assert main(["train", "--config", "configs/tiny.yaml", f"data.root={tmp_path / 'bad'}", "device=cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "broken.mp4" in err and "Traceback" not in err
