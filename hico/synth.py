@@ -603,7 +603,7 @@ def _wall(rng, g: _Grid, fat_cm: tuple[float, float], muscle_cm: tuple[float, fl
     fat_tex = _noise_at(rng, u, d, rng.uniform(0.3, 0.7), 0.04, floor)
     fat_db = -10.0 + 1.5 * _noise_at(rng, u, d, 0.08, 0.08, floor) + 7.0 * np.clip(fat_tex - 1.2, 0, None)
     striation = _noise_at(rng, u, d, rng.uniform(0.5, 1.0), 0.035, floor)
-    muscle_db = -4.5 + 3.0 * striation + 1.0 * _noise_at(rng, u, d, 0.25, 0.25, floor)
+    muscle_db = -4.5 + 2.3 * striation + 1.0 * _noise_at(rng, u, d, 0.25, 0.25, floor)
     e = np.where(d < d_fat, _db(fat_db), _db(muscle_db))
     sig = _line_sigma(g, 0.035)
     e += _db(rng.uniform(5, 9)) * _gauss(d - 0.08, sig)  # skin
@@ -874,9 +874,13 @@ def _build_consolidation(rng, g: _Grid, label: str, shifts) -> list[_Layer]:
     depth = rng.uniform(2.5, 6.0) if convex else rng.uniform(1.3, 3.2)
     depth = min(depth, 0.75 * (g.probe.depth - ch.d_p0))
     x = np.clip((u - uc) / (span / 2), -1.5, 1.5)
-    shred = 0.3 * depth * _noise_1d(rng, u, 0.5) + 0.12 * depth * _noise_1d(rng, u, 0.15)
-    bottom = depth * np.sqrt(np.clip(1 - x ** 2, 0, 1)) + shred * (np.abs(x) < 1)
-    inside = _step(bottom - rel, 0.05) * _step(rel, 0.03) * (np.abs(x) < 1)
+    u_row = u[g.py + g.nd // 2]  # one row: the bottom is a function of the lateral position only
+    shred = 0.22 * _noise_1d(rng, u_row, 0.5) + 0.1 * _noise_1d(rng, u_row, 0.15)
+    x_row = np.clip((u_row - uc) / (span / 2), -1.0, 1.0)
+    shape = np.sqrt(1 - x_row ** 2)
+    bottom_row = depth * shape * (1 + shred * np.sqrt(shape))
+    bottom = np.interp(u, u_row, bottom_row)
+    inside = _step(bottom - rel, 0.05) * _step(rel, 0.03)
 
     pl_db = rng.uniform(13, 18)
     haze, a_lines = _aerated(rng, g, ch, pl_db - rng.uniform(3.0, 7.0), rng.uniform(4.0, 7.0))
@@ -889,16 +893,17 @@ def _build_consolidation(rng, g: _Grid, label: str, shifts) -> list[_Layer]:
         _bronchogram_tree(rng, root, -math.pi / 2 + rng.uniform(-0.6, 0.6), rng.uniform(0.3, 0.5) * depth,
                           int(rng.integers(2, 4)), segs)
     bronch = np.zeros(u.shape, np.float32)
-    sig = _line_sigma(g, rng.uniform(0.03, 0.06))
+    sig = _line_sigma(g, rng.uniform(0.04, 0.07))
     for p0, p1 in segs:
         dist, _ = _segment_distance(u, g.d, p0, p1)
         bronch = np.maximum(bronch, _gauss(dist, sig))
-    dots = np.clip(_noise_at(rng, u, g.d, 0.06, 0.06, floor) - 2.0, 0, None)
-    dotted = _step(_noise_at(rng, u, g.d, 0.3, 0.3, floor), 0.3)
-    bronch = np.maximum(bronch * dotted, np.clip(dots * 1.5, 0, 1))
-    tissue = tissue + _db(rng.uniform(12, 16)) * bronch
+    # Air in bronchi shows as bright dots and short dashes along the branches.
+    dotted = _step(_noise_at(rng, u, g.d, 0.12, 0.12, floor) + 0.3, 0.25)
+    dots = np.clip(_noise_at(rng, u, g.d, 0.07, 0.07, floor) - 2.2, 0, None)
+    bronch = np.maximum(bronch * dotted, np.clip(dots * 2.0, 0, 1))
+    tissue = tissue + _db(rng.uniform(15, 19)) * bronch
 
-    border = _gauss(rel - bottom, _line_sigma(g, 0.05)) * (np.abs(x) < 1)
+    border = _gauss(rel - bottom, _line_sigma(g, 0.05)) * _step(1.0 - np.abs(x), 0.1)
     e = air * (1 - inside) + tissue * inside + _db(rng.uniform(9, 13)) * border
     e += _pleura(rng, g, ch, pl_db) * (1 - 0.75 * _step(1.0 - np.abs(x), 0.1))
     n_tails = int(rng.integers(0, 3))
@@ -1017,7 +1022,7 @@ def _draw_imaging(rng, probe: _Probe, g: _Grid) -> _Imaging:
     tgc = (comp + curve + focal).astype(np.float32)
     j = (np.arange(g.na) + 0.5) / g.na * 2 - 1
     lateral = (-rng.uniform(0.0, 2.5) * j ** 2 if probe.convex else -rng.uniform(0, 1.0) * j ** 4)
-    snr_bottom = rng.uniform(8.0, 22.0)
+    snr_bottom = rng.uniform(14.0, 30.0)
     noise_db = -(2 * probe.freq * alpha_nom * depth) - snr_bottom
     return _Imaging(
         sigma_axial=sigma_axial,

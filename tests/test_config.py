@@ -54,3 +54,9 @@ def test_shipped_configs_load():
         cfg = config.load(f"configs/{name}.yaml")
         assert cfg.model.backbone == "resnet18"
     assert config.load("configs/paper.yaml").model.heads == "flatten"
+
+
+def test_readme_documents_every_config_key():
+    readme = open("README.md").read()
+    missing = [key for key, _ in config.keys() if f"| `{key}` |" not in readme]
+    assert missing == []
