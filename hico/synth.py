@@ -32,7 +32,8 @@ import csv
 import logging
 import math
 import os
-from concurrent.futures import ProcessPoolExecutor
+import sys
+from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -81,6 +82,8 @@ _LIVER_SEVERITY = {  # fibrosis severity drawn per clip; the ranges do not overl
     "liver_f2": (0.55, 0.72),
     "liver_f3": (0.85, 1.0),
 }
+_POOL_MIN_PIXELS = 8_000_000  # below this much work, starting worker processes costs more than it saves
+_ALPHA_SOFT = 0.6  # dB/cm/MHz of average soft tissue in the layers' units
 _GENERATOR_VERSION = 1  # bump when the pictures change, so old dataset folders are not reused
 
 
@@ -115,7 +118,7 @@ def render_sample(
         raise HiCoError(f"Unknown synthetic class {label!r}; choose one of {', '.join(CLASSES)}.")
     frames = _check_int("frames", frames, 1)
     height, width = _check_size(size)
-    rng = np.random.default_rng(seed)
+    rng = np.random.default_rng(_check_int("seed", seed, 0))
 
     scale = max(1, math.ceil(_RENDER_MIN / min(height, width)))
     render_hw = (height * scale, width * scale)
@@ -129,8 +132,11 @@ def render_sample(
     pad_y = int(math.ceil(max(np.abs(s[:, 0]).max() for s in layers_motion))) + 2
     pad_x = int(math.ceil(max(np.abs(s[:, 1]).max() for s in layers_motion))) + 2
     grid = _make_grid(probe, layout, grid_shape, pad_y, pad_x)
-    layers = builder(rng, grid, label, layers_motion)
     image_params = _draw_imaging(rng, probe, grid)
+    layers = builder(rng, grid, label, layers_motion)
+    for layer in layers:  # echoes are blurred by the beam before speckle is formed on them
+        layer.amp = ndimage.gaussian_filter(
+            layer.amp, (0.7 * image_params.sigma_axial, 0.7 * image_params.sigma_lateral), mode="nearest")
     polar = _render_polar(rng, grid, layers, image_params, frames)
     conv = _scan_converter(probe, layout, grid_shape, render_hw)
     overlay = _Overlay(rng, probe, layout, render_hw, frames, image_params)
@@ -197,8 +203,8 @@ def write_dataset(
             log.info("Synthetic dataset in %s already made with these parameters; nothing to do.", out)
             return out
         raise HiCoError(
-            f"Folder {out} is not empty and was not made by write_dataset with these parameters; "
-            "choose an empty or new folder."
+            f"Folder {out} is not empty and does not hold a complete synthetic dataset made with "
+            "these parameters; choose an empty or new folder."
         )
 
     from hico.io import write_mp4  # noqa: F401  (fail before any work if the writer is missing)
@@ -207,20 +213,14 @@ def write_dataset(
     for name in CLASSES:
         (out / name).mkdir(exist_ok=True)
     jobs = [(out, i, frames, (height, width), seed, float(fps)) for i in range(clips)]
-    rows: list[tuple[str, str]] = []
+    rows: dict[int, tuple[str, str]] = {}
     bar = _progress(clips, progress)
     try:
-        if workers > 1 and clips >= 2 * workers:
-            import multiprocessing
-
-            ctx = multiprocessing.get_context("spawn")  # fork is unsafe from the threaded app
-            with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
-                for row in pool.map(_write_one, jobs, chunksize=max(1, clips // (8 * workers))):
-                    rows.append(row)
-                    bar.update(1)
-        else:
-            for job in jobs:
-                rows.append(_write_one(job))
+        if workers > 1 and clips > workers and clips * frames * height * width >= _POOL_MIN_PIXELS:
+            _write_parallel(jobs, workers, rows, bar)
+        for job in jobs:  # everything when sequential; what a broken pool left otherwise
+            if job[1] not in rows:
+                rows[job[1]] = _write_one(job)
                 bar.update(1)
     finally:
         bar.close()
@@ -228,7 +228,7 @@ def write_dataset(
     with open(out / "manifest.csv", "w", newline="", encoding="utf-8") as fh:
         writer = csv.writer(fh)
         writer.writerow(["path", "label"])
-        writer.writerows(rows)
+        writer.writerows(rows[i] for i in range(clips))
     # The README is written last: its presence marks a complete dataset.
     (out / "README.txt").write_text(_readme_text(signature, clips), encoding="utf-8")
     log.info("Wrote %d synthetic clips to %s", clips, out)
@@ -242,6 +242,29 @@ def clip_seed(seed: int, index: int) -> int:
 
 # --------------------------------------------------------------------------------------------
 # dataset helpers
+
+
+def _write_parallel(jobs, workers: int, rows: dict, bar) -> None:
+    """Render and encode in worker processes; on a pool failure leave the rest to the caller."""
+    import multiprocessing
+    from concurrent.futures.process import BrokenProcessPool
+
+    # spawn, not fork: fork is unsafe from a process with threads (the app), and results do
+    # not depend on the start method because every clip has its own seed.
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    if main_file is not None and not os.path.isfile(main_file):
+        return  # spawned workers re-import the main module, and this one has no file (stdin)
+    ctx = multiprocessing.get_context("spawn")
+    log.debug("Writing %d clips with %d worker processes.", len(jobs), workers)
+    try:
+        with ProcessPoolExecutor(max_workers=workers, mp_context=ctx) as pool:
+            futures = {pool.submit(_write_one, job): job[1] for job in jobs}
+            for future in as_completed(futures):
+                rows[futures[future]] = future.result()
+                bar.update(1)
+    except BrokenProcessPool as error:
+        # Typically a main module that cannot be re-imported (code piped to python's stdin).
+        log.warning("Worker processes failed (%s); writing the remaining clips in this process.", error)
 
 
 def _write_one(job) -> tuple[str, str]:
@@ -594,6 +617,22 @@ def _segment_distance(X, Z, p0, p1):
     return np.hypot(X - (p0[0] + s * vx), Z - (p0[1] + s * vz)), s
 
 
+def _polyline_distance(X, Z, pts):
+    """Distance to a polyline through ``pts`` and the fraction of its length at the closest point."""
+    lengths = [math.hypot(b[0] - a[0], b[1] - a[1]) for a, b in zip(pts[:-1], pts[1:])]
+    total = sum(lengths) + 1e-12
+    best = np.full(X.shape, np.inf, np.float32)
+    frac = np.zeros(X.shape, np.float32)
+    start = 0.0
+    for (a, b), ll in zip(zip(pts[:-1], pts[1:]), lengths):
+        dist, s = _segment_distance(X, Z, a, b)
+        closer = dist < best
+        best = np.where(closer, dist, best)
+        frac = np.where(closer, (start + s * ll) / total, frac)
+        start += ll
+    return best, frac
+
+
 def _wall(rng, g: _Grid, fat_cm: tuple[float, float], muscle_cm: tuple[float, float] | None):
     """Skin, subcutaneous fat and muscle, parallel to the probe face. Returns (E, alpha, bottom)."""
     u, d = g.u, g.d
@@ -622,11 +661,11 @@ def _tissue_texture(rng, g: _Grid, severity: float, region: np.ndarray | None = 
     X, Z, floor = g.X, g.Z, 0.7 * g.pix
     s = float(severity)
     tex = 0.8 * _noise_at(rng, X, Z, 0.05, 0.05, floor)
-    tex += _lerp(0.4, 3.5, s) * _noise_at(rng, X, Z, _lerp(0.08, 0.35, s), _lerp(0.08, 0.3, s), floor)
-    tex += _lerp(0.3, 2.5, s) * _noise_at(rng, X, Z, 1.2, 1.2, floor)
-    septa_db = 9.0 * max(0.0, (s - 0.2) / 0.8) ** 1.5
+    tex += _lerp(0.4, 4.0, s) * _noise_at(rng, X, Z, _lerp(0.08, 0.45, s), _lerp(0.08, 0.4, s), floor)
+    tex += _lerp(0.3, 3.0, s) * _noise_at(rng, X, Z, 1.5, 1.5, floor)
+    septa_db = 7.0 * max(0.0, (s - 0.2) / 0.8) ** 1.5
     if septa_db > 0.3:
-        spacing = _lerp(0.3, 0.9, s)
+        spacing = _lerp(0.35, 1.2, s)
         x0, x1 = float(X.min()) - spacing, float(X.max()) + spacing
         z0, z1 = float(Z.min()) - spacing, float(Z.max()) + spacing
         # Jittered lattice: cells of similar size, like regenerative nodules.
@@ -640,10 +679,10 @@ def _tissue_texture(rng, g: _Grid, severity: float, region: np.ndarray | None = 
         edge = np.zeros(X.shape, np.float32)
         edge[sel] = (dist[:, 1] - dist[:, 0]).astype(np.float32)
         edge[~sel] = spacing
-        width = _line_sigma(g, _lerp(0.03, 0.06, s))
+        width = _line_sigma(g, _lerp(0.03, 0.07, s)) * (1 + 0.4 * _noise_at(rng, X, Z, 0.5, 0.5, floor).clip(-1.5, 1.5))
         cover = _step(_noise_at(rng, X, Z, 0.8, 0.8, floor) + _lerp(-1.0, 1.5, s), 0.4)
         tex += septa_db * cover * _gauss(edge, width)
-        tex -= 3.0 * max(0.0, (s - 0.5) / 0.5) * cover * (1 - _gauss(edge, spacing * 0.25))
+        tex -= 3.5 * max(0.0, (s - 0.5) / 0.5) * cover * (1 - _gauss(edge, spacing * 0.3))
     return tex.astype(np.float32)
 
 
@@ -673,17 +712,21 @@ def _vessels(rng, g: _Grid, top: float, count: int):
             zr = -(X - xc) * sa + (Z - zc) * ca
             rho = np.hypot(xr / ratio, zr)
             dist, rad = rho, r
-        else:  # a vessel along the plane: a tapering tube, maybe branching
+        else:  # a vessel along the plane: a gently curving tapering tube, maybe branching
             ang = rng.uniform(-math.pi, math.pi)
             length = rng.uniform(1.5, 5.0)
-            p0 = (xc, zc)
-            p1 = (xc + length * math.cos(ang), zc + length * math.sin(ang))
-            dist, s = _segment_distance(X, Z, p0, p1)
-            r = rng.uniform(0.15, 0.5)
+            bend = rng.uniform(-0.6, 0.6)
+            pts = [(xc, zc)]
+            for k in range(1, 6):
+                a = ang + bend * k / 5
+                pts.append((pts[-1][0] + length / 5 * math.cos(a), pts[-1][1] + length / 5 * math.sin(a)))
+            dist, s = _polyline_distance(X, Z, pts)
+            r = rng.uniform(0.12, 0.4)
             rad = r * (1.0 - 0.4 * s)
             if rng.random() < 0.5:
-                pb = (p0[0] + 0.5 * (p1[0] - p0[0]), p0[1] + 0.5 * (p1[1] - p0[1]))
-                bang = ang + rng.choice([-1, 1]) * rng.uniform(0.4, 0.9)
+                k = int(rng.integers(2, 4))
+                pb = pts[k]
+                bang = ang + bend * k / 5 + rng.choice([-1, 1]) * rng.uniform(0.4, 0.9)
                 pe = (pb[0] + 0.6 * length * math.cos(bang), pb[1] + 0.6 * length * math.sin(bang))
                 db_, sb_ = _segment_distance(X, Z, pb, pe)
                 rb = 0.6 * r * (1.0 - 0.4 * sb_)
@@ -693,7 +736,7 @@ def _vessels(rng, g: _Grid, top: float, count: int):
         inside = _step(rad - dist, soft)
         lumen = np.maximum(lumen, inside)
         if portal:
-            wall = np.maximum(wall, _gauss(dist - rad, wsig))
+            wall = np.maximum(wall, _gauss(dist - rad - wsig, wsig))
     return lumen, wall
 
 
@@ -715,11 +758,11 @@ def _build_liver(rng, g: _Grid, label: str, shifts) -> list[_Layer]:
 
     tex = _tissue_texture(rng, g, sev, region=below > -0.3)
     e = _db(rng.uniform(-2.0, 2.0) + tex)
-    alpha = np.full(d.shape, rng.uniform(0.5, 0.7), np.float32)
+    alpha = np.full(d.shape, rng.uniform(0.55, 0.65), np.float32)
 
     lumen, vwall = _vessels(rng, g, float(np.median(capsule)), int(rng.integers(3, 8)))
-    e = e * (1 - lumen) + _db(-35.0) * lumen + _db(8.0) * vwall * (1 - lumen)
-    alpha = alpha * (1 - lumen) + 0.12 * lumen
+    e = e * (1 - lumen) + _db(-35.0) * lumen + _db(rng.uniform(8.0, 12.0)) * vwall
+    alpha = alpha * (1 - lumen) + 0.35 * lumen
 
     if rng.random() < 0.6:  # diaphragm deep in the image, with a mirror image beyond it
         depth = g.probe.depth
@@ -783,7 +826,7 @@ def _aerated(rng, g: _Grid, ch: _Chest, a_line_db: float, decay: float):
     """Air below the pleura: a faint reverberation haze and A-lines at multiples of the pleura depth."""
     floor = 0.7 * g.pix
     rel = g.d - ch.d_p
-    haze_db = -18.0 + 2.5 * _noise_at(rng, g.beam_u(ch.d_p0), g.d, 0.4, 0.25, floor) - 0.3 * rel
+    haze_db = rng.uniform(-16.0, -11.0) + 2.5 * _noise_at(rng, g.beam_u(ch.d_p0), g.d, 0.4, 0.25, floor) - 0.3 * rel
     haze = _db(haze_db) * _step(rel, 0.05)
     sig = _line_sigma(g, 0.035)
     a_lines = np.zeros_like(haze)
@@ -804,9 +847,14 @@ def _b_lines(rng, g: _Grid, ch: _Chest, count: int, bright_db: float, confluent:
     u = g.beam_u(ch.d_p0)
     lo, hi = ch.window
     prof = np.zeros(u.shape, np.float32)
+    placed: list[float] = []
     for i in range(count):
         width = rng.uniform(0.8, 1.6) if (confluent and i == 0) else rng.uniform(0.12, 0.4)
-        c = rng.uniform(lo + 0.1 * (hi - lo), hi - 0.1 * (hi - lo))
+        for _ in range(20):  # keep separate lines apart so that they can be counted
+            c = rng.uniform(lo + 0.1 * (hi - lo), hi - 0.1 * (hi - lo))
+            if all(abs(c - p) > 0.45 for p in placed):
+                break
+        placed.append(c)
         prof = np.maximum(prof, np.exp(-0.5 * ((u - c) / (width / 2)) ** 4) * rng.uniform(0.7, 1.0))
     streak = _noise_at(rng, u, g.d, 0.04, 0.6, 0.7 * g.pix)
     rel = g.d - ch.d_p
@@ -842,7 +890,7 @@ def _build_a_lines(rng, g: _Grid, label: str, shifts) -> list[_Layer]:
 def _build_b_lines(rng, g: _Grid, label: str, shifts) -> list[_Layer]:
     ch, presence = _lung_common(rng, g, label)
     pl_db = rng.uniform(13, 18)
-    haze, a_lines = _aerated(rng, g, ch, pl_db - rng.uniform(7.0, 12.0), rng.uniform(4.0, 8.0))
+    haze, a_lines = _aerated(rng, g, ch, pl_db - rng.uniform(9.0, 14.0), rng.uniform(4.0, 8.0))
     b, prof = _b_lines(rng, g, ch, int(rng.integers(3, 9)), pl_db - rng.uniform(2.0, 6.0),
                        rng.random() < 0.3)
     e = (haze + a_lines) * (1 - 0.85 * prof) + b + _pleura(rng, g, ch, pl_db)
@@ -871,15 +919,16 @@ def _build_consolidation(rng, g: _Grid, label: str, shifts) -> list[_Layer]:
     lo, hi = ch.window
     span = rng.uniform(0.6, 1.1) * (hi - lo)
     uc = rng.uniform(lo + 0.3 * span, hi - 0.3 * span) if hi - lo > 0.6 * span else 0.5 * (lo + hi)
-    depth = rng.uniform(2.5, 6.0) if convex else rng.uniform(1.3, 3.2)
-    depth = min(depth, 0.75 * (g.probe.depth - ch.d_p0))
+    depth = rng.uniform(2.0, 5.0) if convex else rng.uniform(1.0, 2.6)
+    depth = min(depth, 0.6 * (g.probe.depth - ch.d_p0))
     x = np.clip((u - uc) / (span / 2), -1.5, 1.5)
     u_row = u[g.py + g.nd // 2]  # one row: the bottom is a function of the lateral position only
-    shred = 0.22 * _noise_1d(rng, u_row, 0.5) + 0.1 * _noise_1d(rng, u_row, 0.15)
+    shred = 0.12 * _noise_1d(rng, u_row, 0.5) + 0.1 * _noise_1d(rng, u_row, 0.12)
     x_row = np.clip((u_row - uc) / (span / 2), -1.0, 1.0)
-    shape = np.sqrt(1 - x_row ** 2)
-    bottom_row = depth * shape * (1 + shred * np.sqrt(shape))
+    shape = 1 - np.abs(x_row) ** rng.uniform(1.3, 2.5)
+    bottom_row = depth * shape * (1 + shred)
     bottom = np.interp(u, u_row, bottom_row)
+    flat = np.interp(u, u_row, shape)  # where the deep border runs roughly horizontally
     inside = _step(bottom - rel, 0.05) * _step(rel, 0.03)
 
     pl_db = rng.uniform(13, 18)
@@ -888,9 +937,9 @@ def _build_consolidation(rng, g: _Grid, label: str, shifts) -> list[_Layer]:
     tissue = _db(rng.uniform(-4.0, -1.0) + _tissue_texture(rng, g, rng.uniform(0.2, 0.45)))
 
     segs: list = []
-    for _ in range(int(rng.integers(1, 4))):
-        root = (uc + rng.uniform(-0.3, 0.3) * span, ch.d_p0 + rng.uniform(0.6, 0.95) * depth)
-        _bronchogram_tree(rng, root, -math.pi / 2 + rng.uniform(-0.6, 0.6), rng.uniform(0.3, 0.5) * depth,
+    for _ in range(int(rng.integers(2, 5))):
+        root = (uc + rng.uniform(-0.3, 0.3) * span, ch.d_p0 + rng.uniform(0.6, 0.9) * depth)
+        _bronchogram_tree(rng, root, -math.pi / 2 + rng.uniform(-0.7, 0.7), rng.uniform(0.25, 0.4) * depth,
                           int(rng.integers(2, 4)), segs)
     bronch = np.zeros(u.shape, np.float32)
     sig = _line_sigma(g, rng.uniform(0.04, 0.07))
@@ -903,14 +952,15 @@ def _build_consolidation(rng, g: _Grid, label: str, shifts) -> list[_Layer]:
     bronch = np.maximum(bronch * dotted, np.clip(dots * 2.0, 0, 1))
     tissue = tissue + _db(rng.uniform(15, 19)) * bronch
 
-    border = _gauss(rel - bottom, _line_sigma(g, 0.05)) * _step(1.0 - np.abs(x), 0.1)
+    border = _gauss(rel - bottom, _line_sigma(g, 0.05)) * _step(flat - 0.35, 0.1)
+    border = border * _step(_noise_at(rng, u, g.d, 0.15, 0.15, floor) + 0.5, 0.3)
     e = air * (1 - inside) + tissue * inside + _db(rng.uniform(9, 13)) * border
     e += _pleura(rng, g, ch, pl_db) * (1 - 0.75 * _step(1.0 - np.abs(x), 0.1))
     n_tails = int(rng.integers(0, 3))
     if n_tails:
         b, prof = _b_lines(rng, g, ch, n_tails, pl_db - rng.uniform(6, 10), False)
         e = e * (1 - 0.5 * prof * (1 - inside)) + b * (1 - inside) * _step(rel - bottom, 0.1)
-    alpha = 0.6 * (1 - inside) + 0.8 * inside
+    alpha = np.full(e.shape, 0.6, np.float32)  # hepatised lung transmits like soft tissue
     return _finish_lung(rng, g, ch, shifts, e, alpha, presence)
 
 
@@ -923,7 +973,7 @@ def _build_effusion(rng, g: _Grid, label: str, shifts) -> list[_Layer]:
     fluid_e = _db(-40.0 + 3.0 * _noise_at(rng, g.X, g.Z, 0.3, 0.3, floor))
     if rng.random() < 0.3:  # a few floating echoes in a complex effusion
         fluid_e = fluid_e + _db(-12.0) * np.clip(_noise_at(rng, g.X, g.Z, 0.05, 0.05, floor) - 2.5, 0, None)
-    pleura = _db(rng.uniform(9, 13)) * _gauss(rel, _line_sigma(g, 0.035))
+    pleura = _db(rng.uniform(12, 16)) * _gauss(rel, _line_sigma(g, 0.045))
 
     if convex:
         # Lung base: fluid above a dome-shaped diaphragm, liver or spleen below it, and a
@@ -932,24 +982,33 @@ def _build_effusion(rng, g: _Grid, label: str, shifts) -> list[_Layer]:
         x0 = rng.uniform(-2.0, 2.0)
         zd = z0 + rng.uniform(0.01, 0.04) * (g.X - x0) ** 2 + rng.uniform(-0.2, 0.2) * g.X
         past = _step(g.Z - zd, _line_sigma(g, 0.03))
-        organ = _db(rng.uniform(-2, 1) + _tissue_texture(rng, g, rng.uniform(0.0, 0.3)))
+        organ = _db(rng.uniform(-5, -1) + _tissue_texture(rng, g, rng.uniform(0.0, 0.3)))
         e = fluid_e * (1 - past) + organ * past + _db(rng.uniform(13, 17)) * _gauss(g.Z - zd, _line_sigma(g, 0.06))
-        alpha = 0.03 * (1 - past) + 0.6 * past
+        alpha = 0.4 * (1 - past) + 0.6 * past
         e = e * _step(rel, 0.02) + pleura
 
-        side = rng.choice([-1, 1])
+        # The compressed lung hangs from the deep hilum on one side, its tip floating up and in.
+        side = float(rng.choice([-1, 1]))
         hw = g.half_width(z0)
-        base = (side * 1.3 * hw, rng.uniform(0.45, 0.75) * z0 + 0.3 * ch.d_p0)
-        tip = (side * rng.uniform(-0.3, 0.3) * hw, base[1] + rng.uniform(-0.1, 0.25) * z0)
-        dist, s = _segment_distance(g.X, g.Z, base, tip)
-        thick = rng.uniform(1.0, 2.0) * (1 - s) + 0.25 * s
-        thick = thick * (1 + 0.15 * _noise_at(rng, g.X, g.Z, 0.5, 0.5, floor))
+        base = (side * rng.uniform(0.25, 0.65) * hw, z0 - rng.uniform(0.0, 0.1) * z0)
+        length = rng.uniform(0.35, 0.6) * (base[1] - ch.d_p0) + rng.uniform(0.5, 1.5)
+        ang = math.atan2(-1.0, -side * rng.uniform(0.3, 1.2))  # up and towards the centre
+        bend = rng.uniform(-0.5, 0.5)
+        pts = []
+        for k in range(7):
+            t = k / 6
+            a = ang + bend * t
+            prev = pts[-1] if pts else base
+            step_ = length / 6 if k else 0.0
+            pts.append((prev[0] + step_ * math.cos(a), prev[1] + step_ * math.sin(a)))
+        dist, s = _polyline_distance(g.X, g.Z, pts)
+        thick = rng.uniform(0.7, 1.2) * np.clip(1 - s, 0, 1) ** 0.6 + 0.2
+        thick = thick * (1 + 0.2 * _noise_at(rng, g.X, g.Z, 0.4, 0.4, floor))
         inside = _step(thick - dist, 0.05)
-        lung_e = _db(rng.uniform(-2.0, 1.0) + _tissue_texture(rng, g, rng.uniform(0.2, 0.45)))
+        lung_e = _db(rng.uniform(-3.0, 0.0) + _tissue_texture(rng, g, rng.uniform(0.2, 0.45)))
         lung_e += _db(rng.uniform(8, 12)) * _gauss(dist - thick, _line_sigma(g, 0.04))
         segs: list = []
-        _bronchogram_tree(rng, base, math.atan2(tip[1] - base[1], tip[0] - base[0]),
-                          0.5 * math.hypot(tip[0] - base[0], tip[1] - base[1]), 2, segs)
+        _bronchogram_tree(rng, base, ang, 0.45 * length, 2, segs)
         for p0, p1 in segs:
             dd, _ = _segment_distance(g.X, g.Z, p0, p1)
             lung_e += _db(rng.uniform(8, 12)) * _gauss(dd, _line_sigma(g, 0.04))
@@ -958,13 +1017,13 @@ def _build_effusion(rng, g: _Grid, label: str, shifts) -> list[_Layer]:
     else:
         # Between the ribs: fluid between the parietal pleura and the lung surface, which rises
         # and falls with breathing (the sinusoid sign).
-        thick = rng.uniform(0.9, 2.0)
+        thick = min(rng.uniform(1.2, 2.5), 0.55 * (depth - ch.d_p0))
         d_v = ch.d_p + thick + 0.1 * _noise_1d(rng, g.beam_u(ch.d_p0), 0.8)
         e = fluid_e * _step(rel, 0.02) + pleura
-        alpha = np.full(e.shape, 0.03, np.float32)
+        alpha = np.full(e.shape, 0.4, np.float32)
         below = g.d - d_v
         if rng.random() < 0.5:
-            lung_e = _db(rng.uniform(-3.0, 0.0) + _tissue_texture(rng, g, rng.uniform(0.2, 0.45)))
+            lung_e = _db(rng.uniform(-5.0, -2.0) + _tissue_texture(rng, g, rng.uniform(0.2, 0.45)))
         else:
             lung_e = _db(-13.0 + 2.5 * _noise_at(rng, g.u, g.d, 0.4, 0.25, floor))
         lung_e = lung_e + _db(rng.uniform(11, 15)) * _gauss(below, _line_sigma(g, 0.035))
@@ -1000,6 +1059,7 @@ class _Imaging:
     dyn_range: float  # dB
     gamma: float
     focus: float  # cm
+    smoothing: float  # speckle reduction, polar samples
 
 
 def _draw_imaging(rng, probe: _Probe, g: _Grid) -> _Imaging:
@@ -1014,7 +1074,7 @@ def _draw_imaging(rng, probe: _Probe, g: _Grid) -> _Imaging:
     alpha_nom = rng.uniform(0.5, 0.7)
     d = (np.arange(g.nd) + 0.5) * g.dz
     # TGC: nominal compensation with a mismatch, plus the user's slider curve.
-    comp = 2 * probe.freq * alpha_nom * rng.uniform(0.88, 1.08) * d
+    comp = 2 * probe.freq * alpha_nom * rng.uniform(0.92, 1.05) * d
     sliders = rng.uniform(-3.0, 3.0, 6)
     curve = np.interp(d, np.linspace(0, depth, 6), sliders)
     curve = ndimage.gaussian_filter1d(curve, max(1.0, 0.08 * g.nd), mode="nearest")
@@ -1032,10 +1092,11 @@ def _draw_imaging(rng, probe: _Probe, g: _Grid) -> _Imaging:
         lateral_db=lateral.astype(np.float32),
         noise_amp=10 ** (noise_db / 20),
         gain=int(rng.integers(30, 80)),
-        tissue_gray=rng.uniform(80.0, 120.0),
+        tissue_gray=rng.uniform(78.0, 115.0),
         dyn_range=rng.uniform(50.0, 66.0),
         gamma=rng.uniform(0.9, 1.2),
         focus=focus,
+        smoothing=rng.uniform(0.3, 0.9),
     )
 
 
@@ -1092,7 +1153,8 @@ def _render_polar(rng, g: _Grid, layers: Sequence[_Layer], im: _Imaging, frames:
     """Grey levels (T, nd, na) on the polar grid, before scan conversion."""
     shape = (g.nd, g.na)
     speckles = [_Speckle(rng, shape, im.sigma_axial, im.sigma_lateral, layer.rho) for layer in layers]
-    att_scale = np.float32(2 * g.probe.freq * g.dz)
+    # Layers give attenuation relative to 0.6 dB/cm/MHz, the soft tissue the TGC was set for.
+    att_scale = np.float32(2 * g.probe.freq * g.dz * im.alpha_nominal / _ALPHA_SOFT)
     post_db = im.tgc_db[:, None] + im.lateral_db[None, :]
     scale = np.float32(255.0 / im.dyn_range)
     offset = np.float32(im.tissue_gray + 255.0 / im.dyn_range * 2.5)
@@ -1115,6 +1177,8 @@ def _render_polar(rng, g: _Grid, layers: Sequence[_Layer], im: _Imaging, frames:
         sig = field_ * np.power(10.0, -att_db / 20.0).astype(np.float32)
         sig += (noise[0] + 1j * noise[1]) * np.float32(im.noise_amp * math.sqrt(0.5))
         env_db = 20.0 * np.log10(np.abs(sig) + np.float32(1e-12)) + post_db
+        if im.smoothing > 0:  # the scanner's speckle reduction / display averaging
+            env_db = ndimage.gaussian_filter(env_db, im.smoothing, mode="nearest")
         gray = np.clip(offset + scale * env_db, 0.0, 255.0)
         out[t] = 255.0 * (gray / 255.0) ** im.gamma
     return out
@@ -1178,6 +1242,12 @@ def _font():
     return ImageFont.load_default()
 
 
+def _text_right(draw: ImageDraw.ImageDraw, xy, text: str, fill: int) -> None:
+    """Text whose right end is at x (no anchors: the bitmap fallback font lacks them)."""
+    width = draw.textlength(text, font=_font())
+    draw.text((xy[0] - width, xy[1]), text, fill=fill, font=_font())
+
+
 _SITES = ("HICO GENERAL", "CITY HOSPITAL", "ST. ELSEWHERE", "SYNTH MED CTR", "NORTH CLINIC",
           "RIVERSIDE US", "DEPT RADIOLOGY", "ICU BAY 4", "ED POCUS", "OUTPATIENT 2")
 _PRESETS = ("ABD", "LUNG", "GEN", "FAST", "PEN", "RES", "THI", "STD")
@@ -1210,7 +1280,7 @@ class _Overlay:
         mi = f"MI {rng.uniform(0.4, 1.4):.1f}  TIS {rng.uniform(0.1, 1.0):.1f}"
         self.style = int(rng.integers(0, 3))
         self.counter_xy = (w * v - 3, 1)
-        draw.text((w * v - 3, 14), mi, fill=lvl, font=font, anchor="ra")
+        _text_right(draw, (w * v - 3, 14), mi, lvl)
 
         # Depth scale along the right edge of the image, ticks every cm, labels every 5 cm.
         ppc = layout.ppc * v
@@ -1224,7 +1294,7 @@ class _Overlay:
             major = k % 5 == 0
             draw.line([(xs, y), (xs + (6 if major else 3), y)], fill=lvl, width=1)
             if major and k > 0:
-                draw.text((xs + 7, y), str(k), fill=lvl, font=font, anchor="lm")
+                draw.text((xs + 7, y - 5), str(k), fill=lvl, font=font)
         yf = y0 + im.focus * ppc
         draw.polygon([(xs - 1, yf), (xs - 6, yf - 3), (xs - 6, yf + 3)], fill=lvl)
 
@@ -1260,8 +1330,7 @@ class _Overlay:
 
     def frame(self, t: int) -> np.ndarray:
         canvas = Image.new("L", self.vsize, 0)
-        ImageDraw.Draw(canvas).text(self.counter_xy, self._counter_text(t), fill=self.level,
-                                    font=_font(), anchor="ra")
+        _text_right(ImageDraw.Draw(canvas), self.counter_xy, self._counter_text(t), self.level)
         return np.maximum(self.static, self._shrink(canvas))
 
     def dynamic_mask(self, height: int, width: int, scale: int) -> np.ndarray:

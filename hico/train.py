@@ -270,6 +270,7 @@ class Trainer:
                     elapsed = time.perf_counter() - window_start
                     means = (sums / window).tolist()
                     last_metrics = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
+                                    "time": round(time.time(), 3),
                                     **{k: v for k, v in zip(TERMS, means)},
                                     "lr": self.lr,
                                     "images_per_s": 2 * self.batch * window / max(elapsed, 1e-9)}
@@ -334,6 +335,9 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, stop_at_step: 
     try:
         trainer = Trainer(cfg, run_dir, resume=resume, progress=progress)
         return trainer.run(stop_at_step=stop_at_step)
+    except KeyboardInterrupt:  # before the loop took over Ctrl-C: nothing to checkpoint yet
+        write_status(run_dir, state="stopped", error=None)
+        raise
     except BaseException as exc:
         message = str(exc) if isinstance(exc, HiCoError) else f"{type(exc).__name__}: {exc}"
         write_status(run_dir, state="failed", error=message)
