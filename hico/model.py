@@ -5,6 +5,9 @@ Shapes, for an input of B x C x S x S (C is 1 for gray or 3 for colour):
     P2..P5  FPN maps with `fpn_dim` channels at the same strides
     local, medium, global   B x proj_dim projections of the three chosen levels
     logits  B x classes, from the pooled C5 (only when the model has classes)
+    probe_local, probe_medium, probe_global   B x classes: linear probes on each pooled level,
+            trained on detached features (they watch the levels and never change them); their
+            weights turn a level's map into a class activation map for saliency
 """
 
 from __future__ import annotations
@@ -167,10 +170,11 @@ class HiCoModel(nn.Module):
             name: ProjectionHead(heads, fpn_dim, feature_size(input_size, lvl), hidden_dim, proj_dim)
             for name, lvl in zip(LEVELS, self.levels)
         })
-        self.classifier = None
+        self.classifier = self.probes = None
         if num_classes > 0:
             self.classifier = nn.Sequential(nn.Linear(self.trunk.channels[3], 256), nn.ReLU(inplace=True),
                                             nn.Linear(256, num_classes))
+            self.probes = nn.ModuleDict({name: nn.Linear(fpn_dim, num_classes) for name in LEVELS})
         self._init_weights()
 
     def _init_weights(self) -> None:
@@ -191,11 +195,14 @@ class HiCoModel(nn.Module):
         return maps
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """x: B x C x S x S normalised -> {local, medium, global: B x proj_dim, logits: B x K}."""
+        """x: B x C x S x S normalised -> {local, medium, global: B x proj_dim, logits and
+        probe_<level>: B x K when the model has classes}."""
         maps = self.features(x)
         out = {name: self.heads[name](maps[lvl]) for name, lvl in zip(LEVELS, self.levels)}
         if self.classifier is not None:
             out["logits"] = self.classifier(maps["C5"].mean(dim=(2, 3)))
+            for name, lvl in zip(LEVELS, self.levels):
+                out[f"probe_{name}"] = self.probes[name](maps[lvl].detach().mean(dim=(2, 3)))
         return out
 
     @torch.no_grad()
@@ -209,6 +216,8 @@ class HiCoModel(nn.Module):
             out[f"z_{name}"] = self.heads[name](maps[lvl])
         if self.classifier is not None:
             out["logits"] = self.classifier(out["backbone"])
+            for name in LEVELS:
+                out[f"probe_{name}"] = self.probes[name](out[name])
         return out
 
 

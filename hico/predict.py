@@ -60,7 +60,8 @@ def predict_clip(run_dir: str | Path, clip: str | Path, device: str = "auto", ma
     cfg, model, sidecar = model_bundle or load_run(run_dir, "auto", dev)
     classes = sidecar.get("classes") or []
     if not classes or model.classifier is None:
-        raise HiCoError(f"Run {run_dir} was trained without labels, so it has no classifier to predict with.")
+        raise HiCoError(f"Run {run_dir} has no classifier to predict with: it was trained without labels "
+                        f"or with loss.mode={cfg.loss.mode}.")
     frames = resize_frames(read_clip(clip, max_frames=max_frames), cfg.data.size)
     out = embed_frames(model, torch.from_numpy(frames), next(model.parameters()).device, batch_size)
     probs = torch.softmax(torch.from_numpy(out["logits"]).double(), dim=1).numpy()

@@ -29,11 +29,14 @@ from hico.data import FrameCache, assign_splits, build_cache, find_clips, labell
 from hico.data.dataset import Dataset
 from hico.errors import HiCoError
 from hico.paths import expand_path
-from hico.losses import TERMS, HiCoLoss
+from hico.losses import TERMS, HiCoLoss, soft_cross_entropy
 from hico.model import architecture, build_model
 
 log = logging.getLogger(__name__)
 STOP_FILE = "STOP"
+# Logged beside the loss terms: the per-level linear probes' cross-entropy (detached features,
+# so it trains the probes and never the encoder).
+METRIC_TERMS = (*TERMS, "probe")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -191,7 +194,13 @@ class Trainer:
         n = v1.shape[0]
         out1 = {k: v[:n] for k, v in out.items()}
         out2 = {k: v[n:] for k, v in out.items()}
-        return self.loss_fn(out1, out2, labels)
+        total, terms = self.loss_fn(out1, out2, labels)
+        probe = total.new_zeros(())
+        if labels is not None and "probe_local" in out:
+            both = torch.cat([labels, labels])
+            probe = sum(soft_cross_entropy(out[f"probe_{name}"], both, 0.0) for name in ("local", "medium", "global"))
+        terms["probe"] = probe.detach()
+        return total + probe, terms
 
     def train_step(self) -> dict[str, torch.Tensor]:
         t = self.cfg.train
@@ -200,9 +209,9 @@ class Trainer:
         v1, v2 = sample_views(self.cache, positions, rng, self.cfg.data)
         labels = self.labels[positions].to(self.device, non_blocking=True)
         self.model.train()
-        total, terms = self._forward(v1, v2, labels)
+        objective, terms = self._forward(v1, v2, labels)
         self.optimizer.zero_grad(set_to_none=True)
-        total.backward()
+        objective.backward()
         self.lr = self.optimizer.param_groups[0]["lr"]
         self.optimizer.step()
         self.scheduler.step()
@@ -248,7 +257,7 @@ class Trainer:
         run_dir = self.run_dir
         write_status(run_dir, state="running", pid=os.getpid(), step=self.step, total_steps=self.total_steps,
                      device=str(self.device), error=None)
-        sums = torch.zeros(len(TERMS), device=self.device)
+        sums = torch.zeros(len(METRIC_TERMS), device=self.device)
         window, window_start, started = 0, time.perf_counter(), time.perf_counter()
         steps_done, last_metrics, state = 0, {}, "finished"
         bar = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step",
@@ -259,7 +268,7 @@ class Trainer:
                     state = "stopped"
                     break
                 terms = self.train_step()
-                sums += torch.stack([terms[k] for k in TERMS])
+                sums += torch.stack([terms[k] for k in METRIC_TERMS])
                 window += 1
                 steps_done += 1
                 bar.update(1)
@@ -271,7 +280,7 @@ class Trainer:
                     means = (sums / window).tolist()
                     last_metrics = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
                                     "time": round(time.time(), 3),
-                                    **{k: v for k, v in zip(TERMS, means)},
+                                    **{k: v for k, v in zip(METRIC_TERMS, means)},
                                     "lr": self.lr,
                                     "images_per_s": 2 * self.batch * window / max(elapsed, 1e-9)}
                     if self.cuda:

@@ -16,7 +16,17 @@ def test_output_shapes_and_pyramid_strides():
     assert "P4" not in maps  # computed in the top-down path but not smoothed: unused
     out = model(x)
     assert {k: tuple(v.shape) for k, v in out.items()} == {
-        "local": (3, 256), "medium": (3, 256), "global": (3, 256), "logits": (3, 5)}
+        "local": (3, 256), "medium": (3, 256), "global": (3, 256), "logits": (3, 5),
+        "probe_local": (3, 5), "probe_medium": (3, 5), "probe_global": (3, 5)}
+
+
+def test_level_probes_watch_without_training_the_encoder():
+    model = HiCoModel(input_size=32, num_classes=3)
+    out = model(torch.randn(4, 1, 32, 32))
+    out["probe_local"].sum().backward()
+    assert model.probes["local"].weight.grad.abs().sum() > 0
+    assert all(p.grad is None for p in model.trunk.parameters())
+    assert all(p.grad is None for p in model.fpn.parameters())
 
 
 def test_gray_input_equals_replicated_rgb():

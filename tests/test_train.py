@@ -30,7 +30,7 @@ def test_three_steps_are_finite_and_write_a_loadable_run(class_dataset, tmp_path
         for term in TERMS:
             assert math.isfinite(line[term])
         assert line["images_per_s"] > 0 and line["lr"] > 0
-    assert lines[0]["peer_global"] > 0 and lines[0]["supervised"] > 0
+    assert lines[0]["peer_global"] > 0 and lines[0]["supervised"] > 0 and lines[0]["probe"] > 0
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
     assert config.load(run / "config.yaml").data.size == 32
     cfg, model, sidecar = load_run(run, "last")

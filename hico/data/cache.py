@@ -28,7 +28,7 @@ CACHE_VERSION = 1
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     """T x H x W x C uint8 -> T x C x size x size uint8 (antialiased bilinear, aspect not kept,
     as the published pipeline resizes to a square)."""
-    x = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2)
+    x = torch.from_numpy(np.require(frames, np.uint8, ["C", "W"])).permute(0, 3, 1, 2)
     if x.shape[-2:] != (size, size):
         x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
         x = x.round_().clamp_(0, 255).to(torch.uint8)
