@@ -65,6 +65,9 @@ def load_weights(model: HiCoModel, path: Path, expected: dict | None = None, fou
     except (SafetensorError, OSError) as exc:
         raise HiCoError(f"Checkpoint {path} cannot be read ({exc}).") from None
     missing, unexpected = model.load_state_dict(weights, strict=False)
+    if missing and all(k.startswith("probes.") for k in missing):
+        model.probes = None  # saved before the model had level probes: everything else fits
+        missing = []
     mismatched = [k for k, v in weights.items() if k in model.state_dict() and model.state_dict()[k].shape != v.shape]
     if missing or unexpected or mismatched:
         what = (missing or unexpected or mismatched)[0]

@@ -201,6 +201,7 @@ class HiCoModel(nn.Module):
         out = {name: self.heads[name](maps[lvl]) for name, lvl in zip(LEVELS, self.levels)}
         if self.classifier is not None:
             out["logits"] = self.classifier(maps["C5"].mean(dim=(2, 3)))
+        if self.probes is not None:
             for name, lvl in zip(LEVELS, self.levels):
                 out[f"probe_{name}"] = self.probes[name](maps[lvl].detach().mean(dim=(2, 3)))
         return out
@@ -216,6 +217,7 @@ class HiCoModel(nn.Module):
             out[f"z_{name}"] = self.heads[name](maps[lvl])
         if self.classifier is not None:
             out["logits"] = self.classifier(out["backbone"])
+        if self.probes is not None:
             for name in LEVELS:
                 out[f"probe_{name}"] = self.probes[name](out[name])
         return out

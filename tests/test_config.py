@@ -17,7 +17,9 @@ def test_defaults_follow_the_published_method():
 def test_yaml_round_trip_and_overrides(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("data:\n  size: 64\ntrain:\n  batch_size: 4\n")
-    cfg = config.load(path, ["train.batch_size=8", "loss.mode=peer", "model.levels=[P2, P4, P5]", "device=cpu"])
+    cfg = config.load(path, ["train.batch_size=8", "loss.mode=peer", "model.levels=[P2, P4, P5]", "device=cpu",
+                             "train.lr=1e-3"])
+    assert cfg.train.lr == 0.001
     assert (cfg.data.size, cfg.train.batch_size, cfg.loss.mode, cfg.device) == (64, 8, "peer", "cpu")
     assert cfg.model.levels == ["P2", "P4", "P5"]
     config.save(cfg, tmp_path / "out.yaml")

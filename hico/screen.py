@@ -1,0 +1,395 @@
+"""Find the ultrasound image in a scanner screen capture and mask what is not tissue.
+
+Clips exported from scanners (mp4 screen grabs, DICOM) show more than tissue: a black
+frame around the imaging sector (a convex fan or a linear rectangle) and burned-in
+overlays (text lines, a frame counter, a depth scale, a grey calibration bar, an
+orientation dot, coloured annotations). :func:`detect_screen` finds them;
+:meth:`ScreenMask.apply` sets everything but tissue to black.
+
+How, in short:
+
+1. Signal is what rises above the black of the frame. With several frames an overlay is
+   what never changes (speckle always does), so static pixels are dropped from the signal;
+   a single frame relies on shape alone: an opening removes text and thin scales.
+2. The sector is fitted as a shape, not taken pixel by pixel, because fluid, rib shadows
+   and effusions are as black as the frame around the image and may touch its edges:
+   a linear image is the bounding rectangle of the signal; a convex fan is an annular
+   sector whose apex comes from a circle fitted to the skin line at its top. When neither
+   model fits, the convex hull of the signal is the sector.
+3. Overlays are everything lit outside the sector, static pixels inside it, and colour in
+   an otherwise grey image (unless so much of the sector is colour that it is Doppler).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageDraw
+from scipy import ndimage
+from scipy.spatial import ConvexHull, QhullError
+
+from hico.errors import HiCoError
+
+log = logging.getLogger(__name__)
+
+_STAT_FRAMES = 16  # frames sampled, evenly spaced, for the per-pixel statistics
+_SIGNAL_MARGIN = 15  # grey levels above the frame's black that count as signal
+_STATIC_RANGE = 4  # grey levels a burned-in overlay may flicker by under video compression
+_MOVING_FRACTION = 0.2  # below this share of changing signal pixels a clip is treated as a still
+_DARK_BORDER = 0.2  # share of the image border that must be black for a frame to exist at all
+_COLOUR_RANGE = 32  # max - min over R, G, B above which a pixel is colour (codec noise is <= 8)
+_DOPPLER_FRACTION = 0.1  # this much colour inside the sector makes it Doppler, not annotation
+_MIN_SECTOR = 0.02  # a sector smaller than this share of the image is a failed detection
+_RECT_FLAT = 0.7  # share of columns whose top is level for the sector to be a rectangle
+_FIT_POINTS = 1000  # outline pixels a fan is fitted to (a sample of them in large images)
+_FAINT_DENSITY = 0.05  # share of faint pixels in a row (or arc) that still counts as image
+
+
+@dataclass(frozen=True)
+class ScreenMask:
+    """Where the tissue is on a screen capture; every mask is bool (H, W).
+
+    ``sector``: the imaging sector (fan or rectangle), shadows and fluid included.
+    ``overlay``: burned-in overlay pixels found anywhere (text, scales, bars, annotations).
+    ``tissue``: ``sector`` minus ``overlay``; never empty.
+    ``method``: ``"temporal"`` (cues from several frames), ``"single-frame"`` (spatial cues
+    only) or ``"none"`` (no screen found: everything counts as tissue).
+    """
+
+    tissue: np.ndarray
+    sector: np.ndarray
+    overlay: np.ndarray
+    method: str
+
+    def apply(self, frames: np.ndarray) -> np.ndarray:
+        """``frames`` (T, H, W) or (T, H, W, C), any dtype, with pixels outside ``tissue`` set to 0.
+
+        Returns a new array of the same shape and dtype.
+        """
+        frames = np.asarray(frames)
+        if frames.ndim not in (3, 4) or frames.shape[1:3] != self.tissue.shape:
+            raise HiCoError(
+                f"The screen mask is {self.tissue.shape[0]}x{self.tissue.shape[1]} pixels but the "
+                f"frames have shape {frames.shape}; detect the mask on the same clip."
+            )
+        keep = self.tissue if frames.ndim == 3 else self.tissue[:, :, None]
+        return np.where(keep, frames, np.zeros((), frames.dtype))
+
+
+def detect_screen(frames: np.ndarray) -> ScreenMask:
+    """Find the imaging sector and the burned-in overlays of a clip or a still.
+
+    ``frames``: uint8 (T, H, W, C) with C in {1, 3}, or (T, H, W); T = 1 for a still.
+    With several frames that change, temporal cues are used; otherwise spatial ones.
+    """
+    clip = _as_clip(frames)
+    sample = clip[np.linspace(0, len(clip) - 1, min(len(clip), _STAT_FRAMES)).round().astype(int)]
+    brightest, colour = _brightness_and_colour(sample)
+    high, low = brightest.max(axis=0), brightest.min(axis=0)
+
+    threshold, faint, framed = _levels(high)
+    lit = high > threshold
+    static = lit & (high - low <= _STATIC_RANGE)
+    moving = len(sample) > 1 and (lit & ~static).sum() > _MOVING_FRACTION * max(1, lit.sum())
+    if not moving:
+        static = np.zeros_like(lit)
+
+    sector = _find_sector((high > faint) & ~static) if framed else None
+    if sector is None:
+        method = "none"
+        sector = np.ones(high.shape, bool)
+    else:
+        method = "temporal" if moving else "single-frame"
+    overlay = _find_overlay(lit, static, colour, sector)
+    tissue = sector & ~overlay
+    if not tissue.any():  # never mask the whole image
+        method, tissue = "none", np.ones_like(sector)
+    log.debug("Screen: %s, sector %.1f%%, overlay %.1f%% of the image.",
+              method, 100 * sector.mean(), 100 * overlay.mean())
+    return ScreenMask(tissue=tissue, sector=sector, overlay=overlay, method=method)
+
+
+def mask_frames(frames: np.ndarray) -> tuple[np.ndarray, ScreenMask]:
+    """Detect the screen layout of ``frames`` (as :func:`detect_screen`) and black out non-tissue.
+
+    Returns the masked frames (same shape and dtype) and the :class:`ScreenMask`.
+    """
+    mask = detect_screen(frames)
+    return mask.apply(frames), mask
+
+
+# --------------------------------------------------------------------------------------------
+# steps
+
+
+def _as_clip(frames) -> np.ndarray:
+    """uint8 (T, H, W, C) view of the accepted input shapes, or a HiCoError."""
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8:
+        raise HiCoError(f"Screen detection needs 8-bit frames (uint8), not {frames.dtype}.")
+    if frames.ndim == 3:
+        frames = frames[..., None]
+    if frames.ndim != 4 or frames.shape[-1] not in (1, 3) or 0 in frames.shape:
+        raise HiCoError(
+            f"Screen detection needs frames shaped (T, H, W) or (T, H, W, C) with C 1 or 3, "
+            f"not {frames.shape}."
+        )
+    return frames
+
+
+def _brightness_and_colour(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The brightest channel of ``sample`` (uint8 (S, H, W, C)) as uint8 (S, H, W), and the
+    pixels that are colour in any frame, bool (H, W). Colour annotations count as bright."""
+    if sample.shape[3] == 1:
+        return sample[..., 0], np.zeros(sample.shape[1:3], bool)
+    red, green, blue = sample[..., 0], sample[..., 1], sample[..., 2]
+    brightest = np.maximum(np.maximum(red, green), blue)
+    darkest = np.minimum(np.minimum(red, green), blue)
+    return brightest, ((brightest - darkest) > _COLOUR_RANGE).any(axis=0)
+
+
+def _levels(high: np.ndarray) -> tuple[float, float, bool]:
+    """Grey levels for signal and for faint signal, and whether the image border is mostly black.
+
+    ``high``: uint8 (H, W), the brightest value of each pixel over time. Faint signal is
+    anything above the noise of the black frame: the deep, dim end of an image.
+    """
+    def ring(image):
+        return np.concatenate([image[:2].ravel(), image[-2:].ravel(),
+                               image[:, :2].ravel(), image[:, -2:].ravel()])
+
+    smooth = ring(ndimage.uniform_filter(high, 3))  # speckle alone must not look black
+    black = float(np.percentile(smooth, 5))
+    threshold = black + _SIGNAL_MARGIN
+    framed = bool(np.mean(smooth <= threshold) >= _DARK_BORDER)
+    raw = ring(high)
+    dark = raw[raw <= threshold]
+    faint = float(np.percentile(dark, 99)) if dark.size else threshold
+    return threshold, faint, framed
+
+
+def _find_sector(signal: np.ndarray) -> np.ndarray | None:
+    """The imaging sector, bool (H, W), or None if there is none.
+
+    ``signal``: bool (H, W), pixels above the noise of the black frame that are not known
+    overlays. Deep, dim tissue is only partly above it: its dark specks are filled to find
+    the image's shape, and its density decides how far the image reaches.
+    """
+    h, w = signal.shape
+    size = 2 * max(1, round(min(h, w) / 64)) + 1
+    filled = _fill_specks(signal, 4 * size * size)
+    # An opening removes text, ticks and dots, and cuts them off the image they touch.
+    eroded = ndimage.minimum_filter(filled.view(np.uint8), size, mode="constant", cval=0)
+    core = ndimage.maximum_filter(eroded, size, mode="constant", cval=0) > 0
+    core = _image_components(core)
+    if core is None or core.sum() < _MIN_SECTOR * signal.size:
+        return None
+    gap = max(2, size // 2)
+    box = _rectangle(core)
+    if box is not None:
+        sector = _extend_rectangle(box, signal, gap)
+    else:
+        fan = _fan(core)
+        sector = _extend_fan(fan, signal, gap) if fan is not None else _hull(core)
+    if sector.mean() > 0.98:
+        return None  # no frame around the image after all
+    return sector
+
+
+def _fill_specks(signal: np.ndarray, max_area: int) -> np.ndarray:
+    """``signal`` (bool (H, W)) with its dark specks of at most ``max_area`` pixels filled.
+
+    Dark speckle in dim tissue would otherwise break the image up under the opening;
+    the black around text and scales is one large region and stays.
+    """
+    labels, _ = ndimage.label(~signal)
+    small = np.bincount(labels.ravel()) <= max_area
+    small[0] = False
+    return signal | small[labels]
+
+
+def _image_components(core: np.ndarray) -> np.ndarray | None:
+    """The pieces of ``core`` (bool (H, W)) big enough to be parts of the image, or None.
+
+    Fluid and rib shadows can split the image (the body wall above an effusion, the lung
+    below it; strips between shadows), so every piece of at least 5% of the largest counts.
+    """
+    labels, count = ndimage.label(core, structure=np.ones((3, 3)))
+    if count == 0:
+        return None
+    areas = np.bincount(labels.ravel())
+    areas[0] = 0
+    return (areas >= 0.05 * areas.max())[labels]
+
+
+def _top_rows(core: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Columns that hold ``core`` pixels (int) and the first row of each (int)."""
+    cols = np.nonzero(core.any(axis=0))[0]
+    return cols, core[:, cols].argmax(axis=0)
+
+
+def _rectangle(core: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Rows and columns (top, bottom, left, right; inclusive) of the bounding box of ``core``
+    when its top edge is level and its sides do not widen downwards (a linear probe), else None.
+    """
+    cols, tops = _top_rows(core)
+    rows = np.nonzero(core.any(axis=1))[0]
+    tolerance = max(2, round(0.02 * core.shape[0]))
+    if np.mean(tops <= tops.min() + tolerance) < _RECT_FLAT:
+        return None
+    upper = np.nonzero(core[rows[0]:rows[0] + 4 * tolerance].any(axis=0))[0]
+    if upper[0] > cols[0] + tolerance or upper[-1] < cols[-1] - tolerance:
+        return None  # wider below than at the skin: a fan with a flat top
+    return int(rows[0]), int(rows[-1]), int(cols[0]), int(cols[-1])
+
+
+def _extend_rectangle(box: tuple[int, int, int, int], faint: np.ndarray, gap: int) -> np.ndarray:
+    """The rectangle ``box`` as bool (H, W), lengthened down over rows of ``faint`` signal."""
+    top, bottom, left, right = box
+    density = faint[bottom + 1:, left:right + 1].mean(axis=1)
+    bottom += _reach(density, gap)
+    sector = np.zeros(faint.shape, bool)
+    sector[top:bottom + 1, left:right + 1] = True
+    return sector
+
+
+def _reach(density: np.ndarray, gap: int) -> int:
+    """How many steps of ``density`` (float (N,), the share of faint pixels per step outwards)
+    still belong to the image: up to the last step with some signal before ``gap`` without."""
+    reach, empty = 0, 0
+    for step, value in enumerate(density, start=1):
+        if value >= _FAINT_DENSITY:
+            reach, empty = step, 0
+        else:
+            empty += 1
+            if empty > gap:
+                break
+    return reach
+
+
+@dataclass(frozen=True)
+class _Fan:
+    """An annular sector: apex (column, row), inner and outer radius (pixels), and first and
+    last angle (radians from straight down, positive to the right)."""
+
+    x: float
+    y: float
+    r0: float
+    r1: float
+    a0: float
+    a1: float
+
+    def polar(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
+        """Radius and angle of every pixel around the apex, float (H, W) each."""
+        yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+        return np.hypot(xx - self.x, yy - self.y), np.arctan2(xx - self.x, yy - self.y)
+
+    def mask(self, shape: tuple[int, int]) -> np.ndarray:
+        """bool (H, W): the pixels inside the sector."""
+        radius, angle = self.polar(shape)
+        return (radius >= self.r0) & (radius <= self.r1) & (angle >= self.a0) & (angle <= self.a1)
+
+
+def _fan(core: np.ndarray) -> _Fan | None:
+    """The annular sector around an apex above the image that best explains ``core``'s outline.
+
+    For a trial apex, the smallest annular sector holding every pixel of ``core`` (bool
+    (H, W)) is fixed; the apex kept is the one for which most of ``core``'s outline lies on
+    that sector's outline (the skin arc, the straight sides, the deep arc). Shadows and
+    fluid only move parts of the outline inwards, so they do not pull the fit. None when
+    the best sector is much larger than ``core``'s convex hull: not a fan.
+    """
+    h, w = core.shape
+    cols, tops = _top_rows(core)
+    half = len(cols) // 2
+    if half < 4:
+        return None
+    # The apex column is near the midpoint of the two upper corners (the highest columns).
+    left = cols[:half][tops[:half] == tops[:half].min()].mean()
+    right = cols[half:][tops[half:] == tops[half:].min()].mean()
+    top = float(tops.min())
+    tol = max(1.0, min(h, w) / 256)
+    rr, cc = np.nonzero(core & ~ndimage.binary_erosion(core))
+    every = max(1, len(rr) // _FIT_POINTS)
+    rr, cc = rr[::every], cc[::every]
+    # Coarse, then fine: columns in steps of tol, heights above the top geometrically.
+    spread = max(3 * tol, 0.04 * (cols[-1] - cols[0]))
+    xs = 0.5 * (left + right) + np.arange(-spread, spread + tol / 2, tol)
+    heights = np.geomspace(1, 4 * max(h, w), 48)
+    for _ in range(2):
+        apex_x, height = (a.ravel() for a in np.meshgrid(xs, heights))
+        score, params = _fan_score(rr, cc, apex_x, top - height, tol)
+        k = int(score.argmax())
+        fan = _Fan(apex_x[k], top - height[k], *params[:, k])
+        i = int(np.searchsorted(heights, height[k]))
+        heights = np.linspace(heights[max(i - 1, 0)], heights[min(i + 1, len(heights) - 1)], 33)
+        xs = fan.x + np.arange(-tol, 1.25 * tol, tol / 4)
+    if fan.mask(core.shape).sum() > 2 * _hull(core).sum():
+        return None
+    return fan
+
+
+def _extend_fan(fan: _Fan, faint: np.ndarray, gap: int) -> np.ndarray:
+    """The sector of ``fan`` as bool (H, W), its deep arc pushed out over arcs of ``faint`` signal."""
+    radius, angle = fan.polar(faint.shape)
+    beyond = (radius > fan.r1) & (angle >= fan.a0) & (angle <= fan.a1)
+    steps = np.floor(radius[beyond] - fan.r1).astype(int)
+    counts = np.bincount(steps, weights=faint[beyond], minlength=1)
+    area = np.maximum(np.bincount(steps, minlength=1), 1)
+    r1 = fan.r1 + _reach(counts / area, gap)
+    return (radius >= fan.r0) & (radius <= r1) & (angle >= fan.a0) & (angle <= fan.a1)
+
+
+def _fan_score(rr: np.ndarray, cc: np.ndarray, apex_x: np.ndarray, apex_y: np.ndarray,
+               tol: float) -> tuple[np.ndarray, np.ndarray]:
+    """How many outline pixels (rows ``rr``, columns ``cc``; int (N,)) lie on the outline of the
+    smallest fan around each trial apex (float (K,)) that holds them all.
+
+    Fans are symmetric about the vertical through their apex. Returns the counts, int (K,),
+    and the fans as float (4, K): inner and outer radius, first and last angle.
+    """
+    dx = cc[None, :] - apex_x[:, None]
+    dy = rr[None, :] - apex_y[:, None]
+    radius = np.hypot(dx, dy)
+    angle = np.abs(np.arctan2(dx, dy))
+    r0, r1, a1 = radius.min(axis=1), radius.max(axis=1), angle.max(axis=1)
+    on = ((radius - r0[:, None] < tol) | (r1[:, None] - radius < tol)
+          | (radius * (a1[:, None] - angle) < tol))
+    return on.sum(axis=1), np.stack([r0, r1, -a1, a1])
+
+
+def _hull(core: np.ndarray) -> np.ndarray:
+    """The filled convex hull of ``core`` (bool (H, W)), as bool (H, W)."""
+    edge = core & ~ndimage.binary_erosion(core)
+    rr, cc = np.nonzero(edge)
+    points = np.stack([cc, rr], axis=1).astype(np.float64)
+    try:
+        vertices = points[ConvexHull(points).vertices]
+    except QhullError:  # a line or a point
+        return core.copy()
+    canvas = Image.new("L", (core.shape[1], core.shape[0]), 0)
+    ImageDraw.Draw(canvas).polygon([tuple(p) for p in vertices], fill=1, outline=1)
+    return np.asarray(canvas, bool) | core
+
+
+def _find_overlay(lit: np.ndarray, static: np.ndarray, colour: np.ndarray,
+                  sector: np.ndarray) -> np.ndarray:
+    """Burned-in overlay pixels, bool (H, W).
+
+    ``lit``: pixels above black in some frame; ``static``: lit pixels that never change
+    (empty for a still); ``colour``: pixels whose channels differ; ``sector``: the image.
+    Everything lit outside the sector is overlay (holes filled: the grey bar's dark end),
+    and so are static and colour pixels inside it, colour only while it is a small part.
+    """
+    overlay = ndimage.binary_fill_holes(lit & ~sector) | static
+    inside_colour = colour & sector
+    if inside_colour.sum() < _DOPPLER_FRACTION * sector.sum():
+        overlay |= colour
+    else:
+        overlay |= colour & ~sector
+        log.debug("Screen: %.0f%% of the sector is colour; keeping it as Doppler.",
+                  100 * inside_colour.sum() / sector.sum())
+    # Anti-aliased edges of text and marks are a pixel wider than what crossed the threshold.
+    return ndimage.binary_dilation(overlay, structure=np.ones((3, 3), bool))
