@@ -72,17 +72,24 @@ def cmd_eval(args) -> None:
 
 
 def cmd_predict(args) -> None:
+    import numpy as np
     import pandas as pd
 
-    from hico.predict import predict_clip
+    from hico.checkpoint import load_run
+    from hico.predict import predict_clip, saliency_video
+    from hico.train import resolve_device
 
-    pred = predict_clip(args.run_dir, args.clip, device=args.device, max_frames=args.max_frames)
+    bundle = load_run(args.run_dir, "auto", resolve_device(args.device))
+    pred = predict_clip(args.run_dir, args.clip, max_frames=args.max_frames, model_bundle=bundle,
+                        mask_screen=not args.no_mask)
     table = pred.frame_table()
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160,
                            "display.max_rows", 40):
         print(table.to_string(index=False) if len(table) <= 40 else table)
     print("clip: " + "  ".join(f"{c} {p:.3f}" for c, p in zip(pred.classes, pred.clip_probs)))
     print(f"prediction: {pred.label}")
+    if args.saliency and not args.out:
+        args.out = str(Path(args.run_dir) / "predictions" / Path(args.clip).stem)
     if args.out:
         out = Path(args.out).expanduser()
         out.mkdir(parents=True, exist_ok=True)
@@ -90,6 +97,15 @@ def cmd_predict(args) -> None:
         clip = {"clip": str(pred.path), "prediction": pred.label,
                 "probabilities": dict(zip(pred.classes, map(float, pred.clip_probs)))}
         (out / "clip.json").write_text(json.dumps(clip, indent=2))
+        if args.saliency:
+            from PIL import Image
+
+            from hico.saliency import write_overlay_video
+
+            video = saliency_video(pred, bundle[1], args.level)
+            write_overlay_video(out / f"saliency_{args.level}.mp4", video)
+            if pred.mask is not None:
+                Image.fromarray(pred.mask.tissue.astype(np.uint8) * 255).save(out / "mask.png")
         print(f"results -> {out}")
 
 
@@ -134,6 +150,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("clip", help="video file, DICOM file, image or frame folder")
     p.add_argument("--out", help="folder for frames.csv and clip.json")
     p.add_argument("--max-frames", type=int, default=None, help="evenly spaced frames to keep from a long clip")
+    p.add_argument("--saliency", action="store_true", help="write a Grad-CAM overlay video (and the screen mask)")
+    p.add_argument("--level", default="all", choices=("all", "local", "medium", "global", "backbone"),
+                   help="saliency level; all = local, medium and global side by side")
+    p.add_argument("--no-mask", action="store_true", help="do not mask screen text and the border")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
     return parser

@@ -27,6 +27,7 @@ class DataConfig:
     val_fraction: float = 0.2  # share of videos held out to pick the best checkpoint
     frame_folders: bool = True  # a folder of images is one video (US-4); False: each image is a clip
     max_frames: int = 0  # frames kept per clip in the cache (evenly spaced); 0 keeps all
+    max_clip_frames: int = 1000  # predict and the app refuse longer clips (use --max-frames to subsample)
     cache_dir: str = ""  # decoded-frame cache; "" means $HICO_HOME/cache
     crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
     crop_ratio: list[float] = field(default_factory=lambda: [0.8, 1.25])
@@ -223,6 +224,7 @@ def validate(cfg: Config) -> None:
         ("data.label_fraction", 0.0 <= d.label_fraction <= 1.0, "between 0 and 1"),
         ("data.val_fraction", 0.0 <= d.val_fraction < 1.0, "at least 0 and below 1"),
         ("data.max_frames", d.max_frames >= 0, "0 (all) or more"),
+        ("data.max_clip_frames", d.max_clip_frames >= 1, "at least 1"),
         ("data.crop_scale", len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1, "[min, max] within (0, 1]"),
         ("data.crop_ratio", len(d.crop_ratio) == 2 and 0 < d.crop_ratio[0] <= d.crop_ratio[1], "[min, max] above 0"),
         ("data.flip", 0.0 <= d.flip <= 1.0, "a probability between 0 and 1"),

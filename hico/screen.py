@@ -8,16 +8,21 @@ orientation dot, coloured annotations). :func:`detect_screen` finds them;
 
 How, in short:
 
-1. Signal is what rises above the black of the frame. With several frames an overlay is
-   what never changes (speckle always does), so static pixels are dropped from the signal;
-   a single frame relies on shape alone: an opening removes text and thin scales.
+1. Signal is anything above the noise of the black frame. With several frames an overlay
+   is what never changes (speckle always does), so static pixels are dropped from it; a
+   single frame relies on shape alone. Small dark specks are filled (dim tissue is
+   speckled with black) and an opening removes text, ticks and dots and cuts them off
+   the image they touch.
 2. The sector is fitted as a shape, not taken pixel by pixel, because fluid, rib shadows
-   and effusions are as black as the frame around the image and may touch its edges:
-   a linear image is the bounding rectangle of the signal; a convex fan is an annular
-   sector whose apex comes from a circle fitted to the skin line at its top. When neither
-   model fits, the convex hull of the signal is the sector.
+   and effusions are as black as the frame around the image and may reach its edges.
+   A linear image is the bounding rectangle of the signal. A convex fan is the annular
+   sector, symmetric about the vertical through its apex, whose outline best explains
+   the signal's outline (the skin arc, the straight sides, the deep arc). The far end of
+   either is then pushed out over dim, sparse echoes. When neither model fits, the
+   convex hull of the signal is the sector.
 3. Overlays are everything lit outside the sector, static pixels inside it, and colour in
    an otherwise grey image (unless so much of the sector is colour that it is Doppler).
+   A single frame gives no cue to grey text drawn over the tissue itself.
 """
 
 from __future__ import annotations
@@ -43,7 +48,8 @@ _COLOUR_RANGE = 32  # max - min over R, G, B above which a pixel is colour (code
 _DOPPLER_FRACTION = 0.1  # this much colour inside the sector makes it Doppler, not annotation
 _MIN_SECTOR = 0.02  # a sector smaller than this share of the image is a failed detection
 _RECT_FLAT = 0.7  # share of columns whose top is level for the sector to be a rectangle
-_FIT_POINTS = 1000  # outline pixels a fan is fitted to (a sample of them in large images)
+_FIT_POINTS = 500  # outline pixels a fan is fitted to (a sample of them in large images)
+_FIT_HEIGHTS = 160  # trial apex heights above the image, spaced geometrically
 _FAINT_DENSITY = 0.05  # share of faint pixels in a row (or arc) that still counts as image
 
 
@@ -92,6 +98,8 @@ def detect_screen(frames: np.ndarray) -> ScreenMask:
     threshold, faint, framed = _levels(high)
     lit = high > threshold
     static = lit & (high - low <= _STATIC_RANGE)
+    # A lone unchanging pixel is a coincidence in dim speckle; burned-in marks have strokes.
+    static &= ndimage.convolve(static.view(np.uint8), np.ones((3, 3), np.uint8), mode="constant") > 1
     moving = len(sample) > 1 and (lit & ~static).sum() > _MOVING_FRACTION * max(1, lit.sum())
     if not moving:
         static = np.zeros_like(lit)
@@ -151,10 +159,12 @@ def _brightness_and_colour(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def _levels(high: np.ndarray) -> tuple[float, float, bool]:
-    """Grey levels for signal and for faint signal, and whether the image border is mostly black.
+    """Grey levels above which a pixel is clearly lit and faintly lit, and whether the image
+    border is mostly black (else there is no frame around the image).
 
-    ``high``: uint8 (H, W), the brightest value of each pixel over time. Faint signal is
-    anything above the noise of the black frame: the deep, dim end of an image.
+    ``high``: uint8 (H, W), the brightest value of each pixel over time. Clearly lit marks
+    overlays; faintly lit is anything above the noise of the black frame, the deep, dim
+    end of an image included.
     """
     def ring(image):
         return np.concatenate([image[:2].ravel(), image[-2:].ravel(),
@@ -271,35 +281,33 @@ def _reach(density: np.ndarray, gap: int) -> int:
 
 @dataclass(frozen=True)
 class _Fan:
-    """An annular sector: apex (column, row), inner and outer radius (pixels), and first and
-    last angle (radians from straight down, positive to the right)."""
+    """An annular sector, symmetric about the vertical through its apex: the apex (column,
+    row), inner and outer radius (pixels), and half the opening angle (radians)."""
 
     x: float
     y: float
     r0: float
     r1: float
-    a0: float
-    a1: float
+    half_angle: float
+
+    def area(self) -> float:
+        return self.half_angle * (self.r1 ** 2 - self.r0 ** 2)
 
     def polar(self, shape: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-        """Radius and angle of every pixel around the apex, float (H, W) each."""
-        yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
-        return np.hypot(xx - self.x, yy - self.y), np.arctan2(xx - self.x, yy - self.y)
-
-    def mask(self, shape: tuple[int, int]) -> np.ndarray:
-        """bool (H, W): the pixels inside the sector."""
-        radius, angle = self.polar(shape)
-        return (radius >= self.r0) & (radius <= self.r1) & (angle >= self.a0) & (angle <= self.a1)
+        """Radius and angle from straight down (absolute) of every pixel, float32 (H, W) each."""
+        dx = np.arange(shape[1], dtype=np.float32) - np.float32(self.x)
+        dy = np.arange(shape[0], dtype=np.float32)[:, None] - np.float32(self.y)
+        return np.hypot(dx, dy), np.abs(np.arctan2(dx, dy))
 
 
 def _fan(core: np.ndarray) -> _Fan | None:
     """The annular sector around an apex above the image that best explains ``core``'s outline.
 
-    For a trial apex, the smallest annular sector holding every pixel of ``core`` (bool
-    (H, W)) is fixed; the apex kept is the one for which most of ``core``'s outline lies on
-    that sector's outline (the skin arc, the straight sides, the deep arc). Shadows and
-    fluid only move parts of the outline inwards, so they do not pull the fit. None when
-    the best sector is much larger than ``core``'s convex hull: not a fan.
+    For a trial apex, the smallest symmetric annular sector holding every pixel of ``core``
+    (bool (H, W)) is fixed; the apex kept is the one for which most of ``core``'s outline
+    lies on that sector's outline (the skin arc, the straight sides, the deep arc) for the
+    area it covers. Shadows and fluid only move parts of the outline inwards, so they do
+    not pull the fit. None when the best sector is over twice the area of ``core``'s hull.
     """
     h, w = core.shape
     cols, tops = _top_rows(core)
@@ -313,51 +321,62 @@ def _fan(core: np.ndarray) -> _Fan | None:
     tol = max(1.0, min(h, w) / 256)
     rr, cc = np.nonzero(core & ~ndimage.binary_erosion(core))
     every = max(1, len(rr) // _FIT_POINTS)
-    rr, cc = rr[::every], cc[::every]
-    # Coarse, then fine: columns in steps of tol, heights above the top geometrically.
+    rr, cc = rr[::every].astype(np.float32), cc[::every].astype(np.float32)
+    # Coarse, then fine around the best: columns in steps of 2 tol, heights above the top
+    # spaced geometrically (a far apex needs less precision than a near one).
     spread = max(3 * tol, 0.04 * (cols[-1] - cols[0]))
-    xs = 0.5 * (left + right) + np.arange(-spread, spread + tol / 2, tol)
-    heights = np.geomspace(1, 4 * max(h, w), 48)
+    xs = 0.5 * (left + right) + np.arange(-spread, spread + tol, 2 * tol)
+    heights = np.geomspace(1, 4 * max(h, w), _FIT_HEIGHTS)
     for _ in range(2):
         apex_x, height = (a.ravel() for a in np.meshgrid(xs, heights))
         score, params = _fan_score(rr, cc, apex_x, top - height, tol)
         k = int(score.argmax())
-        fan = _Fan(apex_x[k], top - height[k], *params[:, k])
+        fan = _Fan(float(apex_x[k]), float(top - height[k]), *map(float, params[:, k]))
         i = int(np.searchsorted(heights, height[k]))
         heights = np.linspace(heights[max(i - 1, 0)], heights[min(i + 1, len(heights) - 1)], 33)
-        xs = fan.x + np.arange(-tol, 1.25 * tol, tol / 4)
-    if fan.mask(core.shape).sum() > 2 * _hull(core).sum():
+        xs = fan.x + np.arange(-2 * tol, 2.25 * tol, tol / 4)
+    try:
+        hull_area = ConvexHull(np.stack([cc, rr], axis=1)).volume  # a 2-D hull's volume is its area
+    except QhullError:
         return None
-    return fan
+    return fan if fan.area() <= 2 * hull_area else None
 
 
 def _extend_fan(fan: _Fan, faint: np.ndarray, gap: int) -> np.ndarray:
     """The sector of ``fan`` as bool (H, W), its deep arc pushed out over arcs of ``faint`` signal."""
     radius, angle = fan.polar(faint.shape)
-    beyond = (radius > fan.r1) & (angle >= fan.a0) & (angle <= fan.a1)
-    steps = np.floor(radius[beyond] - fan.r1).astype(int)
+    beside = angle <= fan.half_angle
+    beyond = beside & (radius > fan.r1)
+    steps = (radius[beyond] - fan.r1).astype(int)
     counts = np.bincount(steps, weights=faint[beyond], minlength=1)
     area = np.maximum(np.bincount(steps, minlength=1), 1)
     r1 = fan.r1 + _reach(counts / area, gap)
-    return (radius >= fan.r0) & (radius <= r1) & (angle >= fan.a0) & (angle <= fan.a1)
+    return beside & (radius >= fan.r0) & (radius <= r1)
 
 
 def _fan_score(rr: np.ndarray, cc: np.ndarray, apex_x: np.ndarray, apex_y: np.ndarray,
                tol: float) -> tuple[np.ndarray, np.ndarray]:
-    """How many outline pixels (rows ``rr``, columns ``cc``; int (N,)) lie on the outline of the
-    smallest fan around each trial apex (float (K,)) that holds them all.
+    """How well the smallest fan around each trial apex (float (K,)) that holds the outline
+    pixels (rows ``rr``, columns ``cc``; float32 (N,)) explains them: how many lie on its
+    outline, per unit of its area (a bigger fan must explain more of the outline).
 
-    Fans are symmetric about the vertical through their apex. Returns the counts, int (K,),
-    and the fans as float (4, K): inner and outer radius, first and last angle.
+    Returns the scores, float (K,), and the fans as float (3, K): inner and outer radius,
+    half the opening angle.
     """
-    dx = cc[None, :] - apex_x[:, None]
-    dy = rr[None, :] - apex_y[:, None]
-    radius = np.hypot(dx, dy)
-    angle = np.abs(np.arctan2(dx, dy))
-    r0, r1, a1 = radius.min(axis=1), radius.max(axis=1), angle.max(axis=1)
-    on = ((radius - r0[:, None] < tol) | (r1[:, None] - radius < tol)
-          | (radius * (a1[:, None] - angle) < tol))
-    return on.sum(axis=1), np.stack([r0, r1, -a1, a1])
+    dx = np.abs(cc[None, :] - apex_x[:, None].astype(np.float32))
+    dy = rr[None, :] - apex_y[:, None].astype(np.float32)  # > 0: the apex is above the image
+    # Squared radii and the tangent of the angle from vertical spare a root and an arctangent
+    # per point and apex.
+    radius2 = dx * dx + dy * dy
+    slope = dx / dy
+    r0, r1 = np.sqrt(radius2.min(axis=1)), np.sqrt(radius2.max(axis=1))
+    t1 = slope.max(axis=1)
+    side = (t1[:, None] * dy - dx) / np.sqrt(1 + t1 * t1)[:, None]  # distance inside the side
+    on = ((radius2 < ((r0 + tol) ** 2)[:, None]) | (radius2 > (np.maximum(r1 - tol, 0) ** 2)[:, None])
+          | (side < tol))
+    half_angle = np.arctan(t1)
+    area = half_angle * (r1 * r1 - r0 * r0)
+    return on.sum(axis=1) / np.maximum(area, 1.0), np.stack([r0, r1, half_angle])
 
 
 def _hull(core: np.ndarray) -> np.ndarray:

@@ -285,6 +285,7 @@ class Trainer:
                                     "images_per_s": 2 * self.batch * window / max(elapsed, 1e-9)}
                     if self.cuda:
                         last_metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+                        last_metrics.update(_gpu_utilisation(self.device))
                     if not math.isfinite(last_metrics["total"]):
                         raise HiCoError(f"Training diverged at step {self.step} (the loss is {last_metrics['total']}); "
                                         f"lower train.lr (now {t.lr}).")
@@ -316,6 +317,14 @@ class Trainer:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         write_status(run_dir, state=state, step=self.step)
         return summary
+
+
+def _gpu_utilisation(device: torch.device) -> dict:
+    """The GPU's utilisation in percent through NVML, or nothing where NVML is not there."""
+    try:
+        return {"gpu_util": float(torch.cuda.utilization(device))}
+    except Exception:  # no pynvml, no driver library, or a GPU NVML does not report on
+        return {}
 
 
 def _truncate_metrics(path: Path, step: int) -> None:

@@ -102,7 +102,7 @@ def test_cli_train_and_resume(class_dataset, tmp_path, capsys):
     (["train", "--config", "configs/tiny.yaml", "train.bogus=1"], "Unknown config key train.bogus"),
     (["train", "--config", "/no/config.yaml"], "Config file /no/config.yaml does not exist."),
     (["train"], "train needs --config"),
-    (["predict", "/no/run", "/no/clip.mp4"], "Clip /no/clip.mp4 does not exist."),
+    (["predict", "/no/run", "/no/clip.mp4"], "Run folder /no/run does not exist."),
     (["embed", "/no/run", "."], "Run folder /no/run does not exist."),
 ])
 def test_cli_user_errors_are_one_sentence(args, needle, capsys):
@@ -147,6 +147,8 @@ def test_predict_reads_dicom_cine_and_still_images(trained, tmp_path):
     assert predict_clip(run, tmp_path / "cine.dcm", device="cpu").frame_probs.shape == (4, 2)
     Image.fromarray(frames[0]).save(tmp_path / "still.png")
     assert predict_clip(run, tmp_path / "still.png", device="cpu").frame_probs.shape == (1, 2)
+    with pytest.raises(Exception, match="Clip /no/clip.mp4 does not exist"):
+        predict_clip(run, "/no/clip.mp4", device="cpu")
     (tmp_path / "notes.txt").write_text("not a clip")
     with pytest.raises(Exception, match="notes.txt is not a video, DICOM, image or frame folder"):
         predict_clip(run, tmp_path / "notes.txt", device="cpu")
