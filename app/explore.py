@@ -1,0 +1,162 @@
+"""What the Explore tab does: embeddings per (checkpoint, dataset), their 2-D projections (PCA at
+once, UMAP in the background, both cached on disk), thumbnails, nearest neighbours, accuracy.
+
+Everything heavy is `hico.embed` / `hico.evaluate`; this module keeps results and threads.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import logging
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from PIL import Image
+
+from hico.checkpoint import find_checkpoint
+from hico.data import load_clip_frames
+from hico.embed import LEVEL_COLUMNS, embed_dataset, level_matrix, project
+from hico.evaluate import evaluate_embeddings
+from hico.errors import HiCoError
+
+log = logging.getLogger(__name__)
+PAIRS = {"global ↔ local": ("z_global", "z_local"), "global ↔ medium": ("z_global", "z_medium")}
+MAX_LINKED = 2000  # frames drawn in the cross-level view (sampled when there are more)
+THUMB = 72
+
+
+@dataclass
+class Embedded:
+    """One (checkpoint, dataset) pair: the table, its matrices, projections and evaluation."""
+
+    table: pd.DataFrame
+    path: Path
+    size: int
+    matrices: dict[str, np.ndarray] = field(default_factory=dict)
+    projections: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    accuracy: pd.DataFrame | None = None
+    accuracy_error: str | None = None
+    umap_done: bool = False
+
+    def matrix(self, column: str) -> np.ndarray:
+        if column not in self.matrices:
+            self.matrices[column] = level_matrix(self.table, column)
+        return self.matrices[column]
+
+
+def linked_rows(n: int, seed: int = 0) -> np.ndarray:
+    """Row indices drawn in the cross-level view: all, or MAX_LINKED sampled."""
+    if n <= MAX_LINKED:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, MAX_LINKED, replace=False))
+
+
+class Explorer:
+    """Caches embeddings and projections; computes UMAP and accuracy in background threads."""
+
+    def __init__(self):
+        self.items: dict[tuple[str, str], Embedded] = {}
+        self._lock = threading.Lock()
+        self._frames: dict[str, np.ndarray] = {}
+        self.last: Embedded | None = None  # what the thumbnails of the page's scatter come from
+
+    def load(self, run_dir: str | Path, data_dir: str | Path, progress: bool = True) -> Embedded:
+        """Embed (or read the cached table), project with PCA, and start UMAP + evaluation."""
+        name = find_checkpoint(run_dir)
+        key = (f"{Path(run_dir).resolve()}:{name}", str(Path(data_dir).expanduser().resolve()))
+        with self._lock:
+            if key in self.items and self.items[key].path.is_file():
+                self.last = self.items[key]
+                return self.last
+        table, path = embed_dataset(run_dir, data_dir, progress=progress)
+        from hico.checkpoint import read_sidecar
+
+        size = read_sidecar(Path(run_dir) / "checkpoints", name)["config"]["data"]["size"]
+        item = Embedded(table, path, size)
+        self._load_cached_projections(item)
+        for column in LEVEL_COLUMNS:
+            item.projections.setdefault(("pca", column), project(item.matrix(column), "pca"))
+        for pair, columns in PAIRS.items():
+            item.projections.setdefault(("pca", pair), project(self._stacked(item, columns), "pca"))
+        with self._lock:
+            self.items[key] = item
+            self.last = item
+        threading.Thread(target=self._background, args=(item,), daemon=True).start()
+        return item
+
+    def _stacked(self, item: Embedded, columns: tuple[str, str]) -> np.ndarray:
+        rows = linked_rows(len(item.table))
+        return np.concatenate([item.matrix(columns[0])[rows], item.matrix(columns[1])[rows]])
+
+    def _umap_file(self, item: Embedded) -> Path:
+        return item.path.with_suffix(".umap.npz")
+
+    def _load_cached_projections(self, item: Embedded) -> None:
+        path = self._umap_file(item)
+        if path.is_file():
+            with np.load(path) as data:
+                for key in data.files:
+                    item.projections[("umap", key)] = data[key]
+            item.umap_done = all(("umap", k) in item.projections for k in (*LEVEL_COLUMNS, *PAIRS))
+
+    def _background(self, item: Embedded) -> None:
+        try:
+            if not item.umap_done:
+                for column in LEVEL_COLUMNS:
+                    item.projections[("umap", column)] = project(item.matrix(column), "umap")
+                for pair, columns in PAIRS.items():
+                    item.projections[("umap", pair)] = project(self._stacked(item, columns), "umap")
+                np.savez(self._umap_file(item), **{k[1]: v for k, v in item.projections.items() if k[0] == "umap"})
+                item.umap_done = True
+        except Exception:  # a projection failing must not take the app down; PCA stays
+            log.exception("UMAP failed for %s", item.path)
+        self._evaluate(item)
+
+    def _evaluate(self, item: Embedded) -> None:
+        csv = item.path.with_suffix(".eval.csv")
+        try:
+            if csv.is_file():
+                item.accuracy = pd.read_csv(csv)
+            else:
+                item.accuracy = evaluate_embeddings(item.table)
+                item.accuracy.to_csv(csv, index=False)
+        except HiCoError as exc:
+            item.accuracy_error = str(exc)
+
+    def projection(self, item: Embedded, view: str) -> tuple[np.ndarray, str]:
+        """The best projection ready for a level column or a cross-level pair: (N x 2, method)."""
+        if ("umap", view) in item.projections:
+            return item.projections[("umap", view)], "UMAP"
+        return item.projections[("pca", view)], "PCA (UMAP still running)"
+
+    def thumbnail(self, item: Embedded, row: int) -> str:
+        """A PNG data URI of one frame, from the decoded-frame cache."""
+        frame = self.frame(item, row)
+        image = Image.fromarray(frame).resize((THUMB, THUMB), Image.BILINEAR)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+        return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+    def frame(self, item: Embedded, row: int) -> np.ndarray:
+        """H x W (gray) or H x W x 3 uint8 of one table row, at the model's input size."""
+        record = item.table.iloc[int(row)]
+        path = record["path"]
+        if path not in self._frames:
+            if len(self._frames) > 256:
+                self._frames.clear()
+            self._frames[path] = load_clip_frames(Path(path), item.size)
+        frame = self._frames[path][int(record["frame"])]
+        return frame[0] if frame.shape[0] == 1 else frame.transpose(1, 2, 0)
+
+    def neighbours(self, item: Embedded, row: int, column: str, k: int = 8) -> np.ndarray:
+        """The k rows nearest to `row` by cosine similarity in one level's embedding (itself excluded)."""
+        x = item.matrix(column)
+        unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        sims = unit @ unit[int(row)]
+        sims[int(row)] = -np.inf
+        top = np.argpartition(-sims, min(k, len(sims) - 1))[:k]
+        return top[np.argsort(-sims[top])]

@@ -1,0 +1,441 @@
+// Body of the gr.HTML `js_on_load` of app/scatter.py. Gradio runs it once per component with
+// `element`, `trigger`, `props`, `server`, `upload` and `watch` in scope.
+// It draws the panels of `props.value` (schema in app/scatter.py) with plotly.js loaded from
+// this Gradio server, and sends selections ("select") and point clicks ("click") to Python.
+
+const SYMBOL_GLYPHS = {
+  "circle": "\u25CF", "circle-open": "\u25CB", "diamond": "\u25C6", "diamond-open": "\u25C7",
+  "square": "\u25A0", "square-open": "\u25A1", "x": "\u00D7", "cross": "+", "triangle-up": "\u25B2",
+};
+const VIRIDIS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779",
+                 "#6ece58", "#b5de2b", "#fde725"];
+const HOVER_FETCH_DELAY_MS = 90;   // wait this long on one point before asking the server
+const THUMB_CACHE_SIZE = 600;
+
+const root = element.querySelector(".hs-root");
+const legendEl = root.querySelector(".hs-legend");
+const gridEl = root.querySelector(".hs-grid");
+const tipEl = root.querySelector(".hs-tip");
+const tipImg = tipEl.querySelector("img");
+const tipText = tipEl.querySelector(".hs-tip-text");
+const hasThumbs = !!(server && typeof server.thumbnail === "function");
+if (!hasThumbs) tipImg.style.display = "none";
+root.style.setProperty("--hs-height", `${props.panel_height || 320}px`);
+root.style.setProperty("--hs-wide-height", `${props.wide_height || 520}px`);
+
+const st = {
+  value: null, plots: [], structure: "", seq: 0, hidden: new Set(), categoryKey: "",
+  syncing: 0, hoverId: null, hoverTimer: null, hideTimer: null, thumbs: new Map(), pending: new Map(),
+};
+// For tests and debugging: the live state of this component.
+element.__hicoScatter = st;
+
+// Our own plotly.js instance, loaded once per page. Gradio's gr.Plot also sets window.Plotly (its
+// bundled 3.x) when it loads, so the instance is kept here and window.Plotly is given back.
+let Plotly = null;
+function loadPlotly() {
+  if (!window.__hicoPlotly) {
+    const cfg = window.gradio_config || {};
+    const base = `${(cfg.root || "").replace(/\/+$/, "")}${cfg.api_prefix || "/gradio_api"}`;
+    window.__hicoPlotly = new Promise((resolve, reject) => {
+      const previous = window.Plotly;
+      const s = document.createElement("script");
+      s.src = `${base}/file=${encodeURI(props.plotly_path)}`;
+      s.onload = () => {
+        const ours = window.Plotly;
+        if (previous) window.Plotly = previous;
+        resolve(ours);
+      };
+      s.onerror = () => reject(new Error(`could not load plotly.js from ${s.src}`));
+      document.head.appendChild(s);
+    });
+  }
+  return window.__hicoPlotly;
+}
+
+function markerSize(value) {
+  if (value.marker_size) return value.marker_size;
+  const n = Math.max(1, (value.ids || []).length);
+  return Math.min(8, Math.max(2.5, 12 * Math.pow(n / 100, -0.25)));
+}
+
+function panelRows(panel) {
+  if (panel.rows) return panel.rows;
+  const n = panel.layers.length ? panel.layers[0].x.length : 0;
+  return Array.from({ length: n }, (_, i) => i);
+}
+
+// One scattergl trace per (layer, category) so categories toggle and colour consistently;
+// traceRows[t][i] is the row (index into value.ids) of point i of trace t.
+function buildTraces(value, panel) {
+  const rows = panelRows(panel);
+  const color = value.color || null;
+  const size = markerSize(value);
+  const opacity = (value.ids || []).length > 5000 ? 0.7 : 0.9;   // dense clouds: let colours mix
+  const traces = [];
+  const traceRows = [];
+  const traceCodes = [];
+  const common = {
+    type: "scattergl", mode: "markers", hoverinfo: "none", showlegend: false,
+    selected: { marker: { opacity: 1 } }, unselected: { marker: { opacity: 0.12 } },
+  };
+  if (panel.links && panel.links.x && panel.links.x.length) {
+    traces.push({
+      type: "scattergl", mode: "lines", x: panel.links.x, y: panel.links.y, hoverinfo: "skip",
+      showlegend: false, line: { color: "rgba(80,86,94,0.35)", width: 1 },
+    });
+    traceRows.push(null);
+    traceCodes.push(null);
+  }
+  const buckets = new Map();
+  if (color && color.kind === "category") {
+    for (let i = 0; i < rows.length; i++) {
+      const c = color.codes[rows[i]];
+      if (!buckets.has(c)) buckets.set(c, []);
+      buckets.get(c).push(i);
+    }
+  }
+  panel.layers.forEach((layer) => {
+    const symbol = layer.symbol || "circle";
+    const pick = (idx) => ({ x: idx.map((i) => layer.x[i]), y: idx.map((i) => layer.y[i]) });
+    if (color && color.kind === "category") {
+      const codes = Array.from(buckets.keys()).sort((a, b) => a - b);
+      for (const c of codes) {
+        const idx = buckets.get(c);
+        traces.push({
+          ...common, ...pick(idx), name: `${color.names[c]} (${layer.name || ""})`,
+          visible: !st.hidden.has(c), marker: { size, symbol, opacity, color: color.colors[c] },
+        });
+        traceRows.push(idx.map((i) => rows[i]));
+        traceCodes.push(c);
+      }
+    } else if (color && color.kind === "continuous") {
+      traces.push({
+        ...common, x: layer.x, y: layer.y, name: layer.name || "",
+        marker: {
+          size, symbol, opacity, color: rows.map((r) => color.values[r]), colorscale: "Viridis",
+          cmin: color.min, cmax: color.max, showscale: false,
+        },
+      });
+      traceRows.push(rows);
+      traceCodes.push(null);
+    } else {
+      traces.push({ ...common, x: layer.x, y: layer.y, name: layer.name || "",
+                    marker: { size, symbol, opacity, color: "#3b6ea8" } });
+      traceRows.push(rows);
+      traceCodes.push(null);
+    }
+  });
+  return { traces, traceRows, traceCodes };
+}
+
+function axis(range) {
+  const a = { zeroline: false, showline: true, mirror: true, linecolor: "#c9ced4", gridcolor: "#eef0f2",
+              ticks: "", tickfont: { size: 9, color: "#57606a" }, automargin: false };
+  if (range) { a.range = range; a.autorange = false; } else { a.autorange = true; }
+  return a;
+}
+
+function buildLayout(value, panel) {
+  return {
+    uirevision: `${value.view || ""}|${panel.title}`,
+    dragmode: "lasso", hovermode: "closest", showlegend: false, clickmode: "event",
+    margin: { l: 32, r: 6, t: 24, b: 20 }, paper_bgcolor: "#ffffff", plot_bgcolor: "#ffffff",
+    font: { size: 10, color: "#1f2328" },
+    title: { text: panel.title || "", x: 0.01, xanchor: "left", y: 0.99, yanchor: "top",
+             font: { size: 12, color: "#1f2328" } },
+    xaxis: axis(panel.xrange), yaxis: axis(panel.yrange),
+  };
+}
+
+const PLOT_CONFIG = {
+  displaylogo: false, responsive: false, scrollZoom: true, doubleClickDelay: 300,
+  modeBarButtonsToRemove: ["autoScale2d", "toggleSpikelines", "hoverClosestCartesian",
+                           "hoverCompareCartesian", "hoverClosestGl2d"],
+};
+
+function selectionIds(k, points) {
+  const plot = st.plots[k];
+  const ids = st.value.ids;
+  const rows = new Set();
+  for (const pt of points || []) {
+    const tr = plot.traceRows[pt.curveNumber];
+    if (!tr) continue;
+    rows.add(tr[pt.pointIndex ?? pt.pointNumber]);
+  }
+  const out = Array.from(rows, (r) => ids[r]);
+  out.sort((a, b) => a - b);
+  return { rows, ids: out };
+}
+
+// Show the rows selected on panel k as selected on every other panel. A panel's own selection
+// outline would re-apply its old selection on redraw, so it goes; the events this update causes
+// are ignored (st.syncing) so Python only hears about the user's selection.
+async function highlightOthers(k, rows) {
+  st.syncing += 1;
+  try {
+    await Promise.all(st.plots.map((plot, j) => {
+      if (j === k || !plot.ready) return null;
+      const update = [];
+      const indices = [];
+      plot.traceRows.forEach((tr, t) => {
+        if (!tr) return;
+        indices.push(t);
+        if (rows === null) { update.push(null); return; }
+        const sel = [];
+        for (let i = 0; i < tr.length; i++) if (rows.has(tr[i])) sel.push(i);
+        update.push(sel);
+      });
+      const outline = (plot.div.layout.selections || []).length ? { selections: [] } : {};
+      return indices.length ? Plotly.update(plot.div, { selectedpoints: update }, outline, indices) : null;
+    }));
+  } finally {
+    st.syncing -= 1;
+  }
+}
+
+function placeTip(ev) {
+  const pad = 14;
+  const w = tipEl.offsetWidth || 140;
+  const h = tipEl.offsetHeight || 160;
+  let x = ev.clientX + pad;
+  let y = ev.clientY + pad;
+  if (x + w > window.innerWidth) x = ev.clientX - pad - w;
+  if (y + h > window.innerHeight) y = ev.clientY - pad - h;
+  tipEl.style.left = `${Math.max(0, x)}px`;
+  tipEl.style.top = `${Math.max(0, y)}px`;
+}
+
+function rememberThumb(id, uri) {
+  st.thumbs.set(id, uri);
+  if (st.thumbs.size > THUMB_CACHE_SIZE) st.thumbs.delete(st.thumbs.keys().next().value);
+}
+
+function fetchThumb(id) {
+  if (!st.pending.has(id)) {
+    const p = Promise.resolve(server.thumbnail(id))
+      .then((uri) => { if (uri) rememberThumb(id, uri); return uri; })
+      .catch(() => null)
+      .finally(() => st.pending.delete(id));
+    st.pending.set(id, p);
+  }
+  return st.pending.get(id);
+}
+
+function showTip(k, ev) {
+  const plot = st.plots[k];
+  const pt = (ev.points || []).find((p) => plot.traceRows[p.curveNumber]);
+  if (!pt || !st.value) return;
+  const row = plot.traceRows[pt.curveNumber][pt.pointIndex ?? pt.pointNumber];
+  const id = st.value.ids[row];
+  clearTimeout(st.hideTimer);
+  const text = (st.value.hover && st.value.hover[row]) || `row ${id}`;
+  if (st.hoverId !== id) {
+    st.hoverId = id;
+    tipText.textContent = text;
+    clearTimeout(st.hoverTimer);
+    if (hasThumbs) {
+      if (st.thumbs.has(id)) {
+        tipImg.src = st.thumbs.get(id);
+      } else {
+        tipImg.removeAttribute("src");
+        st.hoverTimer = setTimeout(() => {
+          fetchThumb(id).then((uri) => { if (uri && st.hoverId === id) tipImg.src = uri; });
+        }, HOVER_FETCH_DELAY_MS);
+      }
+    }
+  }
+  tipEl.style.display = "block";
+  if (ev.event) placeTip(ev.event);
+}
+
+function hideTip() {
+  clearTimeout(st.hideTimer);
+  st.hideTimer = setTimeout(() => {
+    clearTimeout(st.hoverTimer);
+    st.hoverId = null;
+    tipEl.style.display = "none";
+  }, 60);
+}
+
+function bindEvents(k, div) {
+  div.on("plotly_selected", (ev) => {
+    if (!st.value || st.syncing) return;
+    const { rows, ids } = selectionIds(k, ev && ev.points);
+    trigger("select", { ids, panel: k, title: st.value.panels[k].title || "" });
+    highlightOthers(k, rows.size ? rows : null);
+  });
+  div.on("plotly_deselect", () => {
+    if (!st.value || st.syncing) return;
+    trigger("select", { ids: [], panel: k, title: st.value.panels[k].title || "" });
+    highlightOthers(k, null);
+  });
+  div.on("plotly_click", (ev) => {
+    if (!st.value) return;
+    const plot = st.plots[k];
+    const pt = (ev.points || []).find((p) => plot.traceRows[p.curveNumber]);
+    if (!pt) return;
+    const row = plot.traceRows[pt.curveNumber][pt.pointIndex ?? pt.pointNumber];
+    trigger("click", { ids: [st.value.ids[row]], panel: k, title: st.value.panels[k].title || "" });
+  });
+  div.on("plotly_hover", (ev) => showTip(k, ev));
+  div.on("plotly_unhover", hideTip);
+  div.addEventListener("mouseleave", hideTip);
+  // plotly throttles hover events; keep the tooltip glued to the cursor in between.
+  div.addEventListener("mousemove", (ev) => { if (tipEl.style.display === "block") placeTip(ev); });
+}
+
+const resizer = new ResizeObserver((entries) => {
+  for (const e of entries) {
+    const div = e.target;
+    if (div._hsReady && e.contentRect.width > 0) Plotly.Plots.resize(div);
+  }
+});
+
+function structureOf(value) {
+  return JSON.stringify((value.panels || []).map((p) => [p.title || "", !!p.wide]));
+}
+
+function rebuildGrid(value) {
+  for (const plot of st.plots) {
+    resizer.unobserve(plot.div);
+    Plotly.purge(plot.div);
+  }
+  gridEl.replaceChildren();
+  st.plots = (value.panels || []).map((p, k) => {
+    const div = document.createElement("div");
+    div.className = `hs-panel hs-plot${p.wide ? " hs-wide" : ""}`;
+    div.dataset.panel = String(k);
+    gridEl.appendChild(div);
+    return { div, traceRows: [], traceCodes: [], ready: false, bound: false };
+  });
+  const narrow = (value.panels || []).filter((p) => !p.wide).length;
+  gridEl.style.setProperty("--hs-cols", String(Math.max(1, Math.min(narrow, props.columns || 4))));
+  st.structure = structureOf(value);
+}
+
+function renderLegend(value) {
+  legendEl.replaceChildren();
+  const color = value.color;
+  if (color && color.kind === "category") {
+    const key = JSON.stringify(color.names);
+    if (key !== st.categoryKey) { st.hidden.clear(); st.categoryKey = key; }
+    if (color.title) {
+      const t = document.createElement("span");
+      t.className = "hs-legend-title";
+      t.textContent = color.title;
+      legendEl.appendChild(t);
+    }
+    const counts = new Array(color.names.length).fill(0);
+    for (const c of color.codes) counts[c] += 1;
+    color.names.forEach((name, c) => {
+      const b = document.createElement("button");
+      b.type = "button";
+      b.className = `hs-legend-item${st.hidden.has(c) ? " hs-off" : ""}`;
+      b.dataset.code = String(c);
+      b.title = "click: show or hide this category in every panel";
+      const sw = document.createElement("span");
+      sw.className = "hs-swatch";
+      sw.style.background = color.colors[c];
+      b.append(sw, document.createTextNode(`${name} (${counts[c]})`));
+      b.addEventListener("click", () => toggleCategory(c, b));
+      legendEl.appendChild(b);
+    });
+  } else if (color && color.kind === "continuous") {
+    const t = document.createElement("span");
+    t.className = "hs-legend-title";
+    t.textContent = color.title || "";
+    const lo = document.createElement("span");
+    lo.textContent = String(color.min);
+    const ramp = document.createElement("span");
+    ramp.className = "hs-ramp";
+    ramp.style.background = `linear-gradient(to right, ${VIRIDIS.join(", ")})`;
+    const hi = document.createElement("span");
+    hi.textContent = String(color.max);
+    legendEl.append(t, lo, ramp, hi);
+  }
+  const layers = new Map();
+  for (const p of value.panels || []) {
+    if (p.layers.length > 1) for (const l of p.layers) layers.set(l.name, l.symbol || "circle");
+  }
+  for (const [name, symbol] of layers) {
+    const s = document.createElement("span");
+    s.className = "hs-layer";
+    s.textContent = `${SYMBOL_GLYPHS[symbol] || "\u25CF"} ${name}`;
+    legendEl.appendChild(s);
+  }
+}
+
+function toggleCategory(c, button) {
+  if (st.hidden.has(c)) st.hidden.delete(c); else st.hidden.add(c);
+  button.classList.toggle("hs-off", st.hidden.has(c));
+  const visible = !st.hidden.has(c);
+  for (const plot of st.plots) {
+    const idx = [];
+    plot.traceCodes.forEach((code, t) => { if (code === c) idx.push(t); });
+    if (idx.length && plot.ready) Plotly.restyle(plot.div, { visible }, idx);
+  }
+}
+
+async function render(value) {
+  const seq = ++st.seq;
+  const t0 = performance.now();
+  Plotly = await loadPlotly();
+  if (seq !== st.seq) return;
+  if (!value || !value.panels || !value.panels.length) {
+    for (const plot of st.plots) Plotly.purge(plot.div);
+    st.plots = [];
+    st.structure = "";
+    st.value = null;
+    legendEl.replaceChildren();
+    const empty = document.createElement("div");
+    empty.className = "hs-empty";
+    empty.textContent = props.empty_text || "Nothing to show yet.";
+    gridEl.replaceChildren(empty);
+    element.dataset.renderSeq = String(seq);
+    return;
+  }
+  if (structureOf(value) !== st.structure) rebuildGrid(value);
+  st.value = value;
+  renderLegend(value);
+  const jobs = value.panels.map((panel, k) => {
+    const plot = st.plots[k];
+    const { traces, traceRows, traceCodes } = buildTraces(value, panel);
+    plot.traceRows = traceRows;
+    plot.traceCodes = traceCodes;
+    return Plotly.react(plot.div, traces, buildLayout(value, panel), PLOT_CONFIG).then(() => {
+      plot.ready = true;
+      plot.div._hsReady = true;
+      if (!plot.bound) {
+        bindEvents(k, plot.div);
+        resizer.observe(plot.div);
+        plot.bound = true;
+      }
+    });
+  });
+  await Promise.all(jobs);
+  if (seq !== st.seq) return;
+  element.dataset.renderMs = String(Math.round(performance.now() - t0));
+  element.dataset.renderSeq = String(seq);
+}
+
+// The value arrives as a JSON string (app/scatter.py `to_wire`): parsed once here, plotly gets
+// plain arrays instead of Svelte's reactive proxies.
+function renderSafely() {
+  let value;
+  const t = performance.now();
+  try {
+    value = typeof props.value === "string" ? (props.value ? JSON.parse(props.value) : null) : props.value;
+  } catch (err) {
+    gridEl.textContent = `Could not read the scatter's data: ${err.message}`;
+    return;
+  }
+  st.timing = { valueAt: t, parseMs: performance.now() - t };
+  render(value).catch((err) => {
+    console.error("scatter: render failed", err);
+    gridEl.textContent = `Could not draw the scatter: ${err.message}`;
+  });
+}
+
+watch("value", renderSafely);
+renderSafely();

@@ -1,0 +1,108 @@
+"""The app through gradio_client (its API names) and its job runner and helpers directly."""
+
+import json
+
+import pytest
+from gradio_client import Client, handle_file
+
+from app import train_tab
+from app.jobs import Jobs, list_runs, read_run
+from app.ui import HiCoApp
+from hico.errors import HiCoError
+from tests.app_fixtures import EXAMPLES, live_app, wait_for  # noqa: F401
+
+
+@pytest.fixture(scope="module")
+def client(live_app):  # noqa: F811
+    url, *_ = live_app
+    return Client(url, verbose=False)
+
+
+def test_api_names_are_published(client):
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/start_training", "/training_status", "/stop_training", "/embeddings", "/predict"} <= names
+
+
+def test_training_through_the_api(client, live_app):  # noqa: F811
+    _, home, data, _ = live_app
+    refused = client.predict(dataset=str(data), size=16, api_name="/start_training")
+    assert refused["ok"] is False and "data.size must be at least 32" in refused["message"]
+    missing = client.predict(dataset="/no/such/data", api_name="/start_training")
+    assert missing["ok"] is False and "does not exist" in missing["message"]
+    started = client.predict(dataset=str(data), size=32, batch_size=4, epochs=2, device="cpu",
+                             api_name="/start_training")
+    assert started["ok"] is True, started
+    second = client.predict(dataset=str(data), size=32, api_name="/start_training")
+    assert second["ok"] is False and "already training" in second["message"]
+    status = wait_for(lambda: (s := client.predict(api_name="/training_status"))["run"]["state"] == "finished"
+                      and not s["active"] and s, timeout=120)
+    run = status["run"]
+    assert run["name"] == started["run"] and run["step"] == run["total_steps"] == 2
+    assert run["last"]["step"] == 2 and run["last"]["total"] > 0
+    assert {r["run"] for r in status["runs"]} >= {"tiny", started["run"]}
+    assert client.predict(api_name="/stop_training") == "No run is training."
+
+
+def test_embeddings_endpoint(client, live_app):  # noqa: F811
+    _, _, data, _ = live_app
+    out = client.predict(run="tiny", dataset=str(data), method="pca", api_name="/embeddings")
+    assert out["ok"] and out["frames"] == 8 * 6
+    assert set(out["coords"]) == {"local", "medium", "global", "backbone"}
+    assert len(out["coords"]["global"]) == 48 and len(out["coords"]["global"][0]) == 2
+    assert set(out["label"]) == {"bright", "dark"} and set(out["split"]) == {"train", "val"}
+    bad = client.predict(run="nope", dataset=str(data), api_name="/embeddings")
+    assert bad["ok"] is False and "nope" in bad["message"]
+
+
+def test_predict_endpoint_returns_probabilities_and_files(client):
+    out = client.predict(clip=handle_file(str(EXAMPLES / "liver_f3_cine.dcm")), run="tiny", level="global",
+                         api_name="/predict")
+    assert out["ok"], out
+    assert out["classes"] == ["bright", "dark"] and len(out["frame_probs"]) == 24
+    assert abs(sum(out["clip_probs"]) - 1) < 1e-6
+    assert out["mask_method"] in ("temporal", "single-frame", "none")
+    video = out["overlay_video"]
+    path = video["path"] if isinstance(video, dict) else video
+    assert str(path).endswith(".mp4")
+
+
+def test_a_file_that_is_not_a_clip_gets_a_sentence(client, tmp_path):
+    junk = tmp_path / "notes.mp4"
+    junk.write_bytes(b"not a video at all" * 20)
+    out = client.predict(clip=handle_file(str(junk)), run="tiny", api_name="/predict")
+    assert out["ok"] is False and "notes.mp4" in out["message"] and "Traceback" not in out["message"]
+
+
+def test_jobs_refuse_bad_values_and_report_crashes(tmp_path, monkeypatch):
+    monkeypatch.setenv("HICO_HOME", str(tmp_path))
+    jobs = Jobs(tmp_path / "runs")
+    with pytest.raises(HiCoError, match="train.batch_size must be at least 1"):
+        jobs.start({"data": {"root": str(tmp_path)}, "train": {"batch_size": 0}})
+    # a child that dies at once: its run is reported failed with the log's last lines
+    jobs.python = "/bin/false"
+    run = jobs.start({"data": {"root": str(tmp_path)}})
+    wait_for(lambda: jobs.active() is None, timeout=20)
+    info = read_run(run)
+    assert info.state == "failed" and "ended without a word" in info.error
+    assert [r.name for r in list_runs(tmp_path / "runs")] == [run.name]
+
+
+def test_progress_and_form_validation(tmp_path, monkeypatch):
+    monkeypatch.setenv("HICO_HOME", str(tmp_path))
+    status = {"run": {"name": "r1", "state": "running", "step": 5, "total_steps": 20, "epoch": 1.25, "epochs": 4,
+                      "images_per_s": 100.0, "eta_s": 125.0}}
+    html = train_tab.progress_html(status)
+    assert "width:25.0%" in html and "step 5/20" in html and "ETA 2 min 05 s" in html and "100 images/s" in html
+    with pytest.raises(HiCoError, match="whole number"):
+        train_tab.form_values(tmp_path, str(EXAMPLES), 32.5, 4, 1, 3e-4, "hico", 0.5, 0.5, 0.2, 1.0, "cpu")
+    values = train_tab.form_values(tmp_path, str(EXAMPLES), 48, 4, 3, 1e-3, "peer", 0.5, 0.5, 0.2, 0.5, "cpu")
+    assert values["data"]["size"] == 48 and values["loss"]["mode"] == "peer" and values["train"]["lr"] == 1e-3
+    assert json.dumps(values)  # plain data, ready for config.from_dict
+
+
+def test_diagnose_tab_rejects_an_empty_upload_politely(tmp_path):
+    hico_app = HiCoApp(tmp_path)
+    message, *rest = hico_app.diagnose(None, "tiny", "all")
+    assert message == "Upload a clip or pick an example."
+    message, *rest = hico_app.diagnose(str(EXAMPLES / "lung_b_lines.mp4"), "", "all")
+    assert "Pick a run" in message
