@@ -124,26 +124,13 @@ def test_cli_empty_folder_and_corrupt_clip(tmp_path, capsys):
 
 
 def test_predict_reads_dicom_cine_and_still_images(trained, tmp_path):
-    import pydicom
     from PIL import Image
-    from pydicom.dataset import FileMetaDataset
-    from pydicom.uid import ExplicitVRLittleEndian, UltrasoundMultiFrameImageStorage, generate_uid
+
+    from hico.io import write_dicom_cine
 
     run, _ = trained
     frames = moving_square_clip(4, 24)
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = pydicom.Dataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Modality = "US"
-    ds.Rows, ds.Columns, ds.NumberOfFrames = 24, 24, 4
-    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
-    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-    ds.PixelData = frames.tobytes()
-    ds.save_as(tmp_path / "cine.dcm", enforce_file_format=True)
+    write_dicom_cine(tmp_path / "cine.dcm", frames, rle=False)
     assert predict_clip(run, tmp_path / "cine.dcm", device="cpu").frame_probs.shape == (4, 2)
     Image.fromarray(frames[0]).save(tmp_path / "still.png")
     assert predict_clip(run, tmp_path / "still.png", device="cpu").frame_probs.shape == (1, 2)

@@ -220,3 +220,36 @@ def _decode_mpeg(ds: Dataset, path: str | os.PathLike, max_frames: int | None) -
         syntax = _transfer_syntax(ds)
         raise HiCoError(f"Cannot decode {path} (transfer syntax {syntax.name}): {short_reason(error)}.") from error
 
+
+
+def write_dicom_cine(path: str | os.PathLike, frames: np.ndarray, fps: float = 15.0, rle: bool = True,
+                     description: str = "HiCo synthetic cine") -> Path:
+    """Write gray uint8 frames (T, H, W) as a multi-frame MONOCHROME2 ultrasound DICOM.
+
+    RLE Lossless compressed when `rle` (pydicom encodes it natively), else uncompressed.
+    For examples and tests: the patient fields say it is synthetic.
+    """
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import RLELossless, UltrasoundMultiFrameImageStorage, generate_uid
+
+    frames = np.ascontiguousarray(frames, dtype=np.uint8)
+    if frames.ndim != 3:
+        raise ValueError(f"frames must be T x H x W uint8, got shape {frames.shape}")
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UltrasoundMultiFrameImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality, ds.PatientName, ds.StudyDescription = "US", "SYNTHETIC^EXAMPLE", description
+    ds.Rows, ds.Columns, ds.NumberOfFrames = frames.shape[1], frames.shape[2], frames.shape[0]
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, "MONOCHROME2"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+    ds.FrameTime = 1000.0 / fps
+    if rle:
+        ds.compress(RLELossless, frames)
+    else:
+        ds.PixelData = frames.tobytes()
+    ds.save_as(path, enforce_file_format=True)
+    return Path(path)
