@@ -287,12 +287,14 @@ class HiCoApp:
         with gr.Row():
             with gr.Column(scale=2, min_width=320):
                 dataset = gr.Textbox(str(synth_dir(self.home)), label="Dataset folder or CSV manifest",
-                                     info="The embedded synthetic set is filled in; any folder of clips works.")
+                                     info="The embedded synthetic set is filled in; any folder of clips works.",
+                                     elem_id="train-dataset")
                 with gr.Row():
-                    size = gr.Number(96, label="Input size (px)", precision=0, minimum=32, maximum=1024)
-                    batch = gr.Number(16, label="Batch size (videos)", precision=0, minimum=1)
+                    size = gr.Number(96, label="Input size (px)", precision=0, minimum=32, maximum=1024,
+                                     elem_id="train-size")
+                    batch = gr.Number(16, label="Batch size (videos)", precision=0, minimum=1, elem_id="train-batch")
                 with gr.Row():
-                    epochs = gr.Number(12, label="Epochs", precision=0, minimum=1)
+                    epochs = gr.Number(12, label="Epochs", precision=0, minimum=1, elem_id="train-epochs")
                     lr = gr.Number(3e-4, label="Learning rate", minimum=0)
                 mode = gr.Radio(["hico", "simclr", "peer", "supervised"], value="hico", label="Loss mode")
                 with gr.Row():

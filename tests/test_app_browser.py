@@ -1,0 +1,101 @@
+"""The app in a real headless browser (Debian's chromium through Playwright): a short training
+run whose chart updates, an Explore selection that fills the gallery, a Diagnose upload that
+shows the overlay, and not one request to the internet."""
+
+import re
+from pathlib import Path
+
+import pytest
+
+from tests.app_fixtures import EXAMPLES, live_app  # noqa: F401
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
+
+
+@pytest.fixture(scope="module")
+def page(live_app):  # noqa: F811
+    from playwright.sync_api import sync_playwright
+
+    url = live_app[0]
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        page = browser.new_page(viewport={"width": 1400, "height": 1000})
+        page.outside = []
+        page.on("request", lambda r: None if re.match(r"^(https?://127\.0\.0\.1[:/]|data:|blob:)", r.url)
+                else page.outside.append(r.url))
+        page.goto(url)
+        page.wait_for_selector("#start-training")
+        yield page
+        browser.close()
+
+
+def _fill(page, elem_id: str, value: str) -> None:
+    box = page.locator(f"#{elem_id} input, #{elem_id} textarea").first
+    box.fill(value)
+    box.press("Tab")
+
+
+def _choose(page, elem_id: str, option: str) -> None:
+    """Pick a dropdown option by typing it, as a keyboard user would."""
+    box = page.locator(f"#{elem_id} input").first
+    box.click()
+    box.fill(option)
+    page.get_by_role("option", name=option, exact=True).click()
+    page.wait_for_function(f"document.querySelector('#{elem_id} input').value === '{option}'")
+
+
+def test_a_training_run_shows_live_progress_and_curves(page, live_app):  # noqa: F811
+    _, _, data, _ = live_app
+    _fill(page, "train-dataset", str(data))
+    _fill(page, "train-size", "32")
+    _fill(page, "train-batch", "4")
+    _fill(page, "train-epochs", "3")
+    page.click("#start-training")
+    page.wait_for_function("document.querySelector('#train-message').innerText.includes('Started')", timeout=20000)
+    # the timer redraws the progress bar and the chart while the child process trains
+    page.wait_for_selector("#train-progress [data-state='finished']", timeout=120000)
+    assert "step 3/3" in page.inner_text("#train-progress")
+    traces = page.locator("#train-chart .scatterlayer .trace").count()
+    assert traces >= 7  # the loss terms, lr and throughput
+    assert "finished" in page.inner_text("#run-list")
+
+
+def test_explore_selection_fills_the_gallery(page, live_app):  # noqa: F811
+    _, _, data, _ = live_app
+    page.get_by_role("tab", name="Explore").click()
+    _choose(page, "explore-run", "tiny")
+    _fill(page, "explore-dataset", str(data))
+    page.click("#explore-go")
+    drag = "#explore-scatter .hs-plot[data-panel='0'] .nsewdrag"
+    page.wait_for_selector(drag, timeout=120000)
+    page.wait_for_function("document.querySelector('#explore-message').innerText.includes('48 frames')",
+                           timeout=60000)
+    box = page.locator(drag).bounding_box()
+    corners = [(box["x"] + 3, box["y"] + 3), (box["x"] + box["width"] - 3, box["y"] + 3),
+               (box["x"] + box["width"] - 3, box["y"] + box["height"] - 3), (box["x"] + 3, box["y"] + box["height"] - 3),
+               (box["x"] + 3, box["y"] + 3)]
+    page.mouse.move(*corners[0])
+    page.mouse.down()
+    for corner in corners[1:]:
+        page.mouse.move(*corner, steps=6)
+    page.mouse.up()
+    page.wait_for_function("document.querySelectorAll('#explore-gallery img').length > 0", timeout=30000)
+    assert page.locator("#explore-gallery img").count() == 48  # every frame of the dataset was inside
+
+
+def test_diagnose_upload_shows_prediction_and_overlay(page):
+    page.get_by_role("tab", name="Diagnose").click()
+    _choose(page, "diagnose-run", "tiny")
+    page.locator("#diagnose-upload input[type=file]").set_input_files(str(EXAMPLES / "lung_b_lines.mp4"))
+    page.wait_for_function("document.querySelector('#diagnose-message').innerText.includes('over 32 frames')",
+                           timeout=120000)
+    page.wait_for_selector("#diagnose-video video[src]", timeout=30000)
+    page.wait_for_selector("#diagnose-frame img", timeout=30000)
+    assert page.locator("#diagnose-bars .trace.bars").count() == 1
+
+
+def test_the_page_loaded_nothing_from_the_internet(page):
+    assert page.outside == []
