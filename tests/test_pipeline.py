@@ -85,6 +85,13 @@ def test_cli_end_to_end(trained, tmp_path, capsys):
     assert "prediction:" in out
     saved = json.loads((tmp_path / "pred" / "clip.json").read_text())
     assert sum(saved["probabilities"].values()) == pytest.approx(1.0)
+    assert main(["predict", str(run), str(clip), "--saliency", "--level", "global", "--out", str(tmp_path / "sal"),
+                 "--device", "cpu"]) == 0
+    from hico.io import read_clip
+
+    video = read_clip(tmp_path / "sal" / "saliency_global.mp4")
+    assert video.shape[0] == 5 and video.shape[-1] == 3  # every frame, in colour
+    assert (tmp_path / "sal" / "mask.png").is_file()
 
 
 def test_cli_train_and_resume(class_dataset, tmp_path, capsys):
