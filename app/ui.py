@@ -24,6 +24,7 @@ from app.jobs import Jobs, list_runs
 
 log = logging.getLogger(__name__)
 
+ACCURACY_COLUMNS = ("feature", "linear_acc", "knn_acc", "linear_video_acc", "knn_video_acc")
 CSS = """
 .hico-progress { font-size: 0.95rem; }
 .hico-bar { height: 14px; background: #e5e7eb; border-radius: 7px; overflow: hidden; margin: 4px 0 6px; }
@@ -88,17 +89,19 @@ class HiCoApp:
         return self._explore_message(item, method), value, self._accuracy(item), method
 
     def explore_tick(self, run, dataset, colour, pair, shown):
-        """Swap PCA for UMAP (and fill the accuracy table) once the background work is done."""
-        if not run or not shown or shown == "UMAP":
+        """Swap PCA for UMAP once it is ready, and fill the accuracy table once it is computed."""
+        if not run or not shown or shown == "done":
             return gr.update(), gr.update(), gr.update(), shown
         try:
             item = self._item(run, dataset)
         except HiCoError:
             return gr.update(), gr.update(), gr.update(), shown
-        if not item.umap_done:
-            return gr.update(), gr.update(), self._accuracy(item), shown
+        accuracy = self._accuracy(item)
+        finished = item.accuracy is not None or item.accuracy_error is not None
+        if shown == "UMAP" or not item.umap_done:
+            return gr.update(), gr.update(), accuracy, "done" if finished and shown == "UMAP" else shown
         value, method = self.explore_value(item, colour, pair)
-        return self._explore_message(item, method), value, self._accuracy(item), method
+        return self._explore_message(item, method), value, accuracy, "done" if finished else method
 
     def _explore_message(self, item, method: str) -> str:
         table = item.table
@@ -109,10 +112,10 @@ class HiCoApp:
     @staticmethod
     def _accuracy(item):
         if item.accuracy is not None:
-            return item.accuracy[["feature", "linear_acc", "knn_acc", "linear_video_acc", "knn_video_acc"]].round(3)
+            return item.accuracy[list(ACCURACY_COLUMNS)].round(3)
         if item.accuracy_error:
             return [[item.accuracy_error, None, None, None, None]]
-        return None
+        return [["computing…", None, None, None, None]]
 
     def selected_frames(self, run, dataset, evt: gr.EventData):
         """A box/lasso selection -> gallery of the selected frames (the first 60)."""
@@ -320,6 +323,8 @@ class HiCoApp:
         form = [dataset, size, batch, epochs, lr, mode, peer, cross, sup, label_fraction, device]
         start.click(self.start, [resume, *form], [message, resume], api_visibility="private")
         stop.click(self.stop, None, message, api_visibility="private")
+        resume.focus(lambda: gr.update(choices=train_tab.resume_choices(self.jobs)), None, resume,
+                     api_visibility="private")
         timer = gr.Timer(2.0)
         outputs = [progress, chart, runs, error]
         timer.tick(self.refresh_training, None, outputs, api_visibility="private", show_progress="hidden")
@@ -372,8 +377,9 @@ class HiCoApp:
                 selection_note = gr.Markdown()
                 gallery = gr.Gallery(label="Selected frames", columns=8, height=300, elem_id="explore-gallery")
             with gr.Column(scale=2):
-                accuracy = gr.Dataframe(label="Linear probe and kNN accuracy (split by video)", interactive=False,
-                                        elem_id="explore-accuracy")
+                accuracy = gr.Dataframe(headers=list(ACCURACY_COLUMNS), interactive=False, elem_id="explore-accuracy",
+                                        label="Linear probe and kNN accuracy (frames, and videos by mean "
+                                              "probability; folds split by video)")
         with gr.Row():
             picked = gr.Image(label="Picked frame", interactive=False, height=200, scale=1)
             with gr.Column(scale=4):

@@ -49,9 +49,18 @@ def embed_frames(model, frames: torch.Tensor, device: torch.device, batch_size: 
 
 
 def default_output(run_dir: Path, data_dir: Path, checkpoint: str, step: int, max_frames: int) -> Path:
-    key = f"{Path(data_dir).expanduser().resolve()}|{checkpoint}|{step}|{max_frames}"
+    """RUN_DIR/embeddings/<data>-<checkpoint>-<digest of data and frame limit>-step<k>.parquet"""
+    key = f"{Path(data_dir).expanduser().resolve()}|{checkpoint}|{max_frames}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
-    return Path(run_dir) / "embeddings" / f"{Path(data_dir).stem or 'data'}-{checkpoint}-{digest}.parquet"
+    return Path(run_dir) / "embeddings" / f"{Path(data_dir).stem or 'data'}-{checkpoint}-{digest}-step{step}.parquet"
+
+
+def _drop_stale(target: Path) -> None:
+    """Remove the tables (and their projections and results) of earlier steps of the same checkpoint."""
+    prefix = target.name.rsplit("-step", 1)[0] + "-step"
+    for old in target.parent.glob(prefix + "*"):
+        if not old.name.startswith(target.stem + "."):
+            old.unlink(missing_ok=True)
 
 
 def embed_dataset(run_dir: str | Path, data_dir: str | Path, out: str | Path | None = None,
@@ -91,6 +100,8 @@ def embed_dataset(run_dir: str | Path, data_dir: str | Path, out: str | Path | N
         table[col] = list(vectors[col])
     table.attrs.update({"checkpoint": name, "step": sidecar["step"]})
     target.parent.mkdir(parents=True, exist_ok=True)
+    if out is None:
+        _drop_stale(target)
     table.to_parquet(target, index=False)
     log.info("wrote %d frame embeddings to %s", len(table), target)
     return table, target

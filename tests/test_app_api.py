@@ -106,3 +106,22 @@ def test_diagnose_tab_rejects_an_empty_upload_politely(tmp_path):
     assert message == "Upload a clip or pick an example."
     message, *rest = hico_app.diagnose(str(EXAMPLES / "lung_b_lines.mp4"), "", "all")
     assert "Pick a run" in message
+
+
+def test_stop_ends_a_live_run_with_a_checkpoint(tmp_path, monkeypatch):
+    from tests.conftest import write_class_dataset
+
+    monkeypatch.setenv("HICO_HOME", str(tmp_path / "home"))
+    data = write_class_dataset(tmp_path / "data", per_class=3, frames=4)
+    jobs = Jobs(tmp_path / "runs")
+    run = jobs.start({"data": {"root": str(data), "size": 32, "val_fraction": 0},
+                      "train": {"batch_size": 2, "max_steps": 500, "warmup_epochs": 0, "log_every": 1,
+                                "checkpoint_every": 1}, "device": "cpu"})
+    wait_for(lambda: read_run(run).step >= 2, timeout=120)
+    message = jobs.stop(timeout=60)
+    assert message.startswith(f"Stopped {run.name} at step")
+    info = read_run(run)
+    assert info.state == "stopped" and 2 <= info.step < 500 and info.resumable
+    sidecar = json.loads((run / "checkpoints" / "last.json").read_text())
+    assert sidecar["step"] == info.step
+    assert train_tab.resume_choices(jobs) == [train_tab.NEW_RUN, run.name]

@@ -55,6 +55,13 @@ def test_a_training_run_shows_live_progress_and_curves(page, live_app):  # noqa:
     _fill(page, "train-epochs", "3")
     page.click("#start-training")
     page.wait_for_function("document.querySelector('#train-message').innerText.includes('Started')", timeout=20000)
+    run_name = page.inner_text("#train-message").split("Started")[1].strip(" .")
+    # a second browser window (a reopened browser) shows the same live run
+    other = page.context.browser.new_page()
+    other.goto(page.url)
+    other.wait_for_function(f"(document.querySelector('#train-progress')?.innerText || '').includes('{run_name}')",
+                            timeout=30000)
+    other.close()
     # the timer redraws the progress bar and the chart while the child process trains
     page.wait_for_selector("#train-progress [data-state='finished']", timeout=120000)
     assert "step 3/3" in page.inner_text("#train-progress")

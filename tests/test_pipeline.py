@@ -146,3 +146,28 @@ def test_predict_reads_dicom_cine_and_still_images(trained, tmp_path):
     (tmp_path / "notes.txt").write_text("not a clip")
     with pytest.raises(Exception, match="notes.txt is not a video, DICOM, image or frame folder"):
         predict_clip(run, tmp_path / "notes.txt", device="cpu")
+
+
+def test_embeddings_of_an_earlier_step_are_replaced(tmp_path):
+    from hico.embed import _drop_stale, default_output
+
+    (tmp_path / "embeddings").mkdir()
+    old = default_output(tmp_path, tmp_path / "synth", "best", 40, 0)
+    new = default_output(tmp_path, tmp_path / "synth", "best", 80, 0)
+    other = default_output(tmp_path, tmp_path / "other", "best", 40, 0)
+    for path in (old, old.with_suffix(".umap.npz"), other, new.with_suffix(".eval.csv")):
+        path.touch()
+    _drop_stale(new)
+    assert sorted(p.name for p in (tmp_path / "embeddings").iterdir()) == sorted([other.name, new.stem + ".eval.csv"])
+
+
+def test_a_clip_over_the_length_limit_is_refused(trained, tmp_path):
+    from hico.checkpoint import load_run
+
+    run, data = trained
+    cfg, model, sidecar = load_run(run, "last")
+    cfg.data.max_clip_frames = 4
+    clip = data / "bright" / "bright_0.mp4"
+    with pytest.raises(Exception, match=r"has 5 frames, more than data.max_clip_frames \(4\)"):
+        predict_clip(run, clip, model_bundle=(cfg, model, sidecar))
+    assert predict_clip(run, clip, model_bundle=(cfg, model, sidecar), max_frames=4).frame_probs.shape == (4, 2)
