@@ -23,6 +23,7 @@ from hico.errors import HiCoError
 from hico.train import STOP_FILE
 
 LOG_FILE = "train.log"
+REPO = Path(__file__).resolve().parent.parent
 STATES = ("running", "finished", "stopped", "failed")
 
 
@@ -173,7 +174,9 @@ class Jobs:
 
     def _spawn(self, run_dir: Path, args: list[str]) -> None:
         log = open(run_dir / LOG_FILE, "ab")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # `-m hico` must import from this checkout even when the app was started from elsewhere.
+        path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PYTHONPATH=path)
         # The child writes status.json as it starts; until then it is "running" with the child's pid.
         status = {"state": "running", "step": 0, "total_steps": 0, "error": None, "updated": time.time()}
         self.proc = subprocess.Popen([self.python, "-m", "hico", "train", *args], stdout=log, stderr=subprocess.STDOUT,
