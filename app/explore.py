@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from hico.checkpoint import find_checkpoint
+from hico.checkpoint import find_checkpoint, read_sidecar
 from hico.data import load_clip_frames
 from hico.embed import LEVEL_COLUMNS, embed_dataset, level_matrix, project
 from hico.evaluate import evaluate_embeddings
@@ -67,14 +67,13 @@ class Explorer:
     def load(self, run_dir: str | Path, data_dir: str | Path, progress: bool = True) -> Embedded:
         """Embed (or read the cached table), project with PCA, and start UMAP + evaluation."""
         name = find_checkpoint(run_dir)
-        key = (f"{Path(run_dir).resolve()}:{name}", str(Path(data_dir).expanduser().resolve()))
+        step = read_sidecar(Path(run_dir) / "checkpoints", name)["step"]
+        key = (f"{Path(run_dir).resolve()}:{name}:{step}", str(Path(data_dir).expanduser().resolve()))
         with self._lock:
             if key in self.items and self.items[key].path.is_file():
                 self.last = self.items[key]
                 return self.last
         table, path = embed_dataset(run_dir, data_dir, progress=progress)
-        from hico.checkpoint import read_sidecar
-
         size = read_sidecar(Path(run_dir) / "checkpoints", name)["config"]["data"]["size"]
         item = Embedded(table, path, size)
         self._load_cached_projections(item)
