@@ -52,9 +52,14 @@ class HiCoApp:
         return self.jobs.runs_dir / name
 
     def refresh_runs(self, current):
+        """On page load: the runs with a checkpoint, keeping the choice or taking the newest."""
         choices = self.model_runs()
         value = current if current in choices else (choices[0] if choices else None)
         return gr.update(choices=choices, value=value)
+
+    def refresh_choices(self):
+        """On focus: new runs appear in the list; the value is left alone (the user is choosing)."""
+        return gr.update(choices=self.model_runs())
 
     # ---- Explore ------------------------------------------------------------------------
     def _item(self, run, dataset):
@@ -359,7 +364,7 @@ class HiCoApp:
         clip.upload(self.diagnose, [clip, run, level], outputs, api_visibility="private")
         slider.change(self.diagnose_frame, [result_id, slider], [frame, line], api_visibility="private",
                       show_progress="hidden")
-        run.focus(self.refresh_runs, run, run, api_visibility="private")
+        run.focus(self.refresh_choices, None, run, api_visibility="private")
         return run
 
     def _explore_tab(self):
@@ -396,7 +401,7 @@ class HiCoApp:
                            show_progress="hidden")
         plot.select(self.selected_frames, [run, dataset], [gallery, selection_note], api_visibility="private")
         plot.click(self.neighbours, [run, dataset], [picked, picked_note, *near], api_visibility="private")
-        run.focus(self.refresh_runs, run, run, api_visibility="private")
+        run.focus(self.refresh_choices, None, run, api_visibility="private")
         return run
 
 

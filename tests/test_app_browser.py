@@ -39,12 +39,22 @@ def _fill(page, elem_id: str, value: str) -> None:
 
 
 def _choose(page, elem_id: str, option: str) -> None:
-    """Pick a dropdown option by typing it, as a keyboard user would."""
+    """Pick a dropdown option by typing it, as a keyboard user would.
+
+    Focusing the dropdown refreshes its choices from the server; a robot that picks within the
+    same few milliseconds can click an option that is being replaced, so it tries again.
+    """
     box = page.locator(f"#{elem_id} input").first
-    box.click()
-    box.fill(option)
-    page.get_by_role("option", name=option, exact=True).click()
-    page.wait_for_function(f"document.querySelector('#{elem_id} input').value === '{option}'")
+    for attempt in range(3):
+        box.click()
+        box.fill(option)
+        page.get_by_role("option", name=option, exact=True).click()
+        try:
+            page.wait_for_function(f"document.querySelector('#{elem_id} input').value === '{option}'", timeout=5000)
+            return
+        except Exception:
+            page.keyboard.press("Escape")
+    raise AssertionError(f"could not choose {option!r} in #{elem_id}: it shows {box.input_value()!r}")
 
 
 def test_a_training_run_shows_live_progress_and_curves(page, live_app):  # noqa: F811
