@@ -1,4 +1,4 @@
-"""The command line: python -m hico {synth, train, embed, eval, predict} ...
+"""The command line: python -m hico {synth, train, embed, eval, predict, bench} ...
 
 Each command is a thin call into the package; a user error prints one sentence and exits 2.
 """
@@ -109,6 +109,15 @@ def cmd_predict(args) -> None:
         print(f"results -> {out}")
 
 
+def cmd_bench(args) -> None:
+    from hico.bench import run_bench, table
+
+    report = run_bench(cpu=args.cpu, out=args.out, warmup=args.warmup, steps=args.steps,
+                       data_dir=Path(args.data).expanduser() if args.data else None)
+    print(table(report))
+    print(f"report -> {report['path']}")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m hico", description="HiCo: hierarchical contrastive "
                                      "pretraining of ultrasound video models.")
@@ -156,6 +165,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mask", action="store_true", help="do not mask screen text and the border")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("bench", help="time training: model-only and end-to-end images/s, memory, MFU")
+    p.add_argument("--cpu", action="store_true", help="time on the CPU (small settings) even with a GPU")
+    p.add_argument("--out", help="JSON report (default $HICO_HOME/bench/bench-<time>.json)")
+    p.add_argument("--data", help="dataset folder (default: synthetic clips at 480 x 640, written once)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (the median is reported)")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 

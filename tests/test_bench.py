@@ -1,0 +1,24 @@
+"""The benchmark: both timings, their ratio, FLOPs, the JSON report and the table."""
+
+import json
+
+from hico.bench import Setting, run_bench, table
+
+
+def test_bench_times_model_only_and_end_to_end(class_dataset, tmp_path):
+    out = tmp_path / "bench.json"
+    report = run_bench(cpu=True, out=out, warmup=1, steps=2, data_dir=class_dataset,
+                       settings=[Setting("pooled", 4, 32), Setting("flatten", 4, 32)])
+    saved = json.loads(out.read_text())
+    assert [r["heads"] for r in saved["results"]] == ["pooled", "flatten"]
+    for r in saved["results"]:
+        assert r["batch"] == 4 and r["size"] == 32
+        assert r["model_only_images_per_s"] > 0 and r["end_to_end_images_per_s"] > 0
+        ratio = r["model_only_images_per_s"] and r["end_to_end_images_per_s"] / r["model_only_images_per_s"]
+        assert abs(r["end_to_end_over_model_only"] - ratio) < 1e-9
+        assert r["step_flops"] > 1e8  # a ResNet-18 FPN forward + backward on 8 images of 32 px
+        assert r["mfu"] is None and r["peak_memory_gb"] is None  # CPU: no known peak, no device memory
+    flatten, pooled = saved["results"][1]["step_flops"], saved["results"][0]["step_flops"]
+    assert flatten > pooled  # the flattened heads' first layer is wider
+    text = table(report)
+    assert "pooled heads, batch 4, 32 px" in text and "model img/s" in text
