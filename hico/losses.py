@@ -124,3 +124,17 @@ class HiCoLoss(nn.Module):
             total = contrastive + (self.sup_weight * terms["supervised"] if use_sup else 0.0)
         terms["total"] = total
         return total, {k: v.detach() for k, v in terms.items()}
+
+
+def probe_loss(out1: dict, out2: dict, labels: torch.Tensor | None) -> torch.Tensor:
+    """Cross-entropy of the per-level linear probes (`probe_local`, ... : N x K) on both views'
+    labelled rows, summed over levels. The probes see detached features, so this trains them and
+    never the encoder. Zero (attached to the probes' graph, so every parameter takes part in the
+    backward, as DistributedDataParallel needs) when nothing is labelled; 0 without probes."""
+    names = [k for k in out1 if k.startswith("probe_")]
+    if not names:
+        return out1["global"].new_zeros((), dtype=torch.float32)
+    if labels is None:
+        labels = torch.full((out1[names[0]].shape[0],), -1, dtype=torch.long, device=out1[names[0]].device)
+    both = torch.cat([labels, labels])
+    return sum(soft_cross_entropy(torch.cat([out1[k], out2[k]]), both, 0.0) for k in names)

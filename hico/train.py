@@ -29,7 +29,7 @@ from hico.data import FrameCache, assign_splits, build_cache, find_clips, labell
 from hico.data.dataset import Dataset
 from hico.errors import HiCoError
 from hico.paths import expand_path
-from hico.losses import TERMS, HiCoLoss, soft_cross_entropy
+from hico.losses import TERMS, HiCoLoss, probe_loss
 from hico.model import architecture, build_model
 
 log = logging.getLogger(__name__)
@@ -195,10 +195,7 @@ class Trainer:
         out1 = {k: v[:n] for k, v in out.items()}
         out2 = {k: v[n:] for k, v in out.items()}
         total, terms = self.loss_fn(out1, out2, labels)
-        probe = total.new_zeros(())
-        if labels is not None and "probe_local" in out:
-            both = torch.cat([labels, labels])
-            probe = sum(soft_cross_entropy(out[f"probe_{name}"], both, 0.0) for name in ("local", "medium", "global"))
+        probe = probe_loss(out1, out2, labels)
         terms["probe"] = probe.detach()
         return total + probe, terms
 

@@ -1,0 +1,63 @@
+"""Two CPU processes (gloo) with batch B each compute the loss and gradients of one process with
+batch 2B: the contrastive negatives are gathered across ranks with gradients flowing back."""
+
+import os
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from hico.distributed import World, gather_outputs
+from hico.losses import HiCoLoss, probe_loss
+from hico.model import HiCoModel
+
+
+def _model() -> HiCoModel:
+    torch.manual_seed(0)
+    # eval mode: BatchNorm uses its running statistics, so per-rank batches normalise alike
+    return HiCoModel(input_size=32, num_classes=2).eval()
+
+
+def _inputs():
+    g = torch.Generator().manual_seed(1)
+    return torch.randn(4, 1, 32, 32, generator=g), torch.randn(4, 1, 32, 32, generator=g), torch.tensor([0, 1, -1, 1])
+
+
+def _loss(model, x1, x2, labels, world):
+    out = model(torch.cat([x1, x2]))  # one forward per backward, as DDP needs and the trainer does
+    n = x1.shape[0]
+    out1 = gather_outputs({k: v[:n] for k, v in out.items()}, world)
+    out2 = gather_outputs({k: v[n:] for k, v in out.items()}, world)
+    total, _ = HiCoLoss()(out1, out2, labels)
+    return total + probe_loss(out1, out2, labels)  # the trainer's objective: every parameter takes part
+
+
+def _rank(rank: int, init_file: str, result_file: str) -> None:
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    torch.set_num_threads(1)
+    world = World(rank, 2, rank)
+    model = torch.nn.parallel.DistributedDataParallel(_model())
+    x1, x2, labels = _inputs()
+    part = slice(2 * rank, 2 * rank + 2)
+    total = _loss(model, x1[part], x2[part], labels, world)
+    total.backward()
+    if rank == 0:
+        grads = {n: p.grad.clone() for n, p in model.module.named_parameters() if p.grad is not None}
+        torch.save({"loss": total.detach(), "grads": grads}, result_file)
+    dist.destroy_process_group()
+
+
+def test_two_ranks_match_one_process_at_twice_the_batch(tmp_path):
+    x1, x2, labels = _inputs()
+    model = _model()
+    single = _loss(model, x1, x2, labels, World())
+    single.backward()
+    expected = {n: p.grad for n, p in model.named_parameters() if p.grad is not None}
+
+    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
+    mp.spawn(_rank, args=(str(tmp_path / "init"), str(tmp_path / "result.pt")), nprocs=2, join=True)
+    result = torch.load(tmp_path / "result.pt", weights_only=True)
+    assert abs(result["loss"].item() - single.item()) < 1e-5
+    assert result["grads"].keys() == expected.keys()
+    for name, grad in expected.items():
+        torch.testing.assert_close(result["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
