@@ -40,8 +40,14 @@ def cmd_train(args) -> None:
         cfg = config_mod.load(args.config, args.overrides)
         name = f"{Path(args.config).stem}-{time.strftime('%Y%m%d-%H%M%S')}"
         run_dir = Path(args.run_dir).expanduser() if args.run_dir else hico_home() / "runs" / name
-    print(f"run folder: {run_dir}", file=sys.stderr)
+    from hico.distributed import world_from_env
+
+    main_rank = world_from_env().main  # under torchrun only rank 0 speaks
+    if main_rank:
+        print(f"run folder: {run_dir}", file=sys.stderr)
     summary = train(cfg, run_dir, resume=bool(args.resume))
+    if not main_rank:
+        return
     final = summary["final"]
     print(f"{summary['state']} at step {summary['step']}/{summary['total_steps']} "
           f"(epoch {summary['epochs']:.2f}) in {summary['elapsed_s']:.1f} s, "

@@ -74,6 +74,7 @@ class TrainConfig:
     log_every: int = 10  # steps between metrics.jsonl lines
     val_every: int = 1  # epochs between held-out evaluations (0: never)
     checkpoint_every: int = 0  # steps between `last` checkpoints; 0: once per epoch
+    sync_bn: bool = False  # with several ranks (torchrun): batch statistics over all ranks
 
 
 @dataclass

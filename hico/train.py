@@ -8,6 +8,7 @@ resumed at step k therefore replays steps k+1.. exactly as an uninterrupted run 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
@@ -27,6 +28,7 @@ from hico.checkpoint import load_init_weights, load_state, load_weights, read_si
 from hico.config import Config
 from hico.data import FrameCache, assign_splits, build_cache, find_clips, labelled_mask, sample_views
 from hico.data.dataset import Dataset
+from hico import distributed
 from hico.errors import HiCoError
 from hico.paths import expand_path
 from hico.losses import TERMS, HiCoLoss, probe_loss
@@ -130,15 +132,24 @@ class Trainer:
     """Holds what one run needs; `run()` trains from the current step to the end or a stop."""
 
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False, progress: bool = True):
-        self.cfg, self.run_dir, self.progress = cfg, Path(run_dir), progress
+        self.cfg, self.run_dir = cfg, Path(run_dir)
+        self.world = distributed.world_from_env()
+        self.main = self.world.main
+        self.progress = progress and self.main
         self.device = resolve_device(cfg.device)
+        if self.device.type == "cuda" and self.world.size > 1:
+            self.device = torch.device("cuda", self.world.local_rank)
+            torch.cuda.set_device(self.device)
         self.cuda = self.device.type == "cuda"
+        distributed.init(self.world, self.cuda)
         torch.manual_seed(cfg.train.seed)
-        self.data = prepare_data(cfg, progress)
+        self.data = prepare_data(cfg, self.progress)
         t = cfg.train
         self.n_train = len(self.data.train_idx)
-        self.batch = min(t.batch_size, self.n_train)
-        self.steps_per_epoch = max(self.n_train // self.batch, 1)
+        # batch_size is per rank; the global batch (all ranks) is what one process would see
+        self.batch = min(t.batch_size, max(self.n_train // self.world.size, 1))
+        self.global_batch = self.batch * self.world.size
+        self.steps_per_epoch = max(self.n_train // self.global_batch, 1)
         self.total_steps = t.max_steps or t.epochs * self.steps_per_epoch
         self.warmup_steps = int(round(t.warmup_epochs * self.steps_per_epoch))
         self.classes = self.data.dataset.classes if self._supervised() else []
@@ -150,6 +161,7 @@ class Trainer:
         self.model.to(self.device)
         if self.cuda:
             self.model.to(memory_format=torch.channels_last)
+        self.raw_model = self.model  # what checkpoints hold; self.model may be its DDP wrapper
         self.loss_fn = HiCoLoss.from_config(cfg)
         self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
                                           **({"fused": True} if self.cuda else {}))
@@ -160,6 +172,10 @@ class Trainer:
         self.step, self.best_val, self.best_step, self.lr = 0, float("inf"), None, t.lr
         if resume:
             self._resume()
+        if self.world.size > 1:
+            net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.raw_model) if t.sync_bn else self.raw_model
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                net, device_ids=[self.device.index] if self.cuda else None)
 
     def _supervised(self) -> bool:
         has_labels = any(c.label is not None for c in self.data.dataset.clips) and self.cfg.data.label_fraction > 0
@@ -171,7 +187,7 @@ class Trainer:
         if sidecar.get("classes", []) != self.classes:
             raise HiCoError(f"Run {self.run_dir} was trained on classes {sidecar.get('classes')} but the dataset "
                             f"now has {self.classes}; resume needs the same dataset.")
-        load_weights(self.model, folder / "last.safetensors", architecture(self.cfg, len(self.classes)),
+        load_weights(self.raw_model, folder / "last.safetensors", architecture(self.cfg, len(self.classes)),
                      sidecar.get("architecture"))
         state = load_state(folder, "last")
         self.optimizer.load_state_dict(state["optimizer"])
@@ -185,15 +201,19 @@ class Trainer:
     def _autocast(self):
         return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else torch.autocast("cpu", enabled=False)
 
-    def _forward(self, v1: torch.Tensor, v2: torch.Tensor, labels: torch.Tensor):
+    def _forward(self, v1: torch.Tensor, v2: torch.Tensor, labels: torch.Tensor, model=None,
+                 world: distributed.World | None = None):
+        """One forward of both views; with several ranks, the outputs of all ranks are gathered
+        (with gradients) so the loss sees the global batch. Returns (objective, terms)."""
+        model, world = model or self.model, world or self.world
         x = torch.cat([v1, v2])
         if self.cuda:
             x = x.contiguous(memory_format=torch.channels_last)
         with self._autocast():
-            out = self.model(x)
+            out = model(x)
         n = v1.shape[0]
-        out1 = {k: v[:n] for k, v in out.items()}
-        out2 = {k: v[n:] for k, v in out.items()}
+        out1 = distributed.gather_outputs({k: v[:n] for k, v in out.items()}, world)
+        out2 = distributed.gather_outputs({k: v[n:] for k, v in out.items()}, world)
         total, terms = self.loss_fn(out1, out2, labels)
         probe = probe_loss(out1, out2, labels)
         terms["probe"] = probe.detach()
@@ -201,9 +221,9 @@ class Trainer:
 
     def train_step(self) -> dict[str, torch.Tensor]:
         t = self.cfg.train
-        positions = batch_videos(self.step, self.n_train, self.batch, t.seed)
+        positions = batch_videos(self.step, self.n_train, self.global_batch, t.seed)
         rng = np.random.default_rng([t.seed, self.step, 11])
-        v1, v2 = sample_views(self.cache, positions, rng, self.cfg.data)
+        v1, v2 = sample_views(self.cache, positions, rng, self.cfg.data, part=(self.world.rank, self.world.size))
         labels = self.labels[positions].to(self.device, non_blocking=True)
         self.model.train()
         objective, terms = self._forward(v1, v2, labels)
@@ -221,17 +241,17 @@ class Trainer:
         n_val = len(self.data.val_idx)
         if n_val == 0 or self.cfg.loss.mode == "supervised":
             return None
-        self.model.eval()
+        self.raw_model.eval()
         rng = np.random.default_rng([self.cfg.train.seed, 99])
         positions = np.arange(self.n_train, self.n_train + n_val)
         losses, weights = [], []
         for start in range(0, n_val, self.batch):
             chunk = positions[start:start + self.batch]
             v1, v2 = sample_views(self.cache, chunk, rng, self.cfg.data, augmented=False)
-            _, terms = self._forward(v1, v2, None)
+            _, terms = self._forward(v1, v2, None, model=self.raw_model, world=distributed.World())
             losses.append(terms["contrastive"])
             weights.append(len(chunk))
-        self.model.train()
+        self.raw_model.train()
         w = torch.tensor(weights, dtype=torch.float32)
         return float((torch.stack(losses).cpu() * w).sum() / w.sum())
 
@@ -242,26 +262,31 @@ class Trainer:
                 "metrics": metrics}
 
     def save(self, name: str, metrics: dict, with_state: bool = True) -> None:
+        if not self.main:
+            return
         state = None
         if with_state:
             state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
                      "step": self.step, "best_val": self.best_val, "best_step": self.best_step}
-        save_checkpoint(self.run_dir / "checkpoints", name, self.model, self.sidecar(metrics), state)
+        save_checkpoint(self.run_dir / "checkpoints", name, self.raw_model, self.sidecar(metrics), state)
 
     def run(self, stop_at_step: int | None = None) -> dict:
         """Train to the end (or a stop); returns the summary also written to summary.json."""
         t = self.cfg.train
         run_dir = self.run_dir
-        write_status(run_dir, state="running", pid=os.getpid(), step=self.step, total_steps=self.total_steps,
-                     device=str(self.device), error=None)
+        if self.main:
+            write_status(run_dir, state="running", pid=os.getpid(), step=self.step, total_steps=self.total_steps,
+                         device=str(self.device), error=None, ranks=self.world.size)
         sums = torch.zeros(len(METRIC_TERMS), device=self.device)
         window, window_start, started = 0, time.perf_counter(), time.perf_counter()
         steps_done, last_metrics, state = 0, {}, "finished"
         bar = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step",
                    disable=not self.progress, dynamic_ncols=True)
-        with _StopFlag(run_dir) as stop, (run_dir / "metrics.jsonl").open("a") as metrics_file:
+        log_file = (run_dir / "metrics.jsonl").open("a") if self.main else contextlib.nullcontext()
+        with _StopFlag(run_dir) as stop, log_file as metrics_file:
             while self.step < self.total_steps:
-                if stop or (stop_at_step is not None and self.step >= stop_at_step):
+                asked = bool(stop) or (stop_at_step is not None and self.step >= stop_at_step)
+                if distributed.any_rank(asked, self.world, self.device):
                     state = "stopped"
                     break
                 terms = self.train_step()
@@ -279,24 +304,25 @@ class Trainer:
                                     "time": round(time.time(), 3),
                                     **{k: v for k, v in zip(METRIC_TERMS, means)},
                                     "lr": self.lr,
-                                    "images_per_s": 2 * self.batch * window / max(elapsed, 1e-9)}
+                                    "images_per_s": 2 * self.global_batch * window / max(elapsed, 1e-9)}
                     if self.cuda:
                         last_metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
                         last_metrics.update(_gpu_utilisation(self.device))
                     if not math.isfinite(last_metrics["total"]):
                         raise HiCoError(f"Training diverged at step {self.step} (the loss is {last_metrics['total']}); "
                                         f"lower train.lr (now {t.lr}).")
-                    if epoch_end and t.val_every and (self.step // self.steps_per_epoch) % t.val_every == 0:
+                    if self.main and epoch_end and t.val_every and (self.step // self.steps_per_epoch) % t.val_every == 0:
                         val = self.validate()
                         if val is not None:
                             last_metrics["val_contrastive"] = val
                             if val < self.best_val:
                                 self.best_val, self.best_step = val, self.step
                                 self.save("best", last_metrics, with_state=False)
-                    metrics_file.write(json.dumps(last_metrics) + "\n")
-                    metrics_file.flush()
+                    if self.main:
+                        metrics_file.write(json.dumps(last_metrics) + "\n")
+                        metrics_file.flush()
+                        write_status(run_dir, step=self.step, epoch=last_metrics["epoch"])
                     bar.set_postfix(loss=f"{last_metrics['total']:.3f}", img_s=f"{last_metrics['images_per_s']:.0f}")
-                    write_status(run_dir, step=self.step, epoch=last_metrics["epoch"])
                     sums.zero_()
                     window, window_start = 0, time.perf_counter()
                 every = t.checkpoint_every or self.steps_per_epoch
@@ -307,12 +333,13 @@ class Trainer:
         elapsed = time.perf_counter() - started
         summary = {"state": state, "step": self.step, "total_steps": self.total_steps,
                    "epochs": self.step / self.steps_per_epoch, "steps_this_session": steps_done,
-                   "elapsed_s": elapsed, "images_per_s": 2 * self.batch * steps_done / max(elapsed, 1e-9),
+                   "elapsed_s": elapsed, "images_per_s": 2 * self.global_batch * steps_done / max(elapsed, 1e-9),
                    "train_videos": self.n_train, "val_videos": len(self.data.val_idx),
                    "classes": self.classes, "best_val_contrastive": None if self.best_step is None else self.best_val,
                    "best_step": self.best_step, "device": str(self.device), "final": last_metrics}
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-        write_status(run_dir, state=state, step=self.step)
+        if self.main:
+            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+            write_status(run_dir, state=state, step=self.step)
         return summary
 
 
@@ -340,6 +367,8 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, stop_at_step: 
     checkpoint. `stop_at_step` stops cleanly (with a checkpoint) once that step is reached.
     """
     run_dir = Path(run_dir).expanduser()
+    if not distributed.world_from_env().main:  # other ranks of a torchrun job train and write nothing
+        return Trainer(cfg, run_dir, resume=resume, progress=False).run(stop_at_step=stop_at_step)
     if not resume and (run_dir / "checkpoints").exists():
         raise HiCoError(f"Run folder {run_dir} already holds a run; resume it with --resume {run_dir} or pick another.")
     if resume and not (run_dir / "checkpoints" / "last.json").is_file():

@@ -61,3 +61,27 @@ def test_two_ranks_match_one_process_at_twice_the_batch(tmp_path):
     assert result["grads"].keys() == expected.keys()
     for name, grad in expected.items():
         torch.testing.assert_close(result["grads"][name], grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_torchrun_trains_with_two_cpu_ranks_and_rank_zero_writes(class_dataset, tmp_path):
+    import json
+    import subprocess
+    import sys
+
+    from hico.checkpoint import load_run
+
+    run = tmp_path / "run"
+    env = dict(os.environ, HICO_HOME=str(tmp_path / "home"))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "hico",
+           "train", "--config", "configs/tiny.yaml", "--run-dir", str(run), f"data.root={class_dataset}",
+           "data.size=32", "train.batch_size=2", "train.epochs=2", "data.val_fraction=0.25", "device=cpu"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("finished at step") == 1  # only rank 0 speaks
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished" and status["ranks"] == 2
+    # 6 training videos, 2 per rank: a global batch of 4, one step per epoch
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2] and all(x["total"] > 0 for x in lines)
+    _, model, sidecar = load_run(run, "last")
+    assert sidecar["step"] == 2 and not any(k.startswith("module.") for k in model.state_dict())

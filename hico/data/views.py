@@ -39,11 +39,13 @@ def draw_frames(rng: np.random.Generator, lengths: np.ndarray) -> np.ndarray:
 
 
 def sample_views(cache: FrameCache, videos: np.ndarray, rng: np.random.Generator, cfg: DataConfig,
-                 augmented: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                 augmented: bool = True, part: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
     """Two normalised views per video, each B x C x S x S float32 on the cache's device.
 
     videos: B indices into the cache. `augmented=False` gives the unaugmented views used to
-    score held-out videos (same frames and mixup, no crop, flip or jitter).
+    score held-out videos (same frames and mixup, no crop, flip or jitter). `part=(rank, ranks)`
+    draws the random numbers of the whole batch and returns only that rank's equal share of it,
+    so that ranks together make exactly the views one process would.
     """
     videos = np.asarray(videos, dtype=np.int64)
     lengths = cache.lengths[videos]
@@ -51,6 +53,12 @@ def sample_views(cache: FrameCache, videos: np.ndarray, rng: np.random.Generator
     lam = rng.beta(cfg.mixup_alpha, cfg.mixup_alpha, len(videos))
     lam = np.where(lengths >= 3, lam, 1.0).astype(np.float32)
     params = draw_params(rng, 3 * len(videos), cfg)
+    rank, ranks = part
+    if ranks > 1:
+        share = len(videos) // ranks
+        keep = slice(rank * share, (rank + 1) * share)
+        params = np.concatenate([p[keep] for p in np.split(params, 3)])
+        videos, idx, lam = videos[keep], idx[keep], lam[keep]
     device = cache.frames.device
     offsets = cache.offsets[videos]
     flat = torch.from_numpy((offsets[:, None] + idx).T.reshape(-1)).to(device, non_blocking=True)
