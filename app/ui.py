@@ -24,6 +24,7 @@ from app.jobs import Jobs, list_runs
 
 log = logging.getLogger(__name__)
 
+LEVEL_PANELS = ("local", "medium", "global", "backbone")
 ACCURACY_COLUMNS = ("feature", "linear_acc", "knn_acc", "linear_video_acc", "knn_video_acc")
 CSS = """
 .hico-progress { font-size: 0.95rem; }
@@ -65,36 +66,43 @@ class HiCoApp:
     def _item(self, run, dataset):
         return self.explorer.load(self.run_path(run), Path(dataset or synth_dir(self.home)).expanduser())
 
-    def explore_value(self, item, colour: str, pair: str) -> tuple[dict, str]:
-        """The scatter value for the four level panels and the cross-level panel, and its method."""
-        coords, methods = {}, set()
-        for column in ("local", "medium", "global", "backbone"):
-            coords[column], method = self.explorer.projection(item, column)
-            methods.add(method)
-        joint, method = self.explorer.projection(item, pair)
-        methods.add(method)
+    def explore_value(self, item, colour: str, pair: str) -> tuple[dict, str, int]:
+        """The scatter value for the four level panels and the cross-level panel, a note on which
+        panels are UMAP yet (each swaps from PCA as soon as its UMAP is done), and how many are."""
+        coords, umap_done = {}, []
+        for column in (*LEVEL_PANELS, pair):
+            xy, method = self.explorer.projection(item, column)
+            coords[column] = xy
+            if method == "UMAP":
+                umap_done.append(column)
         rows = linked_rows(len(item.table))
         a, b = PAIRS[pair]
+        joint = coords.pop(pair)
         for name, part in ((a, joint[:len(rows)]), (b, joint[len(rows):])):
             full = np.full((len(item.table), 2), np.nan)
             full[rows] = part
             coords[name] = full
         column = {"class": "label", "video": "video_id", "split": "split", "level": None}[colour]
-        method = "UMAP" if methods == {"UMAP"} else "PCA (UMAP still running)"
-        value = table_value(item.table, coords, column, view=method, show=["local", "medium", "global", "backbone"],
+        if len(umap_done) == len(LEVEL_PANELS) + 1:
+            note = "UMAP"
+        elif umap_done:
+            note = f"UMAP for {', '.join(umap_done)}; PCA for the rest until their UMAP is done"
+        else:
+            note = "PCA (UMAP still running)"
+        value = table_value(item.table, coords, column, view=f"umap{len(umap_done)}", show=list(LEVEL_PANELS),
                             cross=(a, b), cross_rows=rows)
-        return value, method
+        return value, note, len(umap_done)
 
     def explore(self, run, dataset, colour, pair, progress=gr.Progress(track_tqdm=True)):
         try:
             item = self._item(run, dataset)
         except HiCoError as exc:
             return f"⚠️ {exc}", gr.update(), None, ""
-        value, method = self.explore_value(item, colour, pair)
-        return self._explore_message(item, method), value, self._accuracy(item), method
+        value, note, ready = self.explore_value(item, colour, pair)
+        return self._explore_message(item, note), value, self._accuracy(item), f"ready:{ready}"
 
     def explore_tick(self, run, dataset, colour, pair, shown):
-        """Swap PCA for UMAP once it is ready, and fill the accuracy table once it is computed."""
+        """Swap each panel from PCA to UMAP as its UMAP is done; fill the accuracy table when computed."""
         if not run or not shown or shown == "done":
             return gr.update(), gr.update(), gr.update(), shown
         try:
@@ -103,10 +111,12 @@ class HiCoApp:
             return gr.update(), gr.update(), gr.update(), shown
         accuracy = self._accuracy(item)
         finished = item.accuracy is not None or item.accuracy_error is not None
-        if shown == "UMAP" or not item.umap_done:
-            return gr.update(), gr.update(), accuracy, "done" if finished and shown == "UMAP" else shown
-        value, method = self.explore_value(item, colour, pair)
-        return self._explore_message(item, method), value, accuracy, "done" if finished else method
+        value, note, ready = self.explore_value(item, colour, pair)
+        all_ready = ready == len(LEVEL_PANELS) + 1
+        state = "done" if all_ready and finished else f"ready:{ready}"
+        if shown == f"ready:{ready}":
+            return gr.update(), gr.update(), accuracy, state
+        return self._explore_message(item, note), value, accuracy, state
 
     def _explore_message(self, item, method: str) -> str:
         table = item.table
