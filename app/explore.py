@@ -67,15 +67,14 @@ class Explorer:
     def load(self, run_dir: str | Path, data_dir: str | Path, progress: bool = True) -> Embedded:
         """Embed (or read the cached table), project with PCA, and start UMAP + evaluation."""
         name = find_checkpoint(run_dir)
-        step = read_sidecar(Path(run_dir) / "checkpoints", name)["step"]
-        key = (f"{Path(run_dir).resolve()}:{name}:{step}", str(Path(data_dir).expanduser().resolve()))
+        sidecar = read_sidecar(Path(run_dir) / "checkpoints", name)
+        key = (f"{Path(run_dir).resolve()}:{name}:{sidecar['step']}", str(Path(data_dir).expanduser().resolve()))
         with self._lock:
             if key in self.items and self.items[key].path.is_file():
                 self.last = self.items[key]
                 return self.last
-        table, path = embed_dataset(run_dir, data_dir, progress=progress)
-        size = read_sidecar(Path(run_dir) / "checkpoints", name)["config"]["data"]["size"]
-        item = Embedded(table, path, size)
+        table, path = embed_dataset(run_dir, data_dir, checkpoint=name, progress=progress)
+        item = Embedded(table, path, sidecar["config"]["data"]["size"])
         self._load_cached_projections(item)
         for column in LEVEL_COLUMNS:
             item.projections.setdefault(("pca", column), project(item.matrix(column), "pca"))
@@ -125,6 +124,11 @@ class Explorer:
                 item.accuracy.to_csv(csv, index=False)
         except HiCoError as exc:
             item.accuracy_error = str(exc)
+
+    @staticmethod
+    def umap_ready(item: Embedded, views) -> list[str]:
+        """Which of these views (level columns or cross-level pairs) have their UMAP already."""
+        return [v for v in views if ("umap", v) in item.projections]
 
     def projection(self, item: Embedded, view: str) -> tuple[np.ndarray, str]:
         """The best projection ready for a level column or a cross-level pair: (N x 2, method)."""

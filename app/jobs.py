@@ -104,7 +104,7 @@ def read_run(run_dir: Path) -> RunInfo:
     if state == "running" and not _pid_alive(status.get("pid")):
         state = "failed"
         error = error or "The training process ended without a word; its log says:\n" + log_tail(run_dir)
-    if state == "failed" and error and LOG_FILE and (run_dir / LOG_FILE).is_file() and "\n" not in error:
+    if state == "failed" and error and (run_dir / LOG_FILE).is_file() and "\n" not in error:
         error = f"{error}\n\n{log_tail(run_dir)}"
     started = (run_dir / "config.yaml").stat().st_mtime if (run_dir / "config.yaml").is_file() else 0.0
     return RunInfo(run_dir, state, int(status.get("step", 0)), int(status.get("total_steps", 0)),

@@ -69,12 +69,8 @@ class HiCoApp:
     def explore_value(self, item, colour: str, pair: str) -> tuple[dict, str, int]:
         """The scatter value for the four level panels and the cross-level panel, a note on which
         panels are UMAP yet (each swaps from PCA as soon as its UMAP is done), and how many are."""
-        coords, umap_done = {}, []
-        for column in (*LEVEL_PANELS, pair):
-            xy, method = self.explorer.projection(item, column)
-            coords[column] = xy
-            if method == "UMAP":
-                umap_done.append(column)
+        coords = {column: self.explorer.projection(item, column)[0] for column in (*LEVEL_PANELS, pair)}
+        umap_done = self.explorer.umap_ready(item, (*LEVEL_PANELS, pair))
         rows = linked_rows(len(item.table))
         a, b = PAIRS[pair]
         joint = coords.pop(pair)
@@ -111,11 +107,11 @@ class HiCoApp:
             return gr.update(), gr.update(), gr.update(), shown
         accuracy = self._accuracy(item)
         finished = item.accuracy is not None or item.accuracy_error is not None
-        value, note, ready = self.explore_value(item, colour, pair)
-        all_ready = ready == len(LEVEL_PANELS) + 1
-        state = "done" if all_ready and finished else f"ready:{ready}"
-        if shown == f"ready:{ready}":
+        ready = len(self.explorer.umap_ready(item, (*LEVEL_PANELS, pair)))
+        state = "done" if ready == len(LEVEL_PANELS) + 1 and finished else f"ready:{ready}"
+        if shown == f"ready:{ready}":  # no panel has changed: leave the plot alone
             return gr.update(), gr.update(), accuracy, state
+        value, note, _ = self.explore_value(item, colour, pair)
         return self._explore_message(item, note), value, accuracy, state
 
     def _explore_message(self, item, method: str) -> str:

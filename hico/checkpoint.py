@@ -68,7 +68,8 @@ def load_weights(model: HiCoModel, path: Path, expected: dict | None = None, fou
     if missing and all(k.startswith("probes.") for k in missing):
         model.probes = None  # saved before the model had level probes: everything else fits
         missing = []
-    mismatched = [k for k, v in weights.items() if k in model.state_dict() and model.state_dict()[k].shape != v.shape]
+    own = model.state_dict()
+    mismatched = [k for k, v in weights.items() if k in own and own[k].shape != v.shape]
     if missing or unexpected or mismatched:
         what = (missing or unexpected or mismatched)[0]
         raise HiCoError(f"Checkpoint {path} does not fit this model (first differing tensor: {what}).")
