@@ -11,6 +11,11 @@ import pytest
 from tests.conftest import write_class_dataset
 
 
+CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; Playwright cannot download browsers here
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -3,15 +3,11 @@ run whose chart updates, an Explore selection that fills the gallery, a Diagnose
 shows the overlay, and not one request to the internet."""
 
 import re
-from pathlib import Path
 
 import pytest
 
-from tests.app_fixtures import EXAMPLES, live_app  # noqa: F401
+from tests.app_fixtures import CHROMIUM, CHROMIUM_ARGS, EXAMPLES, live_app  # noqa: F401
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 pytestmark = pytest.mark.skipif(not CHROMIUM.exists(), reason="Debian's chromium is not installed (.ci/run installs it)")
 
 
@@ -21,7 +17,7 @@ def page(live_app):  # noqa: F811
 
     url = live_app[0]
     with sync_playwright() as pw:
-        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         page = browser.new_page(viewport={"width": 1400, "height": 1000})
         page.outside = []
         page.on("request", lambda r: None if re.match(r"^(https?://127\.0\.0\.1[:/]|data:|blob:)", r.url)

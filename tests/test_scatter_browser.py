@@ -7,9 +7,7 @@ import base64
 import io
 import json
 import queue
-import socket
 import time
-from pathlib import Path
 from urllib.parse import urlsplit
 from urllib.request import urlopen
 
@@ -21,10 +19,8 @@ import pytest
 
 from app.scatter import (encode_color, from_wire, link_segments, marker_size, panels_value, plotly_js_path,
                          rounded, scatter, table_value, to_wire)
+from tests.app_fixtures import CHROMIUM, CHROMIUM_ARGS, free_port
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 # ---------------------------------------------------------------- the value, in Python
@@ -167,11 +163,6 @@ def _big_value(n: int, levels=("local", "medium", "global", "backbone"), cross_r
     return panels_value(coords, labels, view="umap", cross=("local", "global"), cross_rows=rows)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 @pytest.fixture(scope="module")
 def browser_app():
@@ -224,7 +215,7 @@ def browser_app():
         new_view.click(lambda: table_value(table, coords, "video_id", view="other", cross=("a", "b"), ranges=ranges),
                        None, small)
 
-    port = _free_port()
+    port = free_port()
     demo.launch(prevent_thread_lock=True, server_port=port, server_name="127.0.0.1", quiet=True)
     pw = sync_api.sync_playwright().start()
     browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
