@@ -19,7 +19,7 @@ from PIL import Image
 
 from hico.checkpoint import find_checkpoint, read_sidecar
 from hico.data import load_clip_frames
-from hico.embed import LEVEL_COLUMNS, embed_dataset, level_matrix, project
+from hico.embed import LEVEL_COLUMNS, embed_dataset, level_matrix, load_projections, project, save_projections
 from hico.evaluate import evaluate_embeddings
 from hico.errors import HiCoError
 
@@ -90,26 +90,21 @@ class Explorer:
         rows = linked_rows(len(item.table))
         return np.concatenate([item.matrix(columns[0])[rows], item.matrix(columns[1])[rows]])
 
-    def _umap_file(self, item: Embedded) -> Path:
-        return item.path.with_suffix(".umap.npz")
-
     def _load_cached_projections(self, item: Embedded) -> None:
-        path = self._umap_file(item)
-        if path.is_file():
-            with np.load(path) as data:
-                for key in data.files:
-                    item.projections[("umap", key)] = data[key]
-            item.umap_done = all(("umap", k) in item.projections for k in (*LEVEL_COLUMNS, *PAIRS))
+        for key, coords in load_projections(item.path).items():
+            item.projections[("umap", key)] = coords
+        item.umap_done = all(("umap", k) in item.projections for k in (*LEVEL_COLUMNS, *PAIRS))
 
     def _background(self, item: Embedded) -> None:
+        """UMAP of every view not cached yet, each saved as soon as it is done, then the evaluation."""
         try:
-            if not item.umap_done:
-                for column in LEVEL_COLUMNS:
-                    item.projections[("umap", column)] = project(item.matrix(column), "umap")
-                for pair, columns in PAIRS.items():
-                    item.projections[("umap", pair)] = project(self._stacked(item, columns), "umap")
-                np.savez(self._umap_file(item), **{k[1]: v for k, v in item.projections.items() if k[0] == "umap"})
-                item.umap_done = True
+            views = [(column, lambda c=column: item.matrix(c)) for column in LEVEL_COLUMNS]
+            views += [(pair, lambda c=columns: self._stacked(item, c)) for pair, columns in PAIRS.items()]
+            for view, matrix in views:
+                if ("umap", view) not in item.projections:
+                    item.projections[("umap", view)] = project(matrix(), "umap")
+                    save_projections(item.path, {k[1]: v for k, v in item.projections.items() if k[0] == "umap"})
+            item.umap_done = True
         except Exception:  # a projection failing must not take the app down; PCA stays
             log.exception("UMAP failed for %s", item.path)
         self._evaluate(item)

@@ -116,10 +116,14 @@ def cmd_predict(args) -> None:
 
 
 def cmd_bench(args) -> None:
-    from hico.bench import run_bench, table
+    from hico.bench import Setting, run_bench, table
 
-    report = run_bench(cpu=args.cpu, out=args.out, warmup=args.warmup, steps=args.steps,
-                       data_dir=Path(args.data).expanduser() if args.data else None)
+    settings = [Setting.parse(text, args.compile) for text in args.settings.split(",")] if args.settings else None
+    if settings is None and args.compile != "none":
+        raise HiCoError("--compile needs --settings: compiling takes a minute or more per setting.")
+    report = run_bench(cpu=args.cpu, out=args.out, warmup=args.warmup, steps=args.steps, settings=settings,
+                       data_dir=Path(args.data).expanduser() if args.data else None,
+                       app_paths=False if args.no_app_paths else None)
     print(table(report))
     print(f"report -> {report['path']}")
 
@@ -178,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", help="dataset folder (default: synthetic clips at 480 x 640, written once)")
     p.add_argument("--warmup", type=int, default=None, help="untimed steps first")
     p.add_argument("--steps", type=int, default=None, help="timed steps (the median is reported)")
+    p.add_argument("--settings", help="comma-separated heads:batch[:size] to time instead of the defaults, "
+                   "e.g. pooled:32,flatten:128:224")
+    p.add_argument("--compile", default="none", choices=("none", "default", "reduce-overhead", "max-autotune"),
+                   help="time the --settings with torch.compile in this mode (GPU only)")
+    p.add_argument("--no-app-paths", action="store_true", help="with --cpu: skip timing the app's CPU paths")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -29,6 +29,7 @@ class DataConfig:
     max_frames: int = 0  # frames kept per clip in the cache (evenly spaced); 0 keeps all
     max_clip_frames: int = 1000  # predict and the app refuse longer clips (use --max-frames to subsample)
     cache_dir: str = ""  # decoded-frame cache; "" means $HICO_HOME/cache
+    cache_on: str = "auto"  # where a GPU run keeps decoded frames: device | host (pinned staging) | auto
     crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
     crop_ratio: list[float] = field(default_factory=lambda: [0.8, 1.25])
     flip: float = 0.5
@@ -75,6 +76,7 @@ class TrainConfig:
     val_every: int = 1  # epochs between held-out evaluations (0: never)
     checkpoint_every: int = 0  # steps between `last` checkpoints; 0: once per epoch
     sync_bn: bool = False  # with several ranks (torchrun): batch statistics over all ranks
+    compile: str = "none"  # none | default | reduce-overhead (CUDA graphs) | max-autotune: torch.compile the model
 
 
 @dataclass
@@ -90,11 +92,13 @@ class Config:
 
 
 CHOICES = {
+    "data.cache_on": ("auto", "device", "host"),
     "model.backbone": ("resnet18", "resnet50"),
     "model.heads": ("pooled", "flatten"),
     "loss.mode": ("hico", "simclr", "peer", "supervised"),
     "loss.cross_pairing": ("same_view", "cross_view"),
     "train.warmup": ("constant", "linear"),
+    "train.compile": ("none", "default", "reduce-overhead", "max-autotune"),
 }
 
 
@@ -130,6 +134,9 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             return ""
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
+        if isinstance(value, bool) and key in CHOICES:  # YAML 1.1 reads off, no, on, yes as booleans
+            raise HiCoError(f"Config key {key} must be one of {', '.join(CHOICES[key])}, got {value!r} "
+                            f"(YAML reads off/on/no/yes as true or false).")
         raise HiCoError(f"Config key {key} must be text, got {value!r}.")
     raise TypeError(f"unsupported config type {hint!r} for {key}")
 

@@ -31,19 +31,46 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5) -> tor
         Scalar: mean over the 2N anchors of the cross-entropy of each anchor's positive against
         the other 2N - 1 rows (the anchor itself excluded). Computed in float32 at least.
     """
-    if z1.ndim != 2 or z1.shape != z2.shape:
-        raise ValueError(f"nt_xent needs two N x d tensors of one shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
-    if z1.shape[0] < 1:
-        raise ValueError("nt_xent needs at least one pair")
+    return nt_xent_pairs([(z1, z2)], temperature)[0]
+
+
+def nt_xent_pairs(pairs: list[tuple[torch.Tensor, torch.Tensor]], temperature: float = 0.5) -> torch.Tensor:
+    """`nt_xent` of several pairs at once: one batched similarity matrix, one masked cross-entropy.
+
+    Args:
+        pairs: P pairs (z1, z2), every tensor N x d with the same N and d.
+        temperature: above 0.
+
+    Returns:
+        P losses, entry p equal to nt_xent(*pairs[p]). Each distinct tensor is normalised once
+        (HiCo puts each view's global projection in three pairs), and the P x 2N x 2N
+        similarities are one batched matrix product.
+    """
+    if not pairs:
+        raise ValueError("nt_xent_pairs needs at least one pair")
+    shape = pairs[0][0].shape
+    for z1, z2 in pairs:
+        if z1.ndim != 2 or z1.shape != z2.shape or z1.shape != shape:
+            raise ValueError(f"nt_xent needs pairs of N x d tensors of one shape, got {tuple(z1.shape)} and "
+                             f"{tuple(z2.shape)}" + (f" beside {tuple(shape)}" if len(pairs) > 1 else ""))
+    if shape[0] < 1:
+        raise ValueError("nt_xent needs at least one pair of rows")
     if temperature <= 0:
         raise ValueError(f"temperature must be above 0, got {temperature}")
-    n = z1.shape[0]
-    dtype = torch.promote_types(z1.dtype, torch.float32)
-    z = F.normalize(torch.cat([z1, z2]).to(dtype), dim=1)
-    sim = (z @ z.T) / temperature
+    n = shape[0]
+    unit: dict[int, torch.Tensor] = {}
+
+    def normalised(z: torch.Tensor) -> torch.Tensor:
+        if id(z) not in unit:
+            unit[id(z)] = F.normalize(z.to(torch.promote_types(z.dtype, torch.float32)), dim=1)
+        return unit[id(z)]
+
+    z = torch.stack([torch.cat([normalised(a), normalised(b)]) for a, b in pairs])  # P x 2N x d
+    sim = torch.bmm(z, z.transpose(1, 2)) / temperature  # P x 2N x 2N
     sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=sim.device), float("-inf"))
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(sim.device)
-    return F.cross_entropy(sim, target)
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(sim.device).repeat(len(pairs))
+    per_anchor = F.cross_entropy(sim.flatten(0, 1), target, reduction="none")
+    return per_anchor.view(len(pairs), 2 * n).mean(dim=1)
 
 
 def soft_cross_entropy(logits: torch.Tensor, labels: torch.Tensor, smoothing: float = 0.2) -> torch.Tensor:
@@ -96,17 +123,23 @@ class HiCoLoss(nn.Module):
     def forward(self, out1: dict, out2: dict, labels: torch.Tensor | None = None):
         zero = out1["global"].new_zeros((), dtype=torch.float32)
         terms = dict.fromkeys(TERMS, zero)
-        nt = lambda a, b: nt_xent(a, b, self.t)  # noqa: E731
+        pairs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         if self.mode in ("hico", "peer"):
             for name in ("local", "medium", "global"):
-                terms[f"peer_{name}"] = nt(out1[name], out2[name])
+                pairs[f"peer_{name}"] = [(out1[name], out2[name])]
         elif self.mode == "simclr":
-            terms["peer_global"] = nt(out1["global"], out2["global"])
+            pairs["peer_global"] = [(out1["global"], out2["global"])]
         if self.mode == "hico":
             # same_view pairs g1 with the levels of view 1; cross_view pairs it with view 2's.
             other1, other2 = (out1, out2) if self.pairing == "same_view" else (out2, out1)
             for name in ("medium", "local"):
-                terms[f"cross_global_{name}"] = nt(out1["global"], other1[name]) + nt(out2["global"], other2[name])
+                pairs[f"cross_global_{name}"] = [(out1["global"], other1[name]), (out2["global"], other2[name])]
+        if pairs:  # every pairing in one batched similarity matrix
+            losses = nt_xent_pairs([p for group in pairs.values() for p in group], self.t)
+            start = 0
+            for name, group in pairs.items():
+                terms[name] = losses[start:start + len(group)].sum()
+                start += len(group)
         peer = terms["peer_local"] + terms["peer_medium"] + terms["peer_global"]
         cross = terms["cross_global_medium"] + terms["cross_global_local"]
         if self.mode == "hico":

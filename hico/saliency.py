@@ -156,15 +156,18 @@ def overlay(frames_uint8: np.ndarray, cam: np.ndarray, alpha: float = 0.45,
         if mask.shape[-2:] != size or mask.ndim not in (2, 3):
             raise ValueError(f"mask must be H x W = {size} (or T x H x W), got shape {mask.shape}")
     out = np.empty((*frames.shape[:3], 3), dtype=np.uint8)
+    lut = torch.from_numpy(INFERNO).float()
+    keep = None if mask is None else torch.from_numpy(mask)
     for start in range(0, frames.shape[0], 8):  # a few frames at a time: full-resolution clips stay small in memory
         chunk = slice(start, start + 8)
-        heat = np.clip(np.nan_to_num(_resized(cam[chunk], size)), 0.0, 1.0)
+        heat = torch.nan_to_num(torch.from_numpy(_resized(cam[chunk], size))).clamp_(0.0, 1.0)
         opacity = alpha * heat
-        if mask is not None:
-            opacity = opacity * (mask if mask.ndim == 2 else mask[chunk])
-        base = frames[chunk].astype(np.float32)  # ... x 1 (gray) broadcasts against the RGB heat
-        blend = base + opacity[..., None] * (colorize(heat).astype(np.float32) - base)
-        out[chunk] = np.rint(blend).clip(0, 255)
+        if keep is not None:
+            opacity = opacity * (keep if keep.ndim == 2 else keep[chunk])
+        base = torch.from_numpy(frames[chunk]).float()  # ... x 1 (gray) broadcasts against the RGB heat
+        colour = lut[heat.mul(255).round_().long()]  # colorize() in torch: threaded, same rounding
+        blend = base + opacity[..., None] * (colour - base)
+        out[chunk] = blend.round_().clamp_(0, 255).to(torch.uint8).numpy()
     return out
 
 

@@ -32,6 +32,7 @@ from hico import distributed
 from hico.errors import HiCoError
 from hico.paths import expand_path
 from hico.losses import TERMS, HiCoLoss, probe_loss
+from hico.metrics import MetricWindow
 from hico.model import architecture, build_model
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,9 @@ STOP_FILE = "STOP"
 # Logged beside the loss terms: the per-level linear probes' cross-entropy (detached features,
 # so it trains the probes and never the encoder).
 METRIC_TERMS = (*TERMS, "probe")
+# data.cache_on=auto keeps the decoded frames on the GPU when they take at most this share of its
+# free memory; the rest is for the model, its activations and the optimizer.
+CACHE_SHARE = 0.5
 
 
 def resolve_device(name: str) -> torch.device:
@@ -141,6 +145,10 @@ class Trainer:
             self.device = torch.device("cuda", self.world.local_rank)
             torch.cuda.set_device(self.device)
         self.cuda = self.device.type == "cuda"
+        if cfg.train.compile != "none" and not self.cuda:
+            # torch 2.13's Inductor fails to generate the CPU code of this model's backward pass.
+            raise HiCoError(f"Config key train.compile={cfg.train.compile!r} needs a CUDA GPU; use train.compile=none "
+                            f"on the CPU.")
         distributed.init(self.world, self.cuda)
         torch.manual_seed(cfg.train.seed)
         self.data = prepare_data(cfg, self.progress)
@@ -167,7 +175,7 @@ class Trainer:
                                           **({"fused": True} if self.cuda else {}))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.total_steps, self.warmup_steps, t.warmup))
-        self.cache = self.data.cache.to(self.device) if self.cuda else self.data.cache
+        self.cache = self._place_cache(self.data.cache)
         self.labels = torch.from_numpy(self.data.labels[np.concatenate([self.data.train_idx, self.data.val_idx])])
         self.step, self.best_val, self.best_step, self.lr = 0, float("inf"), None, t.lr
         if resume:
@@ -176,6 +184,22 @@ class Trainer:
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.raw_model) if t.sync_bn else self.raw_model
             self.model = torch.nn.parallel.DistributedDataParallel(
                 net, device_ids=[self.device.index] if self.cuda else None)
+        if t.compile != "none":  # compiled on the first step; checkpoints keep holding raw_model's weights
+            self.model = torch.compile(self.model, mode=None if t.compile == "default" else t.compile)
+
+    def _place_cache(self, cache: FrameCache) -> FrameCache:
+        """The decoded frames on the GPU when data.cache_on says so, or (auto) when they take under
+        CACHE_SHARE of its free memory; else they stay in host memory and each batch is staged."""
+        where = self.cfg.data.cache_on
+        if not self.cuda or where == "host":
+            return cache
+        if where == "auto":
+            free, _ = torch.cuda.mem_get_info(self.device)
+            if cache.frames.nbytes > CACHE_SHARE * free:
+                log.info("the frame cache (%.1f GB) stays in host memory: %.1f GB of GPU memory is free",
+                         cache.frames.nbytes / 2**30, free / 2**30)
+                return cache
+        return cache.to(self.device)
 
     def _supervised(self) -> bool:
         has_labels = any(c.label is not None for c in self.data.dataset.clips) and self.cfg.data.label_fraction > 0
@@ -223,7 +247,8 @@ class Trainer:
         t = self.cfg.train
         positions = batch_videos(self.step, self.n_train, self.global_batch, t.seed)
         rng = np.random.default_rng([t.seed, self.step, 11])
-        v1, v2 = sample_views(self.cache, positions, rng, self.cfg.data, part=(self.world.rank, self.world.size))
+        v1, v2 = sample_views(self.cache, positions, rng, self.cfg.data, part=(self.world.rank, self.world.size),
+                              device=self.device)
         labels = self.labels[positions].to(self.device, non_blocking=True)
         self.model.train()
         objective, terms = self._forward(v1, v2, labels)
@@ -247,7 +272,7 @@ class Trainer:
         losses, weights = [], []
         for start in range(0, n_val, self.batch):
             chunk = positions[start:start + self.batch]
-            v1, v2 = sample_views(self.cache, chunk, rng, self.cfg.data, augmented=False)
+            v1, v2 = sample_views(self.cache, chunk, rng, self.cfg.data, augmented=False, device=self.device)
             _, terms = self._forward(v1, v2, None, model=self.raw_model, world=distributed.World())
             losses.append(terms["contrastive"])
             weights.append(len(chunk))
@@ -270,6 +295,28 @@ class Trainer:
                      "step": self.step, "best_val": self.best_val, "best_step": self.best_step}
         save_checkpoint(self.run_dir / "checkpoints", name, self.raw_model, self.sidecar(metrics), state)
 
+    def _record(self, line: dict, metrics_file, bar, validate: bool) -> None:
+        """One window's means as a metrics.jsonl line (validated first when asked); keeps it as
+        last_metrics. Raises HiCoError when the loss is no longer finite."""
+        seconds, steps = line.pop("seconds"), line.pop("steps")
+        line["images_per_s"] = 2 * self.global_batch * steps / max(seconds, 1e-9)
+        if not math.isfinite(line["total"]):
+            raise HiCoError(f"Training diverged at step {line['step']} (the loss is {line['total']}); "
+                            f"lower train.lr (now {self.cfg.train.lr}).")
+        if validate:
+            val = self.validate()
+            if val is not None:
+                line["val_contrastive"] = val
+                if val < self.best_val:
+                    self.best_val, self.best_step = val, line["step"]
+                    self.save("best", line, with_state=False)
+        if self.main:
+            metrics_file.write(json.dumps(line) + "\n")
+            metrics_file.flush()
+            write_status(self.run_dir, step=line["step"], epoch=line["epoch"])
+        bar.set_postfix(loss=f"{line['total']:.3f}", img_s=f"{line['images_per_s']:.0f}")
+        self.last_metrics = line
+
     def run(self, stop_at_step: int | None = None) -> dict:
         """Train to the end (or a stop); returns the summary also written to summary.json."""
         t = self.cfg.train
@@ -277,66 +324,58 @@ class Trainer:
         if self.main:
             write_status(run_dir, state="running", pid=os.getpid(), step=self.step, total_steps=self.total_steps,
                          device=str(self.device), error=None, ranks=self.world.size)
-        sums = torch.zeros(len(METRIC_TERMS), device=self.device)
-        window, window_start, started = 0, time.perf_counter(), time.perf_counter()
-        steps_done, last_metrics, state = 0, {}, "finished"
+        window = MetricWindow(METRIC_TERMS, self.device)
+        started = time.perf_counter()
+        steps_done, state = 0, "finished"
+        self.last_metrics = {}
         bar = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step",
                    disable=not self.progress, dynamic_ncols=True)
         log_file = (run_dir / "metrics.jsonl").open("a") if self.main else contextlib.nullcontext()
         with _StopFlag(run_dir) as stop, log_file as metrics_file:
             while self.step < self.total_steps:
-                asked = bool(stop) or (stop_at_step is not None and self.step >= stop_at_step)
-                if distributed.any_rank(asked, self.world, self.device):
-                    state = "stopped"
-                    break
+                # Several ranks agree on stopping through a collective, which waits for the device:
+                # they ask at log points only. A single process looks every step, for free.
+                if self.world.size == 1 or self.step % t.log_every == 0:
+                    asked = bool(stop) or (stop_at_step is not None and self.step >= stop_at_step)
+                    if distributed.any_rank(asked, self.world, self.device):
+                        state = "stopped"
+                        break
                 terms = self.train_step()
-                sums += torch.stack([terms[k] for k in METRIC_TERMS])
-                window += 1
+                window.add(terms)
                 steps_done += 1
                 bar.update(1)
                 epoch_end = self.step % self.steps_per_epoch == 0
                 if self.step % t.log_every == 0 or self.step == self.total_steps or epoch_end:
+                    extra = {"epoch": round(self.step / self.steps_per_epoch, 4), "time": round(time.time(), 3),
+                             "lr": self.lr}
                     if self.cuda:
-                        torch.cuda.synchronize()
-                    elapsed = time.perf_counter() - window_start
-                    means = (sums / window).tolist()
-                    last_metrics = {"step": self.step, "epoch": round(self.step / self.steps_per_epoch, 4),
-                                    "time": round(time.time(), 3),
-                                    **{k: v for k, v in zip(METRIC_TERMS, means)},
-                                    "lr": self.lr,
-                                    "images_per_s": 2 * self.global_batch * window / max(elapsed, 1e-9)}
-                    if self.cuda:
-                        last_metrics["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-                        last_metrics.update(_gpu_utilisation(self.device))
-                    if not math.isfinite(last_metrics["total"]):
-                        raise HiCoError(f"Training diverged at step {self.step} (the loss is {last_metrics['total']}); "
-                                        f"lower train.lr (now {t.lr}).")
-                    if self.main and epoch_end and t.val_every and (self.step // self.steps_per_epoch) % t.val_every == 0:
-                        val = self.validate()
-                        if val is not None:
-                            last_metrics["val_contrastive"] = val
-                            if val < self.best_val:
-                                self.best_val, self.best_step = val, self.step
-                                self.save("best", last_metrics, with_state=False)
-                    if self.main:
-                        metrics_file.write(json.dumps(last_metrics) + "\n")
-                        metrics_file.flush()
-                        write_status(run_dir, step=self.step, epoch=last_metrics["epoch"])
-                    bar.set_postfix(loss=f"{last_metrics['total']:.3f}", img_s=f"{last_metrics['images_per_s']:.0f}")
-                    sums.zero_()
-                    window, window_start = 0, time.perf_counter()
+                        extra["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+                        extra.update(_gpu_utilisation(self.device))
+                    window.close(self.step, **extra)
                 every = t.checkpoint_every or self.steps_per_epoch
-                if self.step % every == 0 and self.step < self.total_steps:
-                    self.save("last", last_metrics)
+                checkpoint = self.step % every == 0 and self.step < self.total_steps
+                validate = bool(self.main and epoch_end and t.val_every
+                                and (self.step // self.steps_per_epoch) % t.val_every == 0)
+                # Wait for the device only where the line must be current: before validating
+                # (it joins that line), before a checkpoint (its sidecar holds it) and at the end.
+                lines = window.flush() if validate or checkpoint or self.step == self.total_steps else window.ready()
+                for line in lines:
+                    self._record(line, metrics_file, bar, validate and line["step"] == self.step)
+                if checkpoint:
+                    self.save("last", self.last_metrics)
+                if (validate or checkpoint) and window.steps == 0:
+                    window.restart_clock()  # validation and saving are not training time
+            for line in window.flush():
+                self._record(line, metrics_file, bar, False)
         bar.close()
-        self.save("last", last_metrics)
+        self.save("last", self.last_metrics)
         elapsed = time.perf_counter() - started
         summary = {"state": state, "step": self.step, "total_steps": self.total_steps,
                    "epochs": self.step / self.steps_per_epoch, "steps_this_session": steps_done,
                    "elapsed_s": elapsed, "images_per_s": 2 * self.global_batch * steps_done / max(elapsed, 1e-9),
                    "train_videos": self.n_train, "val_videos": len(self.data.val_idx),
                    "classes": self.classes, "best_val_contrastive": None if self.best_step is None else self.best_val,
-                   "best_step": self.best_step, "device": str(self.device), "final": last_metrics}
+                   "best_step": self.best_step, "device": str(self.device), "final": self.last_metrics}
         if self.main:
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
             write_status(run_dir, state=state, step=self.step)

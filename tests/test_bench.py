@@ -22,3 +22,22 @@ def test_bench_times_model_only_and_end_to_end(class_dataset, tmp_path):
     assert flatten > pooled  # the flattened heads' first layer is wider
     text = table(report)
     assert "pooled heads, batch 4, 32 px" in text and "model img/s" in text
+
+
+def test_cpu_paths_time_predict_embed_and_umap(tmp_path):
+    from hico.bench import bench_cpu_paths, table
+
+    paths = bench_cpu_paths(tmp_path, data={"clips": 8, "frames": 4, "size": 32},
+                            clips=({"frames": 6, "size": (40, 56)},))
+    assert paths["input_size"] == 96 and paths["frames"] == 32 and paths["clips"] == 8
+    (predict,) = paths["predict_saliency"]
+    assert predict["frames"] == 6 and predict["size"] == [40, 56] and predict["seconds"] > 0
+    assert (tmp_path / "prediction0" / "clip.json").is_file()  # the CLI really ran, with saliency
+    assert list((tmp_path / "prediction0").glob("*.mp4"))
+    for key in ("embed_cold_s", "pca_s", "umap_first_s", "cached_first_view_s"):
+        assert paths[key] > 0, key
+    assert abs(paths["cold_first_view_s"] - (paths["embed_cold_s"] + paths["pca_s"] + paths["umap_first_s"])) < 1e-9
+    assert paths["cached_first_view_s"] < paths["cold_first_view_s"]
+    assert list((tmp_path / "run" / "embeddings").glob("*.umap.npz"))
+    text = table({"device": "CPU", "torch": "x", "timed_steps": 1, "results": [], "cpu_paths": paths})
+    assert "hico predict --saliency, 6-frame 40x56 clip" in text and "first UMAP view of 32 frames, cold" in text

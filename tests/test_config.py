@@ -35,6 +35,8 @@ def test_yaml_round_trip_and_overrides(tmp_path):
     ("data.label_fraction=1.5", "data.label_fraction"),
     ("model.levels=[P5, P3, P2]", "model.levels"),
     ("device=tpu", "device must be"),
+    ("train.compile=off", "train.compile must be one of none, default, reduce-overhead, max-autotune, got False"),
+    ("data.cache_on=gpu", "data.cache_on must be one of auto, device, host"),
     ("train", "must look like section.key=value"),
 ])
 def test_bad_values_name_the_key(override, needle):

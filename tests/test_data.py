@@ -9,6 +9,7 @@ from hico.config import DataConfig
 from hico.data import assign_splits, build_cache, draw_frames, find_clips, labelled_mask, sample_views
 from hico.data.augment import augment, draw_params
 from hico.data.cache import cache_path
+from hico.data.views import gather_frames, stage_rows
 from hico.errors import HiCoError
 from hico.io import write_mp4
 from tests.conftest import moving_square_clip
@@ -134,6 +135,19 @@ def test_views_mix_three_frames_around_a_shared_anchor():
     assert raw2[0].mean().item() == pytest.approx(lam * value(0, c) + (1 - lam) * value(0, b), abs=1e-5)
     assert {round(raw1[1].mean().item() * 255), round(raw2[1].mean().item() * 255)} == {10, 30}  # 2 frames, no mixup
     assert raw1[2].mean().item() == pytest.approx(value(2, 0)) == raw2[2].mean().item()
+
+
+def test_gather_frames_stages_a_host_cache_and_keeps_order():
+    cache = _ramp_cache([5, 2, 1])
+    rows = np.array([7, 0, 4, 4, 5])
+    got = gather_frames(cache, rows, torch.device("cpu"))
+    assert got.dtype == torch.uint8 and torch.equal(got, cache.frames[torch.from_numpy(rows)])
+    assert torch.equal(gather_frames(cache, rows.astype(np.int32), torch.device("cpu", 0)), got)
+    staged = stage_rows(cache.frames, torch.from_numpy(rows), pinned=False)  # a host cache for a GPU run
+    assert torch.equal(staged, got) and staged.data_ptr() != cache.frames.data_ptr()
+    v1, v2 = sample_views(cache, np.array([0, 1, 2]), np.random.default_rng(4), DataConfig(), device="cpu")
+    w1, w2 = sample_views(cache, np.array([0, 1, 2]), np.random.default_rng(4), DataConfig())
+    assert torch.equal(v1, w1) and torch.equal(v2, w2)
 
 
 def test_augmentation_is_seeded_and_keeps_range():

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from hico.losses import TERMS, HiCoLoss, nt_xent, soft_cross_entropy
+from hico.losses import TERMS, HiCoLoss, nt_xent, nt_xent_pairs, soft_cross_entropy
 
 
 def nt_xent_reference(z1, z2, t):
@@ -60,6 +60,28 @@ def test_nt_xent_rejects_bad_arguments():
         nt_xent(torch.randn(3, 4), torch.randn(2, 4))
     with pytest.raises(ValueError, match="temperature"):
         nt_xent(torch.randn(3, 4), torch.randn(3, 4), 0.0)
+
+
+def test_nt_xent_pairs_equals_separate_losses_and_their_gradients():
+    torch.manual_seed(3)
+    g1, g2, m1, l2 = (torch.randn(6, 8, dtype=torch.float64, requires_grad=True) for _ in range(4))
+    pairs = [(g1, g2), (g1, m1), (g2, l2), (m1, l2)]  # g1, g2, m1 and l2 each in two pairs
+    fused = nt_xent_pairs(pairs, 0.3)
+    separate = torch.stack([nt_xent(a, b, 0.3) for a, b in pairs])
+    assert fused.shape == (4,) and torch.allclose(fused, separate, rtol=1e-12, atol=0)
+    weights = torch.tensor([0.5, 1.0, 2.0, 0.25], dtype=torch.float64)
+    grads = torch.autograd.grad((fused * weights).sum(), (g1, g2, m1, l2))
+    expected = torch.autograd.grad((separate * weights).sum(), (g1, g2, m1, l2))
+    for got, want in zip(grads, expected):
+        assert torch.allclose(got, want, rtol=1e-10, atol=1e-14)
+
+
+def test_nt_xent_pairs_rejects_mismatched_pairs():
+    a, b = torch.randn(4, 8), torch.randn(5, 8)
+    with pytest.raises(ValueError, match=r"\(5, 8\) beside \(4, 8\)"):
+        nt_xent_pairs([(a, a), (b, b)])
+    with pytest.raises(ValueError, match="at least one pair"):
+        nt_xent_pairs([])
 
 
 def test_soft_cross_entropy_is_standard_label_smoothing_over_labelled_rows():

@@ -114,6 +114,10 @@ def test_refusals_name_the_problem(class_dataset, tmp_path):
         train(make_cfg(class_dataset, "device=cuda"), tmp_path / "gpu", progress=False)
     failed = json.loads((tmp_path / "gpu" / "status.json").read_text())
     assert failed["state"] == "failed" and "no CUDA GPU" in failed["error"]
+    with pytest.raises(HiCoError, match=r"train.compile='reduce-overhead' needs a CUDA GPU"):
+        train(make_cfg(class_dataset, "train.compile=reduce-overhead", "device=cpu"), tmp_path / "c", progress=False)
+    with pytest.raises(HiCoError, match="data.cache_on must be one of"):
+        make_cfg(class_dataset, "data.cache_on=disk")
 
 
 def test_schedule_and_batches():

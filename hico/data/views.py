@@ -38,9 +38,33 @@ def draw_frames(rng: np.random.Generator, lengths: np.ndarray) -> np.ndarray:
     return np.stack([a, b, c], axis=1)
 
 
+def gather_frames(cache: FrameCache, rows: np.ndarray, device: torch.device) -> torch.Tensor:
+    """Frames `rows` (indices into cache.frames) as uint8 len(rows) x C x S x S on `device`.
+
+    A cache on the device is indexed there. A cache in host memory (too big for the device, or
+    data.cache_on=host) is gathered on the host into pinned memory and copied without blocking,
+    so the copy overlaps the device's work; torch's pinned-memory pool reuses a staging buffer
+    only once its copy is done.
+    """
+    frames, index = cache.frames, torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
+    here = frames.device
+    if here.type == device.type and (here.index is None or device.index is None or here.index == device.index):
+        return frames.index_select(0, index.to(here, non_blocking=True))
+    if here.type != "cpu":
+        return frames.index_select(0, index.to(here, non_blocking=True)).to(device)
+    return stage_rows(frames, index, pinned=device.type == "cuda").to(device, non_blocking=True)
+
+
+def stage_rows(frames: torch.Tensor, index: torch.Tensor, pinned: bool) -> torch.Tensor:
+    """Rows `index` of a host tensor, gathered straight into a new (pinned, for a GPU) host tensor."""
+    staged = torch.empty((len(index), *frames.shape[1:]), dtype=frames.dtype, pin_memory=pinned)
+    return torch.index_select(frames, 0, index, out=staged)
+
+
 def sample_views(cache: FrameCache, videos: np.ndarray, rng: np.random.Generator, cfg: DataConfig,
-                 augmented: bool = True, part: tuple[int, int] = (0, 1)) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two normalised views per video, each B x C x S x S float32 on the cache's device.
+                 augmented: bool = True, part: tuple[int, int] = (0, 1),
+                 device: torch.device | str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two normalised views per video, each B x C x S x S float32 on `device` (default: the cache's).
 
     videos: B indices into the cache. `augmented=False` gives the unaugmented views used to
     score held-out videos (same frames and mixup, no crop, flip or jitter). `part=(rank, ranks)`
@@ -59,10 +83,9 @@ def sample_views(cache: FrameCache, videos: np.ndarray, rng: np.random.Generator
         keep = slice(rank * share, (rank + 1) * share)
         params = np.concatenate([p[keep] for p in np.split(params, 3)])
         videos, idx, lam = videos[keep], idx[keep], lam[keep]
-    device = cache.frames.device
+    device = cache.frames.device if device is None else torch.device(device)
     offsets = cache.offsets[videos]
-    flat = torch.from_numpy((offsets[:, None] + idx).T.reshape(-1)).to(device, non_blocking=True)
-    x = to_unit(cache.frames.index_select(0, flat))  # 3B: all a, then all b, then all c
+    x = to_unit(gather_frames(cache, (offsets[:, None] + idx).T.reshape(-1), device))  # 3B: all a, then all b, then all c
     if augmented:
         x = augment(x, torch.from_numpy(params).to(device, non_blocking=True))
     x = normalise(x)

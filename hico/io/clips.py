@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from hico.errors import HiCoError
-from hico.io.dicom import DICOM_SUFFIXES, is_dicom, read_dicom, read_dicom_meta
+from hico.io.dicom import is_dicom, read_dicom, read_dicom_meta
 from hico.io.images import IMAGE_SUFFIXES, image_size, is_image_file, list_frames, read_frame_folder, read_image
 from hico.io.pixels import check_max_frames, finish_clip
 from hico.io.video import CLIP_VIDEO_SUFFIXES, read_video, read_video_meta
