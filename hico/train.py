@@ -175,7 +175,7 @@ class Trainer:
                                           **({"fused": True} if self.cuda else {}))
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
             self.optimizer, lambda s: lr_factor(s, self.total_steps, self.warmup_steps, t.warmup))
-        self.cache = self._place_cache(self.data.cache)
+        self.cache = self.data.cache = self._place_cache(self.data.cache)  # no host copy kept once on the GPU
         self.labels = torch.from_numpy(self.data.labels[np.concatenate([self.data.train_idx, self.data.val_idx])])
         self.step, self.best_val, self.best_step, self.lr = 0, float("inf"), None, t.lr
         if resume:

@@ -92,6 +92,24 @@ def test_cache_decodes_once_and_packs_gray_and_colour(class_dataset, hico_home):
     assert red[0] > 150 and red[1] < 60
 
 
+def test_packing_holds_one_copy_of_the_frames(tmp_path, hico_home):
+    import tracemalloc
+
+    paths = []
+    for i in range(12):
+        path = tmp_path / f"clip{i}.mp4"
+        write_mp4(path, moving_square_clip(frames=10, size=64, seed=i), fps=10)
+        paths.append(path)
+    first = build_cache(paths, 64, progress=False)  # decodes into the disk cache
+    packed = first.frames.numel()  # bytes: uint8
+    tracemalloc.start()
+    again = build_cache(paths, 64, progress=False)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert torch.equal(again.frames, first.frames) and again.lengths.tolist() == [10] * 12
+    assert packed <= peak < 1.5 * packed  # packing clip arrays with concatenate would hold two copies
+
+
 def test_draw_frames_distinct_and_fallbacks():
     rng = np.random.default_rng(0)
     lengths = np.array([3, 5, 100, 2, 1] * 200)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,18 +53,22 @@ def cache_path(cache_dir: Path, clip_path: Path, size: int, max_frames: int) -> 
     return cache_dir / f"{size}px" / (hashlib.sha1(key.encode()).hexdigest() + ".npy")
 
 
-def load_clip_frames(clip_path: Path, size: int, max_frames: int = 0, cache_dir: Path | None = None) -> np.ndarray:
-    """A clip's frames as T x C x size x size uint8, from the disk cache or decoded and stored."""
+def load_clip_frames(clip_path: Path, size: int, max_frames: int = 0, cache_dir: Path | None = None,
+                     mmap: bool = False) -> np.ndarray:
+    """A clip's frames as T x C x size x size uint8, from the disk cache or decoded and stored.
+
+    With `mmap`, a cached clip is memory-mapped (read only) instead of read into memory.
+    """
     cache_dir = Path(cache_dir) if cache_dir else hico_home() / "cache"
     target = cache_path(cache_dir, clip_path, size, max_frames)
     if target.is_file():
         try:
-            return np.load(target, allow_pickle=False)
+            return np.load(target, allow_pickle=False, mmap_mode="r" if mmap else None)
         except (OSError, ValueError):
             target.unlink(missing_ok=True)  # a torn write from a killed process: decode again
     frames = resize_frames(read_clip(clip_path, max_frames=max_frames or None), size)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(f".{os.getpid()}.tmp")
+    tmp = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as fh:
         np.save(fh, frames, allow_pickle=False)
     os.replace(tmp, target)
@@ -113,20 +118,35 @@ def build_cache(paths: list[Path], size: int, max_frames: int = 0, cache_dir: Pa
 
     Clips are decoded by a few threads at once (the decoders and the resize release the GIL):
     on two cores that takes 45% off decoding the embedded dataset, and more on bigger machines.
+    Peak host memory is one copy of the packed frames plus a clip per thread.
     """
     if not paths:
         raise HiCoError("There are no clips to decode.")
-    workers = max(1, min(DECODE_THREADS, len(paths), os.cpu_count() or 1))
+    # Two passes keep the host memory at one copy of the frames, however many there are: first
+    # every clip is decoded into the disk cache (only its shape is kept), then one packed array is
+    # allocated and each cached clip is copied into its slice from a memory map.
+    load = lambda path, mmap: load_clip_frames(Path(path), size, max_frames, cache_dir, mmap=mmap)  # noqa: E731
+    shapes = _threaded(lambda path: load(path, True).shape, paths, progress, desc)
+    channels = max(shape[1] for shape in shapes)
+    lengths = np.array([shape[0] for shape in shapes], dtype=np.int64)
+    offsets = np.cumsum(lengths) - lengths
+    packed = np.empty((int(lengths.sum()), channels, size, size), dtype=np.uint8)
+
+    def fill(i: int) -> None:  # a gray clip among colour ones is broadcast to three channels
+        packed[offsets[i]:offsets[i] + lengths[i]] = load(paths[i], True)
+
+    _threaded(fill, range(len(paths)), False, "packing")
+    frames = torch.from_numpy(packed)
+    return FrameCache(frames, offsets, lengths)
+
+
+def _threaded(work, items, progress: bool, desc: str) -> list:
+    """[work(item) for item in items] on a few threads, in order; the first error ends the rest."""
+    items = list(items)
+    workers = max(1, min(DECODE_THREADS, len(items), os.cpu_count() or 1))
     pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
     try:
-        jobs = pool.map(lambda path: load_clip_frames(Path(path), size, max_frames, cache_dir), paths)
-        clips = list(tqdm(jobs, total=len(paths), desc=desc, unit="clip", disable=not progress, leave=False))
+        jobs = pool.map(work, items)
+        return list(tqdm(jobs, total=len(items), desc=desc, unit="clip", disable=not progress, leave=False))
     finally:  # a bad clip (or Ctrl-C) ends the decoding: the clips still queued are dropped
         pool.shutdown(wait=True, cancel_futures=True)
-    channels = max(c.shape[1] for c in clips)
-    if channels == 3:
-        clips = [np.repeat(c, 3, axis=1) if c.shape[1] == 1 else c for c in clips]
-    lengths = np.array([c.shape[0] for c in clips], dtype=np.int64)
-    offsets = np.cumsum(lengths) - lengths
-    frames = torch.from_numpy(np.concatenate(clips, axis=0))
-    return FrameCache(frames, offsets, lengths)
