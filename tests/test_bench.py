@@ -7,7 +7,7 @@ from hico.bench import Setting, run_bench, table
 
 def test_bench_times_model_only_and_end_to_end(class_dataset, tmp_path):
     out = tmp_path / "bench.json"
-    report = run_bench(cpu=True, out=out, warmup=1, steps=2, data_dir=class_dataset,
+    report = run_bench(cpu=True, out=out, warmup=1, steps=2, data_dir=class_dataset, app_paths=False,
                        settings=[Setting("pooled", 4, 32), Setting("flatten", 4, 32)])
     saved = json.loads(out.read_text())
     assert [r["heads"] for r in saved["results"]] == ["pooled", "flatten"]
@@ -20,6 +20,7 @@ def test_bench_times_model_only_and_end_to_end(class_dataset, tmp_path):
         assert r["mfu"] is None and r["peak_memory_gb"] is None  # CPU: no known peak, no device memory
     flatten, pooled = saved["results"][1]["step_flops"], saved["results"][0]["step_flops"]
     assert flatten > pooled  # the flattened heads' first layer is wider
+    assert "cpu_paths" not in saved  # app_paths=False
     text = table(report)
     assert "pooled heads, batch 4, 32 px" in text and "model img/s" in text
 
@@ -38,6 +39,7 @@ def test_cpu_paths_time_predict_embed_and_umap(tmp_path):
         assert paths[key] > 0, key
     assert abs(paths["cold_first_view_s"] - (paths["embed_cold_s"] + paths["pca_s"] + paths["umap_first_s"])) < 1e-9
     assert paths["cached_first_view_s"] < paths["cold_first_view_s"]
+    assert isinstance(paths["umap_compiled_from_scratch"], bool)
     assert list((tmp_path / "run" / "embeddings").glob("*.umap.npz"))
     text = table({"device": "CPU", "torch": "x", "timed_steps": 1, "results": [], "cpu_paths": paths})
     assert "hico predict --saliency, 6-frame 40x56 clip" in text and "first UMAP view of 32 frames, cold" in text
