@@ -85,3 +85,11 @@ def test_torchrun_trains_with_two_cpu_ranks_and_rank_zero_writes(class_dataset, 
     assert [x["step"] for x in lines] == [1, 2] and all(x["total"] > 0 for x in lines)
     _, model, sidecar = load_run(run, "last")
     assert sidecar["step"] == 2 and not any(k.startswith("module.") for k in model.state_dict())
+    # resume works the same with two ranks: a third epoch continues the run from its checkpoint
+    resume = [*cmd[:cmd.index("--config")], "--resume", str(run), "train.epochs=3"]
+    done = subprocess.run(resume, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [1, 2, 3]
+    assert json.loads((run / "status.json").read_text())["state"] == "finished"
+    assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] == 3
