@@ -26,6 +26,7 @@ from hico.checkpoint import find_checkpoint, load_run, read_sidecar
 from hico.data import assign_splits, build_cache, find_clips
 from hico.data.augment import normalise, to_unit
 from hico.errors import HiCoError
+from hico.model import channels_last
 from hico.paths import expand_path
 from hico.train import resolve_device
 
@@ -65,8 +66,7 @@ def embed_frames(model, frames: torch.Tensor, device: torch.device, batch_size: 
     """
     model.eval()
     chunks: dict[str, list] = {}
-    model.to(memory_format=torch.channels_last)
-    try:
+    with channels_last(model):
         for start in tqdm(range(0, frames.shape[0], batch_size), desc="embedding", unit="batch",
                           disable=not progress, leave=False):
             x = normalise(to_unit(frames[start:start + batch_size].to(device)))
@@ -74,8 +74,6 @@ def embed_frames(model, frames: torch.Tensor, device: torch.device, batch_size: 
                 out = model.embed(x.contiguous(memory_format=torch.channels_last))
             for key, value in out.items():
                 chunks.setdefault(key, []).append(value.float().cpu().numpy())
-    finally:
-        model.to(memory_format=torch.contiguous_format)
     return {k: np.concatenate(v) for k, v in chunks.items()}
 
 

@@ -27,6 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 from hico.data.augment import normalise, to_unit
 from hico.errors import HiCoError
 from hico.io import write_mp4
+from hico.model import channels_last
 from hico.model import LEVELS
 
 SALIENCY_LEVELS = ("local", "medium", "global", "backbone")
@@ -72,12 +73,13 @@ def grad_cams(model, frames, levels=SALIENCY_LEVELS, class_index: int | None = N
     was_training = model.training
     model.eval()
     try:
-        for start in range(0, frames.shape[0], batch_size):
-            x = normalise(to_unit(frames[start:start + batch_size].to(device)))
-            with torch.no_grad():
-                maps = model.features(x)
-            for level, cam in _coarse_cams(model, maps, levels, class_index).items():
-                chunks[level].append(upsample_normalised(cam, size).cpu().numpy())
+        with channels_last(model):
+            for start in range(0, frames.shape[0], batch_size):
+                x = normalise(to_unit(frames[start:start + batch_size].to(device)))
+                with torch.no_grad():
+                    maps = model.features(x.contiguous(memory_format=torch.channels_last))
+                for level, cam in _coarse_cams(model, maps, levels, class_index).items():
+                    chunks[level].append(upsample_normalised(cam, size).cpu().numpy())
     finally:
         model.train(was_training)
     return {level: np.concatenate(parts) for level, parts in chunks.items()}

@@ -295,6 +295,14 @@ class Trainer:
                      "step": self.step, "best_val": self.best_val, "best_step": self.best_step}
         save_checkpoint(self.run_dir / "checkpoints", name, self.raw_model, self.sidecar(metrics), state)
 
+    def _line_fields(self) -> dict:
+        """What a metrics line holds besides the loss terms and throughput, as the host knows it now."""
+        fields = {"epoch": round(self.step / self.steps_per_epoch, 4), "time": round(time.time(), 3), "lr": self.lr}
+        if self.cuda:
+            fields["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+            fields.update(_gpu_utilisation(self.device))
+        return fields
+
     def _record(self, line: dict, metrics_file, bar, validate: bool) -> None:
         """One window's means as a metrics.jsonl line (validated first when asked); keeps it as
         last_metrics. Raises HiCoError when the loss is no longer finite."""
@@ -346,12 +354,7 @@ class Trainer:
                 bar.update(1)
                 epoch_end = self.step % self.steps_per_epoch == 0
                 if self.step % t.log_every == 0 or self.step == self.total_steps or epoch_end:
-                    extra = {"epoch": round(self.step / self.steps_per_epoch, 4), "time": round(time.time(), 3),
-                             "lr": self.lr}
-                    if self.cuda:
-                        extra["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-                        extra.update(_gpu_utilisation(self.device))
-                    window.close(self.step, **extra)
+                    window.close(self.step, **self._line_fields())
                 every = t.checkpoint_every or self.steps_per_epoch
                 checkpoint = self.step % every == 0 and self.step < self.total_steps
                 validate = bool(self.main and epoch_end and t.val_every
@@ -365,6 +368,8 @@ class Trainer:
                     self.save("last", self.last_metrics)
                 if (validate or checkpoint) and window.steps == 0:
                     window.restart_clock()  # validation and saving are not training time
+            if window.steps:  # stopped between log points: the steps since the last line get one
+                window.close(self.step, **self._line_fields())
             for line in window.flush():
                 self._record(line, metrics_file, bar, False)
         bar.close()

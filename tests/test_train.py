@@ -76,6 +76,17 @@ def test_stop_file_ends_the_run_with_a_checkpoint(class_dataset, tmp_path):
     assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] == 1
 
 
+def test_a_stop_between_log_points_still_logs_its_steps(class_dataset, tmp_path):
+    run = tmp_path / "run"
+    # 6 training videos at batch 2: 3 steps an epoch, so steps 1 and 2 are no log point
+    cfg = make_cfg(class_dataset, "train.batch_size=2", "train.log_every=10", "train.max_steps=30")
+    summary = train(cfg, run, stop_at_step=2, progress=False)
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == [2] and math.isfinite(lines[0]["total"]) and lines[0]["images_per_s"] > 0
+    assert summary["state"] == "stopped" and summary["final"]["step"] == 2
+    assert json.loads((run / "checkpoints" / "last.json").read_text())["metrics"]["step"] == 2
+
+
 @pytest.mark.parametrize("mode", ["simclr", "peer", "supervised"])
 def test_ablation_modes_train(class_dataset, tmp_path, mode):
     summary = train(make_cfg(class_dataset, "train.max_steps=1", f"loss.mode={mode}"), tmp_path / mode,

@@ -1,0 +1,106 @@
+"""What only a CUDA GPU runs: the deferred metric window, the pinned staging of a host frame cache,
+the device data path against the CPU's, whole runs with the cache on either side, torch.compile
+and the inference precision. Skipped without a GPU (CI has none); `benchmarks/gpu_check.sh` runs
+this file first on the GPU machine."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hico import config
+from hico.config import DataConfig
+from hico.data import sample_views
+from hico.data.cache import FrameCache
+from hico.data.views import gather_frames
+from hico.embed import embed_frames
+from hico.metrics import MetricWindow
+from hico.model import HiCoModel
+from hico.train import train
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+CUDA = torch.device("cuda")
+
+
+def _cache(device="cpu") -> FrameCache:
+    frames = torch.randint(0, 256, (60, 1, 24, 24), dtype=torch.uint8)
+    return FrameCache(frames.to(device), np.arange(6) * 10, np.full(6, 10))
+
+
+def _cfg(root, *extra):
+    return config.load(None, [f"data.root={root}", "data.size=32", "train.batch_size=4", "train.log_every=1",
+                              "train.warmup_epochs=0", "train.epochs=3", "device=cuda", *extra])
+
+
+def test_metric_window_resolves_on_the_gpu_without_waiting():
+    window = MetricWindow(("a", "b"), CUDA)
+    assert window.deferred
+    for step in range(1, 7):
+        a = torch.full((), float(step), device=CUDA)
+        window.add({"a": a, "b": a * 10})
+        if step % 3 == 0:
+            window.close(step, lr=0.1)
+    lines = window.ready() + window.flush()
+    assert [line["step"] for line in lines] == [3, 6]
+    assert lines[0]["a"] == pytest.approx(2.0) and lines[1]["b"] == pytest.approx(50.0)
+    assert all(line["seconds"] > 0 and line["steps"] == 3 and line["lr"] == 0.1 for line in lines)
+
+
+def test_host_cache_is_staged_to_the_gpu_exactly():
+    host = _cache()
+    device = FrameCache(host.frames.to(CUDA), host.offsets, host.lengths)
+    rows = np.array([59, 0, 13, 13, 42])
+    staged = gather_frames(host, rows, CUDA)
+    assert staged.device.type == "cuda" and torch.equal(staged, gather_frames(device, rows, CUDA))
+    assert torch.equal(staged.cpu(), host.frames[torch.from_numpy(rows)])
+
+
+def test_device_views_match_the_cpu_views():
+    host = _cache()
+    cfg = DataConfig()
+    on_cpu = sample_views(host, np.arange(6), np.random.default_rng(3), cfg)
+    on_gpu = sample_views(host, np.arange(6), np.random.default_rng(3), cfg, device=CUDA)
+    for a, b in zip(on_cpu, on_gpu):
+        assert b.device.type == "cuda" and torch.allclose(a, b.cpu(), atol=1e-4)
+
+
+@pytest.mark.parametrize("cache_on", ["device", "host"])
+def test_a_gpu_run_logs_every_step_and_saves(class_dataset, tmp_path, cache_on):
+    run = tmp_path / cache_on
+    summary = train(_cfg(class_dataset, f"data.cache_on={cache_on}"), run, progress=False)
+    assert summary["state"] == "finished" and summary["device"].startswith("cuda")
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in lines] == list(range(1, summary["total_steps"] + 1))
+    assert all(np.isfinite(x["total"]) and x["images_per_s"] > 0 and x["gpu_mem_gb"] > 0 for x in lines)
+    assert any("val_contrastive" in x for x in lines)
+
+
+def test_cache_placement_does_not_change_the_losses(class_dataset, tmp_path):
+    totals = {}
+    for cache_on in ("device", "host"):
+        run = tmp_path / cache_on
+        train(_cfg(class_dataset, f"data.cache_on={cache_on}", "train.epochs=2"), run, progress=False)
+        totals[cache_on] = [json.loads(x)["total"] for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert np.allclose(totals["device"], totals["host"], rtol=1e-3)
+
+
+def test_compiled_run_trains_and_saves_plain_weights(class_dataset, tmp_path):
+    run = tmp_path / "compiled"
+    summary = train(_cfg(class_dataset, "train.compile=default", "train.epochs=2"), run, progress=False)
+    assert summary["state"] == "finished" and np.isfinite(summary["final"]["total"])
+    names = list(load_file(str(run / "checkpoints" / "last.safetensors")))
+    assert names and not any("_orig_mod" in n for n in names)
+
+
+def test_gpu_embeddings_agree_with_float32():
+    torch.manual_seed(0)
+    model = HiCoModel(input_size=32, num_classes=3).to(CUDA).eval()
+    frames = torch.randint(0, 256, (10, 1, 32, 32), dtype=torch.uint8)
+    out = embed_frames(model, frames, CUDA, batch_size=4)
+    with torch.no_grad():
+        ref = model.embed(((frames.float() / 255 - 0.5) / 0.25).to(CUDA))
+    for key in ("local", "global", "backbone"):
+        cos = torch.nn.functional.cosine_similarity(torch.from_numpy(out[key]), ref[key].float().cpu(), dim=1)
+        assert cos.min() > 0.999, key
