@@ -27,8 +27,7 @@ from PIL import Image, ImageDraw, ImageFont
 from hico.data.augment import normalise, to_unit
 from hico.errors import HiCoError
 from hico.io import write_mp4
-from hico.model import channels_last
-from hico.model import LEVELS
+from hico.model import LEVELS, channels_last
 
 SALIENCY_LEVELS = ("local", "medium", "global", "backbone")
 

@@ -214,7 +214,7 @@ def _encode(target: str, frames: np.ndarray, rate: Fraction) -> None:
             stream.bit_rate = int(max(1_000_000, frames.shape[1] * frames.shape[2] * float(rate)))
         else:
             # crf 18 keeps speckle visually intact; x264's default (23) smears it. The veryfast
-            # preset encodes 2.4 times faster than x264's default at that quality, in no more bytes.
+            # preset encoded a 64-frame overlay video 2.4 times faster than x264's default, and smaller.
             stream.options = {"crf": "18", "preset": "veryfast"}
         for index, array in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(array), format=pixel_format)
