@@ -24,10 +24,9 @@ class _Snapshot:
     steps: int  # steps in the window
     fields: dict  # values known on the host when the window closed (epoch, lr, ...)
     sums: torch.Tensor  # on the host (pinned on a GPU run)
-    done: object | None = None  # CUDA event after the copy; None on the CPU
     seconds: float | None = None  # the window's duration, CPU clock (None: timed by events)
     start_event: object | None = None
-    end_event: object | None = None
+    end_event: object | None = None  # CUDA event after the copy: the values are on the host once it is done
 
 
 class MetricWindow:
@@ -35,14 +34,12 @@ class MetricWindow:
 
     add(terms) adds one step; close(step, **fields) ends the window; ready() returns the finished
     windows, oldest first, as dicts {step, <name>: mean, seconds, steps, **fields}; flush()
-    waits for all of them. `deferred` (default: on CUDA) hands a window out only when its copy is
-    done instead of synchronising.
+    waits for all of them. On CUDA a window is handed out by ready() only once its copy is done.
     """
 
-    def __init__(self, names: tuple[str, ...], device: torch.device, deferred: bool | None = None):
+    def __init__(self, names: tuple[str, ...], device: torch.device):
         self.names = tuple(names)
         self.device = torch.device(device)
-        self.deferred = self.device.type == "cuda" if deferred is None else deferred
         self.sums = torch.zeros(len(self.names), device=self.device)
         self.steps = 0
         self.pending: deque[_Snapshot] = deque()
@@ -68,7 +65,6 @@ class MetricWindow:
             snap.sums = torch.empty(len(self.names), pin_memory=True)
             snap.sums.copy_(self.sums, non_blocking=True)
             snap.start_event, snap.end_event = self._start_event, self._event()
-            snap.done = snap.end_event
             self._start_event = snap.end_event
         else:
             snap.sums = self.sums.clone()
@@ -85,9 +81,9 @@ class MetricWindow:
             self._start_event = self._event()
 
     def ready(self) -> list[dict]:
-        """The closed windows whose values are on the host, oldest first (all of them when not deferred)."""
+        """The closed windows whose values are on the host, oldest first (on the CPU, all of them)."""
         out = []
-        while self.pending and (not self.deferred or self.pending[0].done is None or self.pending[0].done.query()):
+        while self.pending and (self.pending[0].end_event is None or self.pending[0].end_event.query()):
             out.append(self._resolve(self.pending.popleft()))
         return out
 
@@ -96,8 +92,8 @@ class MetricWindow:
         out = []
         while self.pending:
             snap = self.pending.popleft()
-            if snap.done is not None:
-                snap.done.synchronize()
+            if snap.end_event is not None:
+                snap.end_event.synchronize()
             out.append(self._resolve(snap))
         return out
 

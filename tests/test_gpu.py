@@ -36,12 +36,12 @@ def _cfg(root, *extra):
 
 def test_metric_window_resolves_on_the_gpu_without_waiting():
     window = MetricWindow(("a", "b"), CUDA)
-    assert window.deferred
     for step in range(1, 7):
         a = torch.full((), float(step), device=CUDA)
         window.add({"a": a, "b": a * 10})
         if step % 3 == 0:
             window.close(step, lr=0.1)
+    assert all(snap.end_event is not None and snap.sums.is_pinned() for snap in window.pending)
     lines = window.ready() + window.flush()
     assert [line["step"] for line in lines] == [3, 6]
     assert lines[0]["a"] == pytest.approx(2.0) and lines[1]["b"] == pytest.approx(50.0)

@@ -39,34 +39,34 @@ def test_windows_give_means_and_fields():
 
 
 def test_deferred_windows_wait_for_their_copy_in_order():
-    window = MetricWindow(("a", "b"), torch.device("cpu"), deferred=True)
+    window = MetricWindow(("a", "b"), torch.device("cpu"))
     window.add(_terms(1.0, 2.0))
     window.close(1)
     window.add(_terms(4.0, 8.0))
     window.close(2)
-    events = [snap.done for snap in window.pending]
+    events = [snap.end_event for snap in window.pending]
     assert events == [None, None]  # on the CPU the copies are done at once
     for snap in window.pending:
-        snap.done = _Done()
+        snap.end_event = _Done()
     assert window.ready() == []  # the oldest is not copied yet: nothing, and nothing out of order
-    window.pending[1].done.finished = True
+    window.pending[1].end_event.finished = True
     assert window.ready() == []
-    window.pending[0].done.finished = True
+    window.pending[0].end_event.finished = True
     assert [line["step"] for line in window.ready()] == [1, 2]
     window.add(_terms(2.0, 2.0))
     window.close(3)
-    window.pending[0].done = _Done()
+    window.pending[0].end_event = _Done()
     (line,) = window.flush()  # waits (synchronize) instead of skipping
     assert line["step"] == 3 and line["a"] == 2.0
 
 
 def test_closed_sums_are_not_touched_by_later_steps():
-    window = MetricWindow(("a", "b"), torch.device("cpu"), deferred=True)
+    window = MetricWindow(("a", "b"), torch.device("cpu"))
     window.add(_terms(1.0, 1.0))
     window.close(1)
-    window.pending[0].done = _Done()
+    window.pending[0].end_event = _Done()
     window.add(_terms(100.0, 100.0))  # goes to the next window's buffer
-    window.pending[0].done.finished = True
+    window.pending[0].end_event.finished = True
     (line,) = window.ready()
     assert line["a"] == 1.0
 
