@@ -53,17 +53,19 @@ def cache_path(cache_dir: Path, clip_path: Path, size: int, max_frames: int) -> 
     return cache_dir / f"{size}px" / (hashlib.sha1(key.encode()).hexdigest() + ".npy")
 
 
-def load_clip_frames(clip_path: Path, size: int, max_frames: int = 0, cache_dir: Path | None = None,
-                     mmap: bool = False) -> np.ndarray:
-    """A clip's frames as T x C x size x size uint8, from the disk cache or decoded and stored.
+def load_clip_frames(clip_path: Path, size: int, max_frames: int = 0, cache_dir: Path | None = None) -> np.ndarray:
+    """A clip's frames as T x C x size x size uint8, from the disk cache or decoded and stored."""
+    return _cached_frames(clip_path, size, max_frames, cache_dir, mmap=False)[0]
 
-    With `mmap`, a cached clip is memory-mapped (read only) instead of read into memory.
-    """
+
+def _cached_frames(clip_path: Path, size: int, max_frames: int, cache_dir: Path | None,
+                   mmap: bool) -> tuple[np.ndarray, Path]:
+    """(frames, the cache file holding them); with `mmap` a cached clip is memory-mapped, read only."""
     cache_dir = Path(cache_dir) if cache_dir else hico_home() / "cache"
     target = cache_path(cache_dir, clip_path, size, max_frames)
     if target.is_file():
         try:
-            return np.load(target, allow_pickle=False, mmap_mode="r" if mmap else None)
+            return np.load(target, allow_pickle=False, mmap_mode="r" if mmap else None), target
         except (OSError, ValueError):
             target.unlink(missing_ok=True)  # a torn write from a killed process: decode again
     frames = resize_frames(read_clip(clip_path, max_frames=max_frames or None), size)
@@ -72,7 +74,7 @@ def load_clip_frames(clip_path: Path, size: int, max_frames: int = 0, cache_dir:
     with open(tmp, "wb") as fh:
         np.save(fh, frames, allow_pickle=False)
     os.replace(tmp, target)
-    return frames
+    return frames, target
 
 
 @dataclass
@@ -125,15 +127,18 @@ def build_cache(paths: list[Path], size: int, max_frames: int = 0, cache_dir: Pa
     # Two passes keep the host memory at one copy of the frames, however many there are: first
     # every clip is decoded into the disk cache (only its shape is kept), then one packed array is
     # allocated and each cached clip is copied into its slice from a memory map.
-    load = lambda path, mmap: load_clip_frames(Path(path), size, max_frames, cache_dir, mmap=mmap)  # noqa: E731
-    shapes = _threaded(lambda path: load(path, True).shape, paths, progress, desc)
+    def cache_one(path) -> tuple[Path, tuple[int, ...]]:
+        frames, file = _cached_frames(Path(path), size, max_frames, cache_dir, mmap=True)
+        return file, frames.shape
+
+    files, shapes = zip(*_threaded(cache_one, paths, progress, desc))
     channels = max(shape[1] for shape in shapes)
     lengths = np.array([shape[0] for shape in shapes], dtype=np.int64)
     offsets = np.cumsum(lengths) - lengths
     packed = np.empty((int(lengths.sum()), channels, size, size), dtype=np.uint8)
 
     def fill(i: int) -> None:  # a gray clip among colour ones is broadcast to three channels
-        packed[offsets[i]:offsets[i] + lengths[i]] = load(paths[i], True)
+        packed[offsets[i]:offsets[i] + lengths[i]] = np.load(files[i], allow_pickle=False, mmap_mode="r")
 
     _threaded(fill, range(len(paths)), False, "packing")
     frames = torch.from_numpy(packed)
