@@ -322,21 +322,22 @@ def test_box_selection_on_the_cross_panel_unites_both_levels(browser_app):
     assert events.empty()
 
 
-def _isolated_point(coords: np.ndarray, area: dict, min_px: float = 14.0) -> int:
-    """A row whose point has no other point within min_px pixels, away from the panel's edges."""
+def _isolated_point(page, coords: np.ndarray, min_px: float = 14.0) -> tuple[int, float, float]:
+    """(row, x, y): a point of the first `small` panel with no other point within min_px pixels,
+    away from the panel's edges, and where it is on the page."""
+    area = _plot_area(page, "small", 0)
     px = np.array([_to_px(area, x, y) for x, y in coords])
     d = np.linalg.norm(px[:, None, :] - px[None, :, :], axis=-1)
     np.fill_diagonal(d, np.inf)
     ok = (d.min(axis=1) > min_px) & (coords[:, 0] > 1) & (coords[:, 0] < 9) & (coords[:, 1] > 1) & (coords[:, 1] < 9)
-    return int(np.flatnonzero(ok)[0])
+    row = int(np.flatnonzero(ok)[0])
+    return row, float(px[row, 0]), float(px[row, 1])
 
 
 @pytestmark_browser
 def test_hover_shows_thumbnail_from_the_server_function(browser_app):
     page, coords, table = browser_app["page"], browser_app["coords"], browser_app["table"]
-    area = _plot_area(page, "small", 0)
-    row = _isolated_point(coords["a"], area)
-    x, y = _to_px(area, *coords["a"][row])
+    row, x, y = _isolated_point(page, coords["a"])
     page.mouse.move(x - 30, y - 30)
     page.mouse.move(x, y, steps=5)
     img = page.wait_for_selector("#small .hs-tip img[src^='data:image/png;base64,']", timeout=10_000)
@@ -358,9 +359,7 @@ def test_hover_shows_thumbnail_from_the_server_function(browser_app):
 @pytestmark_browser
 def test_click_on_a_point_sends_its_id(browser_app):
     page, coords, events = browser_app["page"], browser_app["coords"], browser_app["events"]
-    area = _plot_area(page, "small", 0)
-    row = _isolated_point(coords["a"], area)
-    x, y = _to_px(area, *coords["a"][row])
+    row, x, y = _isolated_point(page, coords["a"])
     page.mouse.move(x, y, steps=3)
     page.mouse.click(x, y)
     data = _next_event(events, "click")
