@@ -11,9 +11,10 @@ import logging
 from pathlib import Path
 
 from hico import config as config_mod
+from hico.runs import read_run
 from hico.synth import write_dataset
 
-from app.jobs import Jobs, read_run
+from app.jobs import Jobs
 
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent

@@ -1,26 +1,34 @@
 """What the Diagnose tab and the /predict endpoint do: predict a clip, draw saliency, write files.
 
 The work is `hico.predict` and `hico.saliency`; this module caches models per checkpoint,
-keeps each result's overlay frames for the frame slider, and writes the downloads.
+keeps each result's overlay frames for the frame slider, writes the downloads, and prunes them.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import shutil
 import threading
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from hico.checkpoint import find_checkpoint, load_run
+from hico.checkpoint import find_checkpoint
+from hico.errors import HiCoError
+from hico.files import atomic_path
+from hico.inference import LoadedRun, load_run
 from hico.predict import Prediction, predict_clip, saliency_video
 from hico.saliency import write_overlay_video
 
 log = logging.getLogger(__name__)
 SALIENCY_CHOICES = ("all", "local", "medium", "global", "backbone")
-KEEP_RESULTS = 8
+KEEP_RESULTS = 8  # results held in memory for the frame slider
+KEEP_FOLDERS = 64  # result folders kept on disk (videos and CSVs a page may still link to)
+KEEP_SECONDS = 24 * 3600
 
 
 @dataclass
@@ -52,31 +60,37 @@ def mask_preview(frame: np.ndarray, tissue: np.ndarray | None) -> np.ndarray:
 
 
 class Diagnoser:
-    """Runs predictions with a cached model per checkpoint and keeps the last few results."""
+    """Runs predictions with a cached model per checkpoint and keeps the last few results.
+
+    Requests run concurrently: a cached `LoadedRun` is only ever read (hico.inference), each
+    request gets its own result folder, and the folders are pruned to the newest KEEP_FOLDERS
+    (and none older than KEEP_SECONDS) so the disk does not fill up.
+    """
 
     def __init__(self, out_dir: Path):
         self.out_dir = Path(out_dir)
-        self._models: dict[str, tuple] = {}
+        self._models: dict[str, LoadedRun] = {}
         self._results: dict[str, Diagnosis] = {}
         self._lock = threading.Lock()
 
-    def model(self, run_dir: Path):
+    def model(self, run_dir: Path) -> LoadedRun:
+        """The run's model (best checkpoint, else last), loaded once per checkpoint version."""
         name = find_checkpoint(run_dir)
-        stamp = (Path(run_dir) / "checkpoints" / f"{name}.safetensors").stat().st_mtime_ns
-        key = f"{Path(run_dir).resolve()}:{name}:{stamp}"
+        sidecar = Path(run_dir) / "checkpoints" / f"{name}.json"
+        key = f"{Path(run_dir).resolve()}:{name}:{sidecar.stat().st_mtime_ns}"
         with self._lock:
             if key not in self._models:
-                self._models.clear()
+                self._models.clear()  # requests still using the old model keep their own reference
                 self._models[key] = load_run(run_dir, name, "cpu")
             return self._models[key]
 
     def diagnose(self, run_dir: Path, clip: Path, level: str = "all") -> Diagnosis:
         """Predict, draw saliency, and write the overlay video and the per-frame CSV."""
         if level not in SALIENCY_CHOICES:
-            raise ValueError(f"level must be one of {SALIENCY_CHOICES}, got {level!r}")
-        bundle = self.model(run_dir)
-        prediction = predict_clip(run_dir, clip, model_bundle=bundle)
-        overlay = saliency_video(prediction, bundle[1], level)
+            raise HiCoError(f"Unknown saliency level {level!r}: choose one of {', '.join(SALIENCY_CHOICES)}.")
+        loaded = self.model(run_dir)
+        prediction = predict_clip(loaded, clip)
+        overlay = saliency_video(prediction, loaded.model, level)
         result_id = uuid.uuid4().hex[:12]
         folder = self.out_dir / result_id
         folder.mkdir(parents=True, exist_ok=True)
@@ -86,7 +100,8 @@ class Diagnoser:
             for k, cls in enumerate(prediction.classes):
                 table[f"{name}:{cls}"] = probs[:, k]
         csv = folder / f"{Path(clip).stem}_frames.csv"
-        table.to_csv(csv, index=False)
+        with atomic_path(csv) as tmp:
+            table.to_csv(tmp, index=False)
         tissue = getattr(prediction.mask, "tissue", None)
         result = Diagnosis(result_id, prediction, level, overlay, video, csv,
                            mask_preview(prediction.original[0], tissue))
@@ -94,7 +109,23 @@ class Diagnoser:
             self._results[result_id] = result
             while len(self._results) > KEEP_RESULTS:
                 self._results.pop(next(iter(self._results)))
+            self._prune(keep=set(self._results))
         return result
 
     def result(self, result_id: str) -> Diagnosis | None:
-        return self._results.get(result_id)
+        with self._lock:
+            return self._results.get(result_id)
+
+    def _prune(self, keep: set[str]) -> None:
+        """Delete result folders beyond the newest KEEP_FOLDERS or older than KEEP_SECONDS,
+        except those of results still held in memory (a page may still show them)."""
+        try:
+            folders = sorted((p for p in self.out_dir.iterdir() if p.is_dir()), key=lambda p: p.stat().st_mtime,
+                             reverse=True)
+        except OSError:
+            return
+        now = time.time()
+        for i, folder in enumerate(folders):
+            with contextlib.suppress(OSError):
+                if folder.name not in keep and (i >= KEEP_FOLDERS or now - folder.stat().st_mtime > KEEP_SECONDS):
+                    shutil.rmtree(folder, ignore_errors=True)

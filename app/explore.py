@@ -7,6 +7,7 @@ Everything heavy is `hico.embed` / `hico.evaluate`; this module keeps results an
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
 import logging
 import threading
@@ -27,15 +28,21 @@ log = logging.getLogger(__name__)
 PAIRS = {"global ↔ local": ("z_global", "z_local"), "global ↔ medium": ("z_global", "z_medium")}
 MAX_LINKED = 2000  # frames drawn in the cross-level view (sampled when there are more)
 THUMB = 72
+KEEP_ITEMS = 6  # (checkpoint, dataset) tables kept in memory
+KEEP_CLIPS = 256  # decoded clips kept for thumbnails and galleries
 
 
 @dataclass
 class Embedded:
-    """One (checkpoint, dataset) pair: the table, its matrices, projections and evaluation."""
+    """One (checkpoint, dataset) pair: the table, its matrices, projections and evaluation.
+
+    `source` names it to the page (the scatter value carries it, and hover thumbnails ask for
+    it), so each browser session reads the frames of the table it shows."""
 
     table: pd.DataFrame
     path: Path
     size: int
+    source: str = ""
     matrices: dict[str, np.ndarray] = field(default_factory=dict)
     projections: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     accuracy: pd.DataFrame | None = None
@@ -56,13 +63,17 @@ def linked_rows(n: int, seed: int = 0) -> np.ndarray:
 
 
 class Explorer:
-    """Caches embeddings and projections; computes UMAP and accuracy in background threads."""
+    """Caches embeddings and projections; computes UMAP and accuracy in background threads.
 
-    def __init__(self):
+    Shared by every browser session: it holds only caches keyed by what they were computed from,
+    and nothing that says what one session is looking at."""
+
+    def __init__(self, keep: int = KEEP_ITEMS):
         self.items: dict[tuple[str, str], Embedded] = {}
+        self.keep = keep
         self._lock = threading.Lock()
-        self._frames: dict[str, np.ndarray] = {}
-        self.last: Embedded | None = None  # what the thumbnails of the page's scatter come from
+        self._loading: dict[tuple[str, str], threading.Lock] = {}
+        self._frames: dict[tuple[str, int], np.ndarray] = {}
 
     def load(self, run_dir: str | Path, data_dir: str | Path, progress: bool = True) -> Embedded:
         """Embed (or read the cached table), project with PCA, and start UMAP + evaluation."""
@@ -70,21 +81,31 @@ class Explorer:
         sidecar = read_sidecar(Path(run_dir) / "checkpoints", name)
         key = (f"{Path(run_dir).resolve()}:{name}:{sidecar['step']}", str(Path(data_dir).expanduser().resolve()))
         with self._lock:
-            if key in self.items and self.items[key].path.is_file():
-                self.last = self.items[key]
-                return self.last
-        table, path = embed_dataset(run_dir, data_dir, checkpoint=name, progress=progress)
-        item = Embedded(table, path, sidecar["config"]["data"]["size"])
-        self._load_cached_projections(item)
-        for column in LEVEL_COLUMNS:
-            item.projections.setdefault(("pca", column), project(item.matrix(column), "pca"))
-        for pair, columns in PAIRS.items():
-            item.projections.setdefault(("pca", pair), project(self._stacked(item, columns), "pca"))
-        with self._lock:
-            self.items[key] = item
-            self.last = item
+            loading = self._loading.setdefault(key, threading.Lock())
+        with loading:  # two sessions asking for the same table at once embed it once
+            with self._lock:
+                item = self.items.get(key)
+                if item is not None and item.path.is_file():
+                    return item
+            table, path = embed_dataset(run_dir, data_dir, checkpoint=name, progress=progress)
+            item = Embedded(table, path, sidecar["config"]["data"]["size"],
+                            hashlib.sha1(repr(key).encode()).hexdigest()[:16])
+            self._load_cached_projections(item)
+            for column in LEVEL_COLUMNS:
+                item.projections.setdefault(("pca", column), project(item.matrix(column), "pca"))
+            for pair, columns in PAIRS.items():
+                item.projections.setdefault(("pca", pair), project(self._stacked(item, columns), "pca"))
+            with self._lock:
+                self.items[key] = item
+                while len(self.items) > self.keep:  # the oldest table goes first
+                    self.items.pop(next(iter(self.items)))
         threading.Thread(target=self._background, args=(item,), daemon=True).start()
         return item
+
+    def by_source(self, source: str) -> Embedded | None:
+        """The cached table a page's scatter value names, or None (gone from the cache, or unknown)."""
+        with self._lock:
+            return next((item for item in self.items.values() if item.source == source), None)
 
     def _stacked(self, item: Embedded, columns: tuple[str, str]) -> np.ndarray:
         rows = linked_rows(len(item.table))
@@ -142,12 +163,16 @@ class Explorer:
     def frame(self, item: Embedded, row: int) -> np.ndarray:
         """H x W (gray) or H x W x 3 uint8 of one table row, at the model's input size."""
         record = item.table.iloc[int(row)]
-        path = record["path"]
-        if path not in self._frames:
-            if len(self._frames) > 256:
-                self._frames.clear()
-            self._frames[path] = load_clip_frames(Path(path), item.size)
-        frame = self._frames[path][int(record["frame"])]
+        key = (str(record["path"]), item.size)
+        with self._lock:
+            frames = self._frames.get(key)
+        if frames is None:
+            frames = load_clip_frames(Path(key[0]), item.size)
+            with self._lock:
+                if len(self._frames) >= KEEP_CLIPS:
+                    self._frames.pop(next(iter(self._frames)))
+                self._frames[key] = frames
+        frame = frames[int(record["frame"])]
         return frame[0] if frame.shape[0] == 1 else frame.transpose(1, 2, 0)
 
     def neighbours(self, item: Embedded, row: int, column: str, k: int = 8) -> np.ndarray:

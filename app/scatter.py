@@ -11,7 +11,7 @@
 Wire them like any Gradio event; the data arrives as `gr.EventData` (not `gr.SelectData`, which
 expects `index`/`value` keys)::
 
-    plot = scatter(thumbnail=frame_thumbnail)     # frame_thumbnail(row_id) -> "data:image/png;base64,..."
+    plot = scatter(thumbnail=frame_thumbnail)     # frame_thumbnail(row_id, source) -> "data:image/png;base64,..."
     def on_select(evt: gr.EventData):
         return table.loc[evt.ids]
     plot.select(on_select, None, frames_table)    # do not list `plot` as an input: its value is large
@@ -19,7 +19,9 @@ expects `index`/`value` keys)::
     colour.change(lambda c: table_value(table, coords, c, view="umap"), colour, plot)
 
 Hovering a point shows a tooltip with the row's `hover` text and a thumbnail fetched lazily from
-the server function `thumbnail(row_id)`, debounced and cached in the page. A selection on one
+the server function `thumbnail(row_id, source)`, debounced and cached in the page. `source` is the
+value's own `source` string (which table its row ids index): each page asks for the frames of the
+table it shows, whatever other sessions show. A selection on one
 panel is highlighted on the others (the same rows); the legend, shown once above the panels,
 hides or shows a category in every panel.
 
@@ -30,6 +32,7 @@ loads nothing from the internet.
 The value is a JSON dict (build it with `panels_value` or `table_value`)::
 
     {"view": str,                     # same view => a redraw keeps each panel's zoom; new view => reset
+     "source": str,                   # names the table the ids index; passed back to thumbnail()
      "ids": [int] * N,                # row id of every point; what select/click/thumbnail receive
      "hover": [str] * N | None,       # tooltip text per row
      "color": None
@@ -84,14 +87,15 @@ def _serve_plotly_js() -> str:
     return str(path)
 
 
-def scatter(value: dict | None = None, *, thumbnail: Callable[[int], str | None] | None = None,
+def scatter(value: dict | None = None, *, thumbnail: Callable[[int, str], str | None] | None = None,
             panel_height: int = 320, wide_height: int = 520, columns: int = 4,
             empty_text: str = "Nothing to show yet.", elem_id: str | None = None,
             **html_kwargs: Any) -> gr.HTML:
     """A gr.HTML that draws `value` (see the module docstring) and emits `select` and `click`.
 
-    thumbnail: `row_id -> data URI` (e.g. a PNG as `data:image/png;base64,...`) or None; called
-    from the page through Gradio's component server when the mouse rests on a point.
+    thumbnail: `(row_id, source) -> data URI` (e.g. a PNG as `data:image/png;base64,...`) or None;
+    called from the page through Gradio's component server when the mouse rests on a point, with
+    the `source` of the value the page shows.
     panel_height / wide_height: pixel heights of the small panels and of wide ones.
     columns: at most this many small panels per row.
     """
@@ -136,11 +140,15 @@ def from_wire(payload: str | dict | None) -> dict | None:
     return orjson.loads(payload) if payload else None
 
 
-def _as_server_function(fn: Callable[[int], str | None]) -> Callable[[int], str | None]:
-    # The page calls `server.thumbnail(id)`: the name is fixed, and Gradio marks the function
-    # with an attribute, which a bound method or a partial would not accept.
-    def thumbnail(row_id: int) -> str | None:
-        return fn(int(row_id))
+def _as_server_function(fn: Callable[[int, str], str | None]) -> Callable[[int, str], str | None]:
+    # The page calls `server.thumbnail(id, source)`: the name is fixed, and Gradio marks the
+    # function with an attribute, which a bound method or a partial would not accept.
+    def thumbnail(row_id: int, source: str = "") -> str | None:
+        try:
+            row = int(row_id)
+        except (TypeError, ValueError):
+            return None
+        return fn(row, str(source or ""))
 
     return thumbnail
 
@@ -224,7 +232,7 @@ def panels_value(coords: Mapping[str, Any], color: Any = None, *, ids: Sequence[
                  view: str = "", show: Sequence[str] | None = None,
                  cross: tuple[str, str] | None = None, cross_rows: Sequence[int] | None = None,
                  ranges: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
-                 size: float | None = None) -> dict:
+                 size: float | None = None, source: str = "") -> dict:
     """The scatter value for N frames projected at several levels.
 
     coords: level name -> N x 2 array (same N, same row order for every level), in panel order.
@@ -236,6 +244,7 @@ def panels_value(coords: Mapping[str, Any], color: Any = None, *, ids: Sequence[
     marker styles) joined by a thin line; cross_rows limits it to these row positions.
     ranges: panel title -> (xrange, yrange) to fix its axes instead of autoscaling.
     size: marker size in pixels (default from N, see `marker_size`).
+    source: a name for the table the ids index, handed back to the thumbnail function.
     """
     arrays = {name: np.asarray(xy, dtype=np.float64) for name, xy in coords.items()}
     if not arrays:
@@ -287,7 +296,7 @@ def panels_value(coords: Mapping[str, Any], color: Any = None, *, ids: Sequence[
         if cross_rows is not None:
             panel["rows"] = rows.tolist()
         panels.append(panel)
-    return {"view": view, "ids": row_ids.astype(np.int64).tolist(),
+    return {"view": view, "source": source, "ids": row_ids.astype(np.int64).tolist(),
             "hover": None if hover is None else [str(h) for h in hover],
             "color": encode_color(color, color_title, categorical),
             "marker_size": float(size) if size is not None else marker_size(n),

@@ -11,11 +11,12 @@ from pathlib import Path
 
 import torch
 
-from hico.data import find_clips
 from hico.errors import HiCoError
+from hico.runs import list_runs, read_metrics, read_run
 
+from app.access import Access
 from app.default import demo_values
-from app.jobs import Jobs, list_runs, read_metrics, read_run
+from app.jobs import Jobs
 
 NEW_RUN = "new run"
 
@@ -37,15 +38,13 @@ def device_summary() -> str:
     return "No GPU: training runs on the CPU."
 
 
-def form_values(home: Path, dataset: str, size, batch_size, epochs, lr, mode: str, peer_weight, cross_weight,
+def form_values(access: Access, dataset: str, size, batch_size, epochs, lr, mode: str, peer_weight, cross_weight,
                 sup_weight, label_fraction, device: str) -> dict:
-    """The Train form as a nested config dict on top of the demo config; checks the dataset exists."""
-    values = demo_values(home)
-    dataset = (dataset or "").strip()
-    if not dataset:
-        raise HiCoError("Give a dataset folder (or keep the embedded synthetic set).")
-    find_clips(dataset)  # refuses a missing or empty folder with the reason
-    values["data"].update(root=dataset, size=_int("input size", size), label_fraction=float(label_fraction))
+    """The Train form as a nested config dict on top of the demo config; the dataset must be one
+    this app may read (see app.access)."""
+    values = demo_values(access.home)
+    root = access.dataset(dataset)
+    values["data"].update(root=str(root), size=_int("input size", size), label_fraction=float(label_fraction))
     # A CPU step takes a second, so every step is a point of the live chart; a GPU step takes
     # milliseconds, and a line each 10 steps keeps metrics.jsonl and the chart light.
     on_gpu = (device or "auto") != "cpu" and torch.cuda.is_available()
@@ -67,13 +66,14 @@ def _int(name: str, value) -> int:
     return int(number)
 
 
-def start_training(jobs: Jobs, home: Path, resume: str, *form) -> str:
-    """Start a new run from the form, or resume the chosen run; returns a sentence for the page."""
+def start_training(jobs: Jobs, access: Access, resume: str, *form) -> tuple[Path, str]:
+    """Start a new run from the form, or resume the chosen run by name; returns (its folder, a
+    sentence for the page)."""
     if resume and resume != NEW_RUN:
-        run_dir = jobs.resume(jobs.runs_dir / resume)
-        return f"Resumed **{run_dir.name}**."
-    run_dir = jobs.start(form_values(home, *form))
-    return f"Started **{run_dir.name}**."
+        run_dir = jobs.resume(access.run(resume))
+        return run_dir, f"Resumed **{run_dir.name}**."
+    run_dir = jobs.start(form_values(access, *form))
+    return run_dir, f"Started **{run_dir.name}**."
 
 
 def training_status(jobs: Jobs) -> dict:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import signal
 import threading
 from pathlib import Path
 
@@ -13,18 +14,23 @@ import numpy as np
 
 from hico.errors import HiCoError
 from hico.paths import hico_home
+from hico.runs import list_runs
 
 from app import train_tab
+from app.access import Access
 from app.default import REPO, ensure_demo, synth_dir
 from app.diagnose import SALIENCY_CHOICES, Diagnoser
 from app.explore import PAIRS, Explorer, linked_rows
 from app.scatter import scatter, table_value
 from app.figures import frame_probabilities, probability_bars, training_figure
-from app.jobs import Jobs, list_runs
+from app.jobs import Jobs
 
 log = logging.getLogger(__name__)
 
 LEVEL_PANELS = ("local", "medium", "global", "backbone")
+EXAMPLES = REPO / "assets" / "examples"
+# Gradio keeps a copy of every file it serves; files older than a day go, checked hourly.
+GRADIO_CACHE_CLEANUP = (3600, 86400)
 ACCURACY_COLUMNS = ("feature", "linear_acc", "knn_acc", "linear_video_acc", "knn_video_acc")
 CSS = """
 .hico-progress { font-size: 0.95rem; }
@@ -35,22 +41,29 @@ CSS = """
 
 
 class HiCoApp:
-    """Server-side state shared by every browser session: the job runner and the caches."""
+    """Server-side state shared by every browser session: the job runner, the caches and the
+    allow-lists of what a request may touch (app.access). Per-session state lives in the page
+    (gr.State and the values it holds), never here."""
 
-    def __init__(self, home: Path | None = None):
+    def __init__(self, home: Path | None = None, data_dirs=()):
         self.home = Path(home) if home else hico_home()
-        self.jobs = Jobs(self.home / "runs")
+        self.access = Access(self.home, data_dirs, examples=self.examples())
+        self.jobs = Jobs(self.access.runs_dir)
         self.diagnoser = Diagnoser(self.home / "diagnose")
         self.explorer = Explorer()
 
+    @staticmethod
+    def examples() -> list[str]:
+        return sorted(str(p) for p in EXAMPLES.iterdir() if p.suffix != ".py")
+
     def model_runs(self) -> list[str]:
         """Runs with a checkpoint, newest first (the demo run included once its first epoch ends)."""
-        return [r.name for r in list_runs(self.jobs.runs_dir) if (r.path / "checkpoints" / "last.json").is_file()]
+        return [r.name for r in list_runs(self.jobs.runs_dir) if r.checkpoints]
 
     def run_path(self, name: str) -> Path:
         if not name:
             raise HiCoError("Pick a run (a trained checkpoint) first.")
-        return self.jobs.runs_dir / name
+        return self.access.run(name)
 
     def refresh_runs(self, current):
         """On page load: the runs with a checkpoint, keeping the choice or taking the newest."""
@@ -64,7 +77,7 @@ class HiCoApp:
 
     # ---- Explore ------------------------------------------------------------------------
     def _item(self, run, dataset):
-        return self.explorer.load(self.run_path(run), Path(dataset or synth_dir(self.home)).expanduser())
+        return self.explorer.load(self.run_path(run), self.access.dataset(dataset or str(synth_dir(self.home))))
 
     def explore_value(self, item, colour: str, pair: str) -> tuple[dict, str, int]:
         """The scatter value for the four level panels and the cross-level panel, a note on which
@@ -86,7 +99,7 @@ class HiCoApp:
         else:
             note = "PCA (UMAP still running)"
         value = table_value(item.table, coords, column, view=f"umap{len(umap_done)}", show=list(LEVEL_PANELS),
-                            cross=(a, b), cross_rows=rows)
+                            cross=(a, b), cross_rows=rows, source=item.source)
         return value, note, len(umap_done)
 
     def explore(self, run, dataset, colour, pair, progress=gr.Progress(track_tqdm=True)):
@@ -160,9 +173,12 @@ class HiCoApp:
         caption = f"{picked['video_id']} · frame {picked['frame']} · {picked['label']} · {picked['split']}"
         return self.explorer.frame(item, row), caption, *galleries
 
-    def thumbnail(self, row_id: int) -> str | None:
-        item = self.explorer.last
-        return self.explorer.thumbnail(item, int(row_id)) if item is not None else None
+    def thumbnail(self, row_id: int, source: str) -> str | None:
+        """The thumbnail of a row of the table a page shows (its scatter value's `source`)."""
+        item = self.explorer.by_source(source)
+        if item is None or not 0 <= row_id < len(item.table):
+            return None
+        return self.explorer.thumbnail(item, row_id)
 
     def api_embeddings(self, run: str = "", dataset: str = "", method: str = "pca") -> dict:
         """Per-frame 2-D projections of every level (local, medium, global, backbone) for a run and dataset,
@@ -193,7 +209,7 @@ class HiCoApp:
         if not clip:
             return ("Upload a clip or pick an example.", *empty)
         try:
-            result = self.diagnoser.diagnose(self.run_path(run), Path(clip), level)
+            result = self._diagnose(clip, run, level)
         except HiCoError as exc:
             return (f"⚠️ {exc}", *empty)
         pred = result.prediction
@@ -215,12 +231,21 @@ class HiCoApp:
         pred = result.prediction
         return result.overlay[i], frame_probabilities(pred.classes, pred.frame_probs, i)
 
+    def _diagnose(self, clip, run, level):
+        """Diagnose a clip the request uploaded; a message that names the file names it as the user
+        knows it, not by the server's upload path."""
+        path = self.access.uploaded(clip)
+        try:
+            return self.diagnoser.diagnose(self.run_path(run), path, level)
+        except HiCoError as exc:
+            raise HiCoError(str(exc).replace(str(path), path.name)) from None
+
     def api_predict(self, clip: gr.FileData, run: str = "", level: str = "all") -> dict:
         """Predict a clip (video, DICOM or image) with a run: class probabilities per clip and per frame,
         and the saliency overlay video and per-frame CSV as files."""
         try:
             run = run or (self.model_runs() or [""])[0]
-            result = self.diagnoser.diagnose(self.run_path(run), Path(clip["path"]), level)
+            result = self._diagnose(clip, run, level)
         except HiCoError as exc:
             return {"ok": False, "message": str(exc)}
         pred = result.prediction
@@ -234,13 +259,13 @@ class HiCoApp:
     # ---- Train ------------------------------------------------------------------------
     def start(self, resume, *form):
         try:
-            message = train_tab.start_training(self.jobs, self.home, resume, *form)
+            _, message = train_tab.start_training(self.jobs, self.access, resume, *form)
         except HiCoError as exc:
             message = f"⚠️ {exc}"
         return message, gr.update(choices=train_tab.resume_choices(self.jobs), value=train_tab.NEW_RUN)
 
     def stop(self):
-        return self.jobs.stop(timeout=30)
+        return self.jobs.stop(timeout=30)[1]
 
     def refresh_training(self):
         status = train_tab.training_status(self.jobs)
@@ -256,13 +281,12 @@ class HiCoApp:
                            resume: str = "") -> dict:
         """Start a training run (or resume one by name); returns {ok, message, run}."""
         try:
-            message = train_tab.start_training(self.jobs, self.home, resume, dataset or str(synth_dir(self.home)),
-                                               size, batch_size, epochs, lr, mode, peer_weight, cross_weight,
-                                               sup_weight, label_fraction, device)
+            run_dir, message = train_tab.start_training(
+                self.jobs, self.access, resume, dataset or str(synth_dir(self.home)), size, batch_size, epochs, lr,
+                mode, peer_weight, cross_weight, sup_weight, label_fraction, device)
         except HiCoError as exc:
             return {"ok": False, "message": str(exc), "run": None}
-        active = self.jobs.active()
-        return {"ok": True, "message": message.replace("**", ""), "run": active.name if active else None}
+        return {"ok": True, "message": message.replace("**", ""), "run": run_dir.name}
 
     def api_training_status(self) -> dict:
         """The live or latest run's state, step, total_steps, epoch, images_per_s, eta_s, last metrics,
@@ -272,13 +296,15 @@ class HiCoApp:
         status["runs"] = [dict(zip(train_tab.RUN_COLUMNS, row)) for row in status["runs"]]
         return status
 
-    def api_stop_training(self) -> str:
-        """Stop the live run after its current step, with a checkpoint."""
-        return self.jobs.stop(timeout=60)
+    def api_stop_training(self) -> dict:
+        """Stop the live run after its current step, with a checkpoint; returns {ok, message}
+        (ok is false when no run was training)."""
+        ok, message = self.jobs.stop(timeout=60)
+        return {"ok": ok, "message": message}
 
     # ---- layout -------------------------------------------------------------------------
     def build(self) -> gr.Blocks:
-        with gr.Blocks(title="HiCo — ultrasound pretraining") as demo:
+        with gr.Blocks(title="HiCo — ultrasound pretraining", delete_cache=GRADIO_CACHE_CLEANUP) as demo:
             gr.Markdown("# HiCo\nHierarchical contrastive pretraining for ultrasound video: train a model, "
                         "explore what each level learned, diagnose a clip.")
             with gr.Tabs():
@@ -342,7 +368,7 @@ class HiCoApp:
 
 
     def _diagnose_tab(self) -> None:
-        examples = sorted(str(p) for p in (REPO / "assets" / "examples").iterdir() if p.suffix != ".py")
+        examples = self.examples()
         with gr.Row():
             with gr.Column(scale=2, min_width=320):
                 clip = gr.File(label="Clip: video, DICOM (single or multi-frame) or image", type="filepath",
@@ -412,13 +438,20 @@ class HiCoApp:
 
 
 def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth=None, max_upload_mb: float = 500,
-           demo: bool = True, prevent_thread_lock: bool = False, home: Path | None = None):
-    """Build the app, start the embedded default in the background, and serve it."""
-    hico = HiCoApp(home)
+           demo: bool = True, prevent_thread_lock: bool = False, home: Path | None = None, data_dirs=()):
+    """Build the app, start the embedded default in the background, and serve it.
+
+    data_dirs: folders (besides $HICO_HOME/datasets) whose datasets requests may use.
+    SIGTERM ends the app as Ctrl-C does: the server closes and a run it started stops with a
+    checkpoint (see Jobs.shutdown).
+    """
+    hico = HiCoApp(home, data_dirs)
     if demo:
         threading.Thread(target=_start_demo, args=(hico,), daemon=True).start()
     threading.Thread(target=_warm_up_umap, daemon=True).start()
     atexit.register(hico.jobs.shutdown)
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, signal.default_int_handler)
     blocks = hico.build()
     blocks.queue(default_concurrency_limit=4)
     blocks.launch(server_name=host, server_port=port, share=share, auth=auth, max_file_size=int(max_upload_mb * 2**20),

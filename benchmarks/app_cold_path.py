@@ -1,6 +1,6 @@
 """Time Explore's first views as the app serves them, from a cold start, through the app's own code.
 
-    python benchmarks/app_cold_path.py
+    python -m benchmarks.app_cold_path      (from the repository root, where `app` is)
 
 In a new $HICO_HOME with numba's disk cache empty (an app's first start on a new machine) it
 writes the embedded synthetic dataset and a demo-architecture run, starts the UMAP warm-up
@@ -13,7 +13,6 @@ and then the same request again from a new app object (table and projections cac
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 import threading
 import time
@@ -22,7 +21,6 @@ from pathlib import Path
 HOME = Path(tempfile.mkdtemp(prefix="hico-app-cold-"))
 os.environ["HICO_HOME"] = str(HOME)
 os.environ["NUMBA_CACHE_DIR"] = str(HOME / "numba")  # before anything imports numba
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
 def main() -> None:

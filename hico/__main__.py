@@ -81,13 +81,11 @@ def cmd_predict(args) -> None:
     import numpy as np
     import pandas as pd
 
-    from hico.checkpoint import load_run
+    from hico.inference import load_run
     from hico.predict import predict_clip, saliency_video
-    from hico.train import resolve_device
 
-    bundle = load_run(args.run_dir, "auto", resolve_device(args.device))
-    pred = predict_clip(args.run_dir, args.clip, max_frames=args.max_frames, model_bundle=bundle,
-                        mask_screen=not args.no_mask)
+    loaded = load_run(args.run_dir, "auto", args.device)
+    pred = predict_clip(loaded, args.clip, max_frames=args.max_frames, mask_screen=not args.no_mask)
     table = pred.frame_table()
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160,
                            "display.max_rows", 40):
@@ -108,7 +106,7 @@ def cmd_predict(args) -> None:
 
             from hico.saliency import write_overlay_video
 
-            video = saliency_video(pred, bundle[1], args.level)
+            video = saliency_video(pred, loaded.model, args.level)
             write_overlay_video(out / f"saliency_{args.level}.mp4", video)
             if pred.mask is not None:
                 Image.fromarray(pred.mask.tissue.astype(np.uint8) * 255).save(out / "mask.png")
@@ -203,5 +201,10 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """The `hico` console script."""
     sys.exit(main())
+
+
+if __name__ == "__main__":
+    cli()

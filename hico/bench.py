@@ -33,7 +33,8 @@ import torch
 from hico import config as config_mod
 from hico.errors import HiCoError
 from hico.paths import hico_home
-from hico.train import Trainer, resolve_device
+from hico.inference import resolve_device
+from hico.train import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -195,9 +196,7 @@ def time_predict(run: Path, clip: Path, out: Path) -> float:
     """Seconds of `python -m hico predict RUN CLIP --saliency` as a fresh process, start-up included."""
     command = [sys.executable, "-m", "hico", "predict", str(run), str(clip), "--saliency", "--out", str(out),
                "--device", "cpu"]
-    paths = [str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in paths if p)}
-    done, seconds = _timed(lambda: subprocess.run(command, capture_output=True, text=True, env=env))
+    done, seconds = _timed(lambda: subprocess.run(command, capture_output=True, text=True))
     if done.returncode != 0:
         raise RuntimeError(f"hico predict failed in the benchmark:\n{done.stderr[-2000:]}")
     return seconds

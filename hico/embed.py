@@ -11,7 +11,6 @@ Vector columns hold float32 arrays; `level_matrix(table, name)` stacks one into 
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import logging
 import warnings
@@ -19,62 +18,18 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm.auto import tqdm
 
-from hico.checkpoint import find_checkpoint, load_run, read_sidecar
+from hico.checkpoint import find_checkpoint, read_sidecar
 from hico.data import assign_splits, build_cache, find_clips
-from hico.data.augment import normalise, to_unit
 from hico.errors import HiCoError
-from hico.model import channels_last
+from hico.files import atomic_path
+from hico.inference import embed_frames, load_run, resolve_device
 from hico.paths import expand_path
-from hico.train import resolve_device
 
 log = logging.getLogger(__name__)
 VECTOR_COLUMNS = ("backbone", "local", "medium", "global", "z_local", "z_medium", "z_global")
 LEVEL_COLUMNS = ("local", "medium", "global", "backbone")
-
-
-def bf16_inference(device: torch.device) -> bool:
-    """Whether inference runs under bf16 autocast here: on CUDA, and on CPUs with native bf16
-    (AVX512-BF16 or AMX), where it halves the time; embeddings then agree with float32 to a cosine
-    of 0.9999. Elsewhere bf16 would be emulated and slower, so float32 is kept."""
-    if device.type == "cuda":
-        return True
-    if device.type != "cpu":
-        return False
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):  # a build without oneDNN
-        return False
-
-
-def inference_autocast(device: torch.device):
-    """The autocast context `embed_frames` runs the model in (see bf16_inference)."""
-    if bf16_inference(device):
-        return torch.autocast(device.type, dtype=torch.bfloat16)
-    return contextlib.nullcontext()
-
-
-@torch.no_grad()
-def embed_frames(model, frames: torch.Tensor, device: torch.device, batch_size: int = 64,
-                 progress: bool = False) -> dict[str, np.ndarray]:
-    """frames: N x C x S x S uint8 -> {column: N x d float32} for every vector column (and logits).
-
-    The model runs in channels_last memory layout (faster convolutions on CPU and GPU alike) and
-    under `inference_autocast`; it is put back in its own layout afterwards.
-    """
-    model.eval()
-    chunks: dict[str, list] = {}
-    with channels_last(model):
-        for start in tqdm(range(0, frames.shape[0], batch_size), desc="embedding", unit="batch",
-                          disable=not progress, leave=False):
-            x = normalise(to_unit(frames[start:start + batch_size].to(device)))
-            with inference_autocast(device):
-                out = model.embed(x.contiguous(memory_format=torch.channels_last))
-            for key, value in out.items():
-                chunks.setdefault(key, []).append(value.float().cpu().numpy())
-    return {k: np.concatenate(v) for k, v in chunks.items()}
 
 
 def default_output(run_dir: Path, data_dir: Path, checkpoint: str, step: int, max_frames: int) -> Path:
@@ -109,13 +64,14 @@ def embed_dataset(run_dir: str | Path, data_dir: str | Path, out: str | Path | N
     if reuse and out is None and target.is_file():
         return load_embeddings(target), target
     dev = resolve_device(device)
-    cfg, model, sidecar = load_run(run_dir, name, dev)
+    loaded = load_run(run_dir, name, dev)
+    cfg, sidecar = loaded.cfg, loaded.sidecar
     dataset = find_clips(data_dir, cfg.data.frame_folders)
     same_data = bool(cfg.data.root) and expand_path(cfg.data.root).resolve() == data_dir.resolve()
     splits = assign_splits(dataset, cfg.data.val_fraction, cfg.train.seed) if same_data else None
     cache_dir = expand_path(cfg.data.cache_dir) if cfg.data.cache_dir else None
     cache = build_cache([c.path for c in dataset.clips], cfg.data.size, frames_cap, cache_dir, progress)
-    vectors = embed_frames(model, cache.frames, dev, batch_size, progress)
+    vectors = embed_frames(loaded.model, cache.frames, dev, batch_size, progress)
     rows = {"video_id": [], "frame": [], "label": [], "path": [], "split": []}
     for i, clip in enumerate(dataset.clips):
         n = int(cache.lengths[i])
@@ -131,7 +87,8 @@ def embed_dataset(run_dir: str | Path, data_dir: str | Path, out: str | Path | N
     target.parent.mkdir(parents=True, exist_ok=True)
     if out is None:
         _drop_stale(target)
-    table.to_parquet(target, index=False)
+    with atomic_path(target) as tmp:
+        table.to_parquet(tmp, index=False)
     log.info("wrote %d frame embeddings to %s", len(table), target)
     return table, target
 
@@ -174,9 +131,8 @@ def load_projections(table_path: str | Path) -> dict[str, np.ndarray]:
 def save_projections(table_path: str | Path, projections: dict[str, np.ndarray]) -> Path:
     """Write {view: N x 2} beside the table, atomically (a reader sees the old file or the new)."""
     path = projections_path(table_path)
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, **projections)
-    tmp.replace(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **projections)
     return path
 
 

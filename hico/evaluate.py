@@ -1,6 +1,6 @@
 """Linear-probe and kNN accuracy of each level's frozen embeddings, split by video.
 
-Protocol (METHOD.md, "Evaluation as published"): features standardised, then logistic
+Protocol (the linear evaluation USCL and HiCo publish): features standardised, then logistic
 regression and a k-nearest-neighbour classifier (k = 10). Folds are by video: no frame of a
 test video is ever in training. With a manifest `test` split, that split is the test set;
 otherwise stratified group k-fold over the labelled videos. Accuracy is reported per frame and
@@ -23,6 +23,7 @@ from sklearn.preprocessing import StandardScaler
 
 from hico.embed import LEVEL_COLUMNS, embed_dataset, level_matrix
 from hico.errors import HiCoError
+from hico.files import atomic_path
 
 log = logging.getLogger(__name__)
 FEATURES = (*LEVEL_COLUMNS, "concat")  # concat = local + medium + global
@@ -96,5 +97,6 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, folds: int = 5, k: i
     table, table_path = embed_dataset(run_dir, data_dir, device=device, progress=progress)
     results = evaluate_embeddings(table, folds, k, seed)
     target = table_path.with_suffix(".eval.csv")
-    results.to_csv(target, index=False)
+    with atomic_path(target) as tmp:
+        results.to_csv(tmp, index=False)
     return results, target

@@ -1,6 +1,6 @@
 """HiCo's losses: NT-Xent, soft-label cross-entropy, and their weighted sum over levels.
 
-Notation (METHOD.md): l, m, g are the local, medium and global projections, 1 and 2 the views.
+Notation (the HiCo paper's): l, m, g are the local, medium and global projections, 1 and 2 the views.
     peer  = NT(l1, l2) + NT(m1, m2) + NT(g1, g2)
     cross = NT(g1, m1) + NT(g2, m2) + NT(g1, l1) + NT(g2, l2)   (same_view pairing)
             NT(g1, m2) + NT(g2, m1) + NT(g1, l2) + NT(g2, l1)   (cross_view pairing)

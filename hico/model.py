@@ -1,4 +1,4 @@
-"""ResNet + FPN encoder with per-level projection heads and a small classifier (METHOD.md).
+"""ResNet + FPN encoder with per-level projection heads and a small classifier, as HiCo describes them.
 
 Shapes, for an input of B x C x S x S (C is 1 for gray or 3 for colour):
     C2..C5  backbone stage outputs, strides 4, 8, 16, 32 (64..512 channels for ResNet-18)
@@ -12,7 +12,6 @@ Shapes, for an input of B x C x S x S (C is 1 for gray or 3 for colour):
 
 from __future__ import annotations
 
-import contextlib
 import math
 
 import torch
@@ -109,8 +108,8 @@ class ResNet(nn.Module):
 class FPN(nn.Module):
     """Top-down pyramid: P5 = lateral(C5); Pk = smooth(up(top-down) + lateral(Ck)) for k < 5.
 
-    The top-down path carries the unsmoothed sums (METHOD.md); smoothing convs exist only
-    for the levels that are used.
+    The top-down path carries the unsmoothed sums (as the published code does: each level is
+    upsampled before its smoothing conv); smoothing convs exist only for the levels that are used.
     """
 
     def __init__(self, channels: tuple[int, ...], dim: int, levels: tuple[str, ...]):
@@ -222,17 +221,6 @@ class HiCoModel(nn.Module):
             for name in LEVELS:
                 out[f"probe_{name}"] = self.probes[name](out[name])
         return out
-
-
-@contextlib.contextmanager
-def channels_last(model: nn.Module):
-    """Run the model in channels_last memory layout inside the block (its convolutions are faster
-    so on CPUs and GPUs, with the same float32 arithmetic), and put its layout back after."""
-    model.to(memory_format=torch.channels_last)
-    try:
-        yield model
-    finally:
-        model.to(memory_format=torch.contiguous_format)
 
 
 def build_model(cfg: Config, num_classes: int) -> HiCoModel:

@@ -15,13 +15,10 @@ import numpy as np
 import pandas as pd
 import torch
 
-from hico.checkpoint import load_run
-from hico.data.cache import resize_frames
-from hico.embed import embed_frames
 from hico.errors import HiCoError
+from hico.inference import LoadedRun, embed_frames, frames_for_model, load_run, resolve_device
 from hico.io import clip_kind, read_clip, read_clip_meta
 from hico.model import LEVELS
-from hico.train import resolve_device
 
 
 @dataclass
@@ -68,19 +65,19 @@ def read_for_prediction(clip: Path, max_clip_frames: int, max_frames: int | None
     return read_clip(clip, max_frames=max_frames)
 
 
-def predict_clip(run_dir: str | Path, clip: str | Path, device: str = "auto", max_frames: int | None = None,
-                 batch_size: int = 64, model_bundle=None, mask_screen: bool = True) -> Prediction:
-    """Classify every frame of `clip` with the run's classifier (and its level probes).
+def predict_clip(run: str | Path | LoadedRun, clip: str | Path, device: str = "auto", max_frames: int | None = None,
+                 batch_size: int = 64, mask_screen: bool = True) -> Prediction:
+    """Classify every frame of `clip` with a run's classifier (and its level probes).
 
-    `model_bundle` (the tuple `load_run` returns) skips reloading the model for repeated calls.
+    `run` is a run folder, or a `LoadedRun` (hico.inference.load_run) to skip reloading the model
+    on repeated calls; a LoadedRun is only read, so threads may share one.
     Raises HiCoError when the clip cannot be read, is too long, or the run has no classifier.
     """
     clip = Path(clip).expanduser()
-    dev = resolve_device(device)
-    cfg, model, sidecar = model_bundle or load_run(run_dir, "auto", dev)
-    classes = sidecar.get("classes") or []
-    if not classes or model.classifier is None:
-        raise HiCoError(f"Run {run_dir} has no classifier to predict with: it was trained without labels "
+    loaded = run if isinstance(run, LoadedRun) else load_run(run, "auto", resolve_device(device))
+    cfg, model = loaded.cfg, loaded.model
+    if not loaded.classes or model.classifier is None:
+        raise HiCoError(f"Run {loaded.run_dir} has no classifier to predict with: it was trained without labels "
                         f"or with loss.mode={cfg.loss.mode}.")
     original = read_for_prediction(clip, cfg.data.max_clip_frames, max_frames)
     mask = None
@@ -89,19 +86,21 @@ def predict_clip(run_dir: str | Path, clip: str | Path, device: str = "auto", ma
         from hico.screen import mask_frames
 
         visible, mask = mask_frames(original)
-    frames = resize_frames(visible, cfg.data.size)
-    out = embed_frames(model, torch.from_numpy(frames), next(model.parameters()).device, batch_size)
+    frames = frames_for_model(visible, loaded.size)
+    out = embed_frames(model, torch.from_numpy(frames), loaded.device, batch_size)
     softmax = lambda logits: torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()  # noqa: E731
     probs = softmax(out["logits"])
     levels = {name: softmax(out[f"probe_{name}"]) for name in LEVELS if f"probe_{name}" in out}
-    return Prediction(clip, list(classes), probs, probs.mean(axis=0), frames, original, mask, levels)
+    return Prediction(clip, loaded.classes, probs, probs.mean(axis=0), frames, original, mask, levels)
 
 
 def saliency_video(prediction: Prediction, model, level: str = "all", alpha: float = 0.45) -> np.ndarray:
     """Grad-CAM over the original frames: T x H x W x 3 uint8 for one level, or the local, medium
-    and global levels side by side for `all`."""
-    from hico.saliency import grad_cams, overlay, side_by_side
+    and global levels side by side for `all`. `model` is in eval mode (a LoadedRun's) and is only read."""
+    from hico.saliency import SALIENCY_LEVELS, grad_cams, overlay, side_by_side
 
+    if level != "all" and level not in SALIENCY_LEVELS:
+        raise HiCoError(f"Unknown saliency level {level!r}: choose all, {', '.join(SALIENCY_LEVELS)}.")
     levels = list(LEVELS) if level == "all" else [level]
     cams = grad_cams(model, torch.from_numpy(prediction.frames), levels=levels)
     base = prediction.original if prediction.original is not None else prediction.frames.transpose(0, 2, 3, 1)

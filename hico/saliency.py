@@ -24,10 +24,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
-from hico.data.augment import normalise, to_unit
 from hico.errors import HiCoError
+from hico.inference import check_eval, model_input
 from hico.io import write_mp4
-from hico.model import LEVELS, channels_last
+from hico.model import LEVELS
 
 SALIENCY_LEVELS = ("local", "medium", "global", "backbone")
 
@@ -57,30 +57,25 @@ def grad_cams(model, frames, levels=SALIENCY_LEVELS, class_index: int | None = N
     frames: uint8 T x C x H x W, C = 1 or 3 (a tensor or an array, as `Prediction.frames` holds them).
     class_index: the class whose score is explained; None means each frame's own predicted class by
     the level's head. Returns {level: float32 T x H x W in [0, 1]}, each frame divided by its maximum
-    (a frame with no positive evidence stays all zero). The model runs in eval mode and is left in
-    the mode it came in; no parameter gradients are kept.
+    (a frame with no positive evidence stays all zero). The model must be in eval mode (as
+    `hico.inference.load_run` gives it) and is only read: no mode switch, no parameter gradients,
+    so threads may share it.
     Raises HiCoError for an unknown level, a model trained without labels, or a class out of range.
     """
     levels = (levels,) if isinstance(levels, str) else tuple(levels)
     _check_request(model, levels, class_index)
+    check_eval(model, "grad_cams")
     frames = torch.as_tensor(frames)
     if frames.ndim != 4 or frames.dtype != torch.uint8:
         raise ValueError(f"grad_cams needs uint8 T x C x H x W frames, got {frames.dtype} {tuple(frames.shape)}")
     device = next(model.parameters()).device
     size = tuple(frames.shape[-2:])
     chunks: dict[str, list[np.ndarray]] = {level: [np.zeros((0, *size), np.float32)] for level in levels}
-    was_training = model.training
-    model.eval()
-    try:
-        with channels_last(model):
-            for start in range(0, frames.shape[0], batch_size):
-                x = normalise(to_unit(frames[start:start + batch_size].to(device)))
-                with torch.no_grad():
-                    maps = model.features(x.contiguous(memory_format=torch.channels_last))
-                for level, cam in _coarse_cams(model, maps, levels, class_index).items():
-                    chunks[level].append(upsample_normalised(cam, size).cpu().numpy())
-    finally:
-        model.train(was_training)
+    for start in range(0, frames.shape[0], batch_size):
+        with torch.no_grad():
+            maps = model.features(model_input(frames[start:start + batch_size], device))
+        for level, cam in _coarse_cams(model, maps, levels, class_index).items():
+            chunks[level].append(upsample_normalised(cam, size).cpu().numpy())
     return {level: np.concatenate(parts) for level, parts in chunks.items()}
 
 

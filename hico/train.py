@@ -24,34 +24,28 @@ from tqdm.auto import tqdm
 
 from hico import __version__
 from hico import config as config_mod
-from hico.checkpoint import load_init_weights, load_state, load_weights, read_sidecar, save_checkpoint
+from hico import distributed, runs
+from hico.checkpoint import (clean_checkpoints, load_init_weights, load_state, load_weights, read_sidecar,
+                             save_checkpoint)
+from hico.checkpoint import checkpoint_file
 from hico.config import Config
 from hico.data import FrameCache, assign_splits, build_cache, find_clips, labelled_mask, sample_views
 from hico.data.dataset import Dataset
-from hico import distributed
 from hico.errors import HiCoError
-from hico.paths import expand_path
+from hico.files import write_json
+from hico.inference import resolve_device
 from hico.losses import TERMS, HiCoLoss, probe_loss
 from hico.metrics import MetricWindow
 from hico.model import architecture, build_model
+from hico.paths import expand_path, hico_home
 
 log = logging.getLogger(__name__)
-STOP_FILE = "STOP"
 # Logged beside the loss terms: the per-level linear probes' cross-entropy (detached features,
 # so it trains the probes and never the encoder).
 METRIC_TERMS = (*TERMS, "probe")
 # data.cache_on=auto keeps the decoded frames on the GPU when they take at most this share of its
 # free memory; the rest is for the model, its activations and the optimizer.
 CACHE_SHARE = 0.5
-
-
-def resolve_device(name: str) -> torch.device:
-    """`auto` picks CUDA when present; asking for CUDA without one is a user error."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise HiCoError(f"Config key device is {name!r} but this machine has no CUDA GPU; use device=cpu or auto.")
-    return torch.device(name)
 
 
 @dataclass
@@ -96,20 +90,11 @@ def batch_videos(step: int, n_train: int, batch: int, seed: int) -> np.ndarray:
     return perm[i * batch:(i + 1) * batch]
 
 
-def write_status(run_dir: Path, **fields) -> None:
-    path = run_dir / "status.json"
-    current = json.loads(path.read_text()) if path.is_file() else {}
-    current.update(fields, updated=time.time())
-    tmp = path.with_name(f".status.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(current, indent=2))
-    os.replace(tmp, path)
-
-
 class _StopFlag:
-    """Set by SIGTERM/SIGINT or a STOP file in the run folder: the loop checkpoints and ends."""
+    """Set by SIGTERM/SIGINT or a stop request in the run folder: the loop checkpoints and ends."""
 
     def __init__(self, run_dir: Path):
-        self.file = run_dir / STOP_FILE
+        self.run_dir = run_dir
         self.raised = False
         self._old = {}
 
@@ -117,7 +102,7 @@ class _StopFlag:
         try:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._old[sig] = signal.signal(sig, self._handle)
-        except ValueError:  # not the main thread: the STOP file still works
+        except ValueError:  # not the main thread: the stop request file still works
             pass
         return self
 
@@ -129,7 +114,24 @@ class _StopFlag:
             signal.signal(sig, old)
 
     def __bool__(self) -> bool:
-        return self.raised or self.file.exists()
+        return self.raised or runs.stop_requested(self.run_dir)
+
+
+def check_config(cfg: Config) -> Dataset:
+    """What can be checked before a run folder is made: the device, the compile mode on it, the
+    dataset (found and not empty) and, for loss.mode=supervised, labels. Returns the dataset;
+    HiCoError with the reason otherwise, so a bad run never leaves a folder behind."""
+    device = resolve_device(cfg.device)
+    if cfg.train.compile != "none" and device.type != "cuda":
+        # torch 2.13's Inductor fails to generate the CPU code of this model's backward pass.
+        raise HiCoError(f"Config key train.compile={cfg.train.compile!r} needs a CUDA GPU; use train.compile=none "
+                        f"on the CPU.")
+    dataset = find_clips(cfg.data.root, cfg.data.frame_folders)
+    if cfg.loss.mode == "supervised" and (cfg.data.label_fraction <= 0
+                                          or not any(c.label is not None for c in dataset.clips)):
+        raise HiCoError(f"loss.mode=supervised needs labelled clips, and dataset {cfg.data.root} has none "
+                        f"(or data.label_fraction is 0).")
+    return dataset
 
 
 class Trainer:
@@ -145,10 +147,7 @@ class Trainer:
             self.device = torch.device("cuda", self.world.local_rank)
             torch.cuda.set_device(self.device)
         self.cuda = self.device.type == "cuda"
-        if cfg.train.compile != "none" and not self.cuda:
-            # torch 2.13's Inductor fails to generate the CPU code of this model's backward pass.
-            raise HiCoError(f"Config key train.compile={cfg.train.compile!r} needs a CUDA GPU; use train.compile=none "
-                            f"on the CPU.")
+        check_config(cfg)
         distributed.init(self.world, self.cuda)
         torch.manual_seed(cfg.train.seed)
         self.data = prepare_data(cfg, self.progress)
@@ -211,15 +210,15 @@ class Trainer:
         if sidecar.get("classes", []) != self.classes:
             raise HiCoError(f"Run {self.run_dir} was trained on classes {sidecar.get('classes')} but the dataset "
                             f"now has {self.classes}; resume needs the same dataset.")
-        load_weights(self.raw_model, folder / "last.safetensors", architecture(self.cfg, len(self.classes)),
-                     sidecar.get("architecture"))
-        state = load_state(folder, "last")
+        state = load_state(folder, "last")  # checked against the sidecar's step: a torn checkpoint is refused
+        load_weights(self.raw_model, checkpoint_file(folder, "last", "weights", sidecar),
+                     architecture(self.cfg, len(self.classes)), sidecar.get("architecture"))
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.step = int(state["step"])
         self.best_val = float(state.get("best_val", float("inf")))
         self.best_step = state.get("best_step")
-        _truncate_metrics(self.run_dir / "metrics.jsonl", self.step)
+        runs.truncate_metrics(self.run_dir, self.step)
         log.info("resumed %s at step %d", self.run_dir, self.step)
 
     def _autocast(self):
@@ -321,7 +320,7 @@ class Trainer:
         if self.main:
             metrics_file.write(json.dumps(line) + "\n")
             metrics_file.flush()
-            write_status(self.run_dir, step=line["step"], epoch=line["epoch"])
+            runs.write_status(self.run_dir, step=line["step"], epoch=line["epoch"])
         bar.set_postfix(loss=f"{line['total']:.3f}", img_s=f"{line['images_per_s']:.0f}")
         self.last_metrics = line
 
@@ -330,15 +329,15 @@ class Trainer:
         t = self.cfg.train
         run_dir = self.run_dir
         if self.main:
-            write_status(run_dir, state="running", pid=os.getpid(), step=self.step, total_steps=self.total_steps,
-                         device=str(self.device), error=None, ranks=self.world.size)
+            runs.write_status(run_dir, state="running", pid=os.getpid(), step=self.step, total_steps=self.total_steps,
+                              device=str(self.device), error=None, ranks=self.world.size)
         window = MetricWindow(METRIC_TERMS, self.device)
         started = time.perf_counter()
         steps_done, state = 0, "finished"
         self.last_metrics = {}
         bar = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step",
                    disable=not self.progress, dynamic_ncols=True)
-        log_file = (run_dir / "metrics.jsonl").open("a") if self.main else contextlib.nullcontext()
+        log_file = (run_dir / runs.METRICS).open("a") if self.main else contextlib.nullcontext()
         with _StopFlag(run_dir) as stop, log_file as metrics_file:
             while self.step < self.total_steps:
                 # Several ranks agree on stopping through a collective, which waits for the device:
@@ -382,8 +381,10 @@ class Trainer:
                    "classes": self.classes, "best_val_contrastive": None if self.best_step is None else self.best_val,
                    "best_step": self.best_step, "device": str(self.device), "final": self.last_metrics}
         if self.main:
-            (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-            write_status(run_dir, state=state, step=self.step)
+            write_json(run_dir / runs.SUMMARY, summary)
+            runs.write_status(run_dir, state=state, step=self.step)
+            if state == "stopped":
+                runs.clear_stop(run_dir)  # the request is spent
         return summary
 
 
@@ -395,38 +396,82 @@ def _gpu_utilisation(device: torch.device) -> dict:
         return {}
 
 
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines logged after the checkpoint a run resumes from."""
-    if not path.is_file():
-        return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
-    path.write_text("".join(ln + "\n" for ln in lines))
-
-
 def train(cfg: Config, run_dir: str | Path, resume: bool = False, stop_at_step: int | None = None,
           progress: bool = True) -> dict:
     """Pretrain HiCo as `cfg` says into `run_dir`; returns the run summary.
 
     A new run refuses a folder that already holds one; `resume=True` continues from its `last`
     checkpoint. `stop_at_step` stops cleanly (with a checkpoint) once that step is reached.
+    While it trains, this process holds the run folder's lock (and, on a GPU, the GPU's), so any
+    other process can tell the run is alive and none can train the same folder or GPU beside it.
     """
     run_dir = Path(run_dir).expanduser()
     if not distributed.world_from_env().main:  # other ranks of a torchrun job train and write nothing
         return Trainer(cfg, run_dir, resume=resume, progress=False).run(stop_at_step=stop_at_step)
     if not resume and (run_dir / "checkpoints").exists():
         raise HiCoError(f"Run folder {run_dir} already holds a run; resume it with --resume {run_dir} or pick another.")
-    if resume and not (run_dir / "checkpoints" / "last.json").is_file():
+    if resume and "last" not in runs.checkpoint_names(run_dir):
         raise HiCoError(f"Run folder {run_dir} has no checkpoint to resume from.")
+    check_config(cfg)  # before the folder exists: a bad config leaves nothing behind
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / STOP_FILE).unlink(missing_ok=True)  # a stop request of an earlier session is spent
-    config_mod.save(cfg, run_dir / "config.yaml")
+    with contextlib.ExitStack() as held, _sigterm_as_interrupt():
+        held.enter_context(runs.hold_run(run_dir))
+        device_lock = runs.hold_device(resolve_device(cfg.device), run_dir, hico_home())
+        if device_lock is not None:
+            held.enter_context(device_lock)
+        runs.discard_stale_stop(run_dir)
+        clean_checkpoints(run_dir / "checkpoints")  # what an interrupted save left
+        try:
+            config_mod.save(cfg, run_dir / runs.CONFIG)
+            trainer = Trainer(cfg, run_dir, resume=resume, progress=progress)
+            return trainer.run(stop_at_step=stop_at_step)
+        except KeyboardInterrupt:  # before the loop took over Ctrl-C and SIGTERM: nothing to checkpoint yet
+            _final_status(run_dir, state="stopped", error=None)
+            raise
+        except OSError as exc:
+            if not _inside(exc.filename, run_dir):
+                _final_status(run_dir, state="failed", error=f"{type(exc).__name__}: {exc}")
+                raise
+            # the run folder stopped taking writes (made read-only, its disk full)
+            message = (f"Cannot write to run folder {run_dir} ({exc.strerror or exc}); training stopped. "
+                       f"Its last complete checkpoint is kept.")
+            _final_status(run_dir, state="failed", error=message)
+            raise HiCoError(message) from exc
+        except BaseException as exc:
+            message = str(exc) if isinstance(exc, HiCoError) else f"{type(exc).__name__}: {exc}"
+            _final_status(run_dir, state="failed", error=message)
+            raise
+
+
+def _inside(filename, folder: Path) -> bool:
+    if not filename:
+        return False
     try:
-        trainer = Trainer(cfg, run_dir, resume=resume, progress=progress)
-        return trainer.run(stop_at_step=stop_at_step)
-    except KeyboardInterrupt:  # before the loop took over Ctrl-C: nothing to checkpoint yet
-        write_status(run_dir, state="stopped", error=None)
-        raise
-    except BaseException as exc:
-        message = str(exc) if isinstance(exc, HiCoError) else f"{type(exc).__name__}: {exc}"
-        write_status(run_dir, state="failed", error=message)
-        raise
+        return Path(os.fsdecode(filename)).resolve().is_relative_to(folder.resolve())
+    except (OSError, ValueError):
+        return False
+
+
+def _final_status(run_dir: Path, **fields) -> None:
+    """Write a run's last status if the folder still takes writes; the lock going tells the rest."""
+    try:
+        runs.write_status(run_dir, **fields)
+    except OSError as exc:
+        log.warning("could not write the status of %s (%s)", run_dir, exc)
+
+
+@contextlib.contextmanager
+def _sigterm_as_interrupt():
+    """Until the training loop installs its own handler, SIGTERM stops a run as Ctrl-C does."""
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    try:
+        old = signal.signal(signal.SIGTERM, interrupt)
+    except ValueError:  # not the main thread
+        yield
+        return
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)

@@ -41,7 +41,8 @@ def live_app(tmp_path_factory):
     from app.ui import launch
 
     port = free_port()
-    blocks, hico_app = launch(port=port, demo=False, prevent_thread_lock=True, home=home, max_upload_mb=5)
+    blocks, hico_app = launch(port=port, demo=False, prevent_thread_lock=True, home=home, max_upload_mb=5,
+                              data_dirs=[base / "data"])
     url = f"http://127.0.0.1:{port}/"
     yield url, home, data, hico_app
     hico_app.jobs.shutdown()

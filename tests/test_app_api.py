@@ -6,9 +6,11 @@ import pytest
 from gradio_client import Client, handle_file
 
 from app import train_tab
-from app.jobs import Jobs, list_runs, read_run
+from app.access import Access
+from app.jobs import Jobs
 from app.ui import HiCoApp
 from hico.errors import HiCoError
+from hico.runs import list_runs, read_run
 from tests.app_fixtures import EXAMPLES, live_app, wait_for  # noqa: F401
 
 
@@ -27,7 +29,7 @@ def test_training_through_the_api(client, live_app):  # noqa: F811
     _, home, data, _ = live_app
     refused = client.predict(dataset=str(data), size=16, api_name="/start_training")
     assert refused["ok"] is False and "data.size must be at least 32" in refused["message"]
-    missing = client.predict(dataset="/no/such/data", api_name="/start_training")
+    missing = client.predict(dataset=str(data / "no-such-folder"), api_name="/start_training")
     assert missing["ok"] is False and "does not exist" in missing["message"]
     started = client.predict(dataset=str(data), size=32, batch_size=4, epochs=2, device="cpu",
                              api_name="/start_training")
@@ -40,7 +42,7 @@ def test_training_through_the_api(client, live_app):  # noqa: F811
     assert run["name"] == started["run"] and run["step"] == run["total_steps"] == 2
     assert run["last"]["step"] == 2 and run["last"]["total"] > 0
     assert {r["run"] for r in status["runs"]} >= {"tiny", started["run"]}
-    assert client.predict(api_name="/stop_training") == "No run is training."
+    assert client.predict(api_name="/stop_training") == {"ok": False, "message": "No run is training."}
 
 
 def test_embeddings_endpoint(client, live_app):  # noqa: F811
@@ -78,9 +80,12 @@ def test_jobs_refuse_bad_values_and_report_crashes(tmp_path, monkeypatch):
     jobs = Jobs(tmp_path / "runs")
     with pytest.raises(HiCoError, match="train.batch_size must be at least 1"):
         jobs.start({"data": {"root": str(tmp_path)}, "train": {"batch_size": 0}})
+    with pytest.raises(HiCoError, match="holds no clips"):
+        jobs.start({"data": {"root": str(tmp_path)}})
+    assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())  # nothing left behind
     # a child that dies at once: its run is reported failed with the log's last lines
     jobs.python = "/bin/false"
-    run = jobs.start({"data": {"root": str(tmp_path)}})
+    run = jobs.start({"data": {"root": str(EXAMPLES)}, "device": "cpu"})
     wait_for(lambda: jobs.active() is None, timeout=20)
     info = read_run(run)
     assert info.state == "failed" and "ended without a word" in info.error
@@ -93,9 +98,10 @@ def test_progress_and_form_validation(tmp_path, monkeypatch):
                       "images_per_s": 100.0, "eta_s": 125.0}}
     html = train_tab.progress_html(status)
     assert "width:25.0%" in html and "step 5/20" in html and "ETA 2 min 05 s" in html and "100 images/s" in html
+    access = Access(tmp_path, data_dirs=[EXAMPLES])
     with pytest.raises(HiCoError, match="whole number"):
-        train_tab.form_values(tmp_path, str(EXAMPLES), 32.5, 4, 1, 3e-4, "hico", 0.5, 0.5, 0.2, 1.0, "cpu")
-    values = train_tab.form_values(tmp_path, str(EXAMPLES), 48, 4, 3, 1e-3, "peer", 0.5, 0.5, 0.2, 0.5, "cpu")
+        train_tab.form_values(access, str(EXAMPLES), 32.5, 4, 1, 3e-4, "hico", 0.5, 0.5, 0.2, 1.0, "cpu")
+    values = train_tab.form_values(access, str(EXAMPLES), 48, 4, 3, 1e-3, "peer", 0.5, 0.5, 0.2, 0.5, "cpu")
     assert values["data"]["size"] == 48 and values["loss"]["mode"] == "peer" and values["train"]["lr"] == 1e-3
     assert json.dumps(values)  # plain data, ready for config.from_dict
 
@@ -118,8 +124,8 @@ def test_stop_ends_a_live_run_with_a_checkpoint(tmp_path, monkeypatch):
                       "train": {"batch_size": 2, "max_steps": 500, "warmup_epochs": 0, "log_every": 1,
                                 "checkpoint_every": 1}, "device": "cpu"})
     wait_for(lambda: read_run(run).step >= 2, timeout=120)
-    message = jobs.stop(timeout=60)
-    assert message.startswith(f"Stopped {run.name} at step")
+    asked, message = jobs.stop(timeout=60)
+    assert asked and message.startswith(f"Stopped {run.name} at step")
     info = read_run(run)
     assert info.state == "stopped" and 2 <= info.step < 500 and info.resumable
     sidecar = json.loads((run / "checkpoints" / "last.json").read_text())

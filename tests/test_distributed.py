@@ -68,7 +68,7 @@ def test_torchrun_trains_with_two_cpu_ranks_and_rank_zero_writes(class_dataset, 
     import subprocess
     import sys
 
-    from hico.checkpoint import load_run
+    from hico.inference import load_run
 
     run = tmp_path / "run"
     env = dict(os.environ, HICO_HOME=str(tmp_path / "home"))
@@ -83,8 +83,8 @@ def test_torchrun_trains_with_two_cpu_ranks_and_rank_zero_writes(class_dataset, 
     # 6 training videos, 2 per rank: a global batch of 4, one step per epoch
     lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [x["step"] for x in lines] == [1, 2] and all(x["total"] > 0 for x in lines)
-    _, model, sidecar = load_run(run, "last")
-    assert sidecar["step"] == 2 and not any(k.startswith("module.") for k in model.state_dict())
+    loaded = load_run(run, "last")
+    assert loaded.step == 2 and not any(k.startswith("module.") for k in loaded.model.state_dict())
     # resume works the same with two ranks: a third epoch continues the run from its checkpoint
     resume = [*cmd[:cmd.index("--config")], "--resume", str(run), "train.epochs=3"]
     done = subprocess.run(resume, env=env, capture_output=True, text=True, timeout=240)

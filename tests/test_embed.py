@@ -1,9 +1,11 @@
 """Embedding and projection pieces on their own: exact cosine neighbours, UMAP, inference precision."""
 
 import numpy as np
+import pytest
 import torch
 
-from hico.embed import bf16_inference, cosine_knn, embed_frames, project
+from hico.embed import cosine_knn, project
+from hico.inference import bf16_inference, embed_frames, freeze
 from hico.model import HiCoModel
 
 
@@ -59,13 +61,18 @@ def test_umap_on_a_handful_of_rows_falls_back_to_pca():
     assert project(_clusters(n=6)[0], "umap").shape == (6, 2)
 
 
-def test_embed_frames_agrees_with_float32_model_and_restores_layout():
+def test_embed_frames_agrees_with_float32_model_and_leaves_the_model_alone():
     torch.manual_seed(0)
-    model = HiCoModel(input_size=32, num_classes=3).eval()
+    model = freeze(HiCoModel(input_size=32, num_classes=3))
+    layouts = [p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters()]
     frames = torch.randint(0, 256, (10, 1, 32, 32), dtype=torch.uint8)
     out = embed_frames(model, frames, torch.device("cpu"), batch_size=4)
     assert out["local"].shape == (10, 256) and out["logits"].shape == (10, 3)
-    assert model.trunk.conv1.weight.is_contiguous()  # channels_last only while embedding
+    # nothing about the model changes: threads may share it
+    assert [p.is_contiguous(memory_format=torch.channels_last) for p in model.parameters()] == layouts
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    with pytest.raises(ValueError, match="eval mode"):
+        embed_frames(HiCoModel(input_size=32), frames, torch.device("cpu"))
     with torch.no_grad():
         ref = model.embed((frames.float() / 255 - 0.5) / 0.25)
     for key in ("backbone", "local", "z_global", "logits"):

@@ -15,7 +15,7 @@ from hico.config import DataConfig
 from hico.data import sample_views
 from hico.data.cache import FrameCache
 from hico.data.views import gather_frames
-from hico.embed import embed_frames
+from hico.inference import embed_frames, freeze
 from hico.metrics import MetricWindow
 from hico.model import HiCoModel
 from hico.train import train
@@ -96,7 +96,7 @@ def test_compiled_run_trains_and_saves_plain_weights(class_dataset, tmp_path):
 
 def test_gpu_embeddings_agree_with_float32():
     torch.manual_seed(0)
-    model = HiCoModel(input_size=32, num_classes=3).to(CUDA).eval()
+    model = freeze(HiCoModel(input_size=32, num_classes=3).to(CUDA))
     frames = torch.randint(0, 256, (10, 1, 32, 32), dtype=torch.uint8)
     out = embed_frames(model, frames, CUDA, batch_size=4)
     with torch.no_grad():

@@ -50,7 +50,7 @@ def test_flatten_heads_are_the_published_size_at_224():
     pooled = sum(p.numel() for p in HiCoModel(input_size=224).parameters())
     flatten = HiCoModel(input_size=224, heads="flatten")
     local = sum(p.numel() for p in flatten.heads["local"].parameters())
-    assert local == 256 * 56 * 56 * 256 + 256 + 256 * 256 + 256  # about 205 M, as METHOD.md says
+    assert local == 256 * 56 * 56 * 256 + 256 + 256 * 256 + 256  # about 205 M: the published code's local head at 224 px
     assert 12e6 < pooled < 14e6
     assert 270e6 < sum(p.numel() for p in flatten.parameters()) < 290e6
 

@@ -162,12 +162,12 @@ def test_embeddings_of_an_earlier_step_are_replaced(tmp_path):
 
 
 def test_a_clip_over_the_length_limit_is_refused(trained, tmp_path):
-    from hico.checkpoint import load_run
+    from hico.inference import load_run
 
     run, data = trained
-    cfg, model, sidecar = load_run(run, "last")
-    cfg.data.max_clip_frames = 4
+    loaded = load_run(run, "last")
+    loaded.cfg.data.max_clip_frames = 4
     clip = data / "bright" / "bright_0.mp4"
     with pytest.raises(Exception, match=r"has 5 frames, more than data.max_clip_frames \(4\)"):
-        predict_clip(run, clip, model_bundle=(cfg, model, sidecar))
-    assert predict_clip(run, clip, model_bundle=(cfg, model, sidecar), max_frames=4).frame_probs.shape == (4, 2)
+        predict_clip(loaded, clip)
+    assert predict_clip(loaded, clip, max_frames=4).frame_probs.shape == (4, 2)

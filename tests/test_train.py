@@ -8,7 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 from hico import config
-from hico.checkpoint import load_run
+from hico.inference import load_run
 from hico.errors import HiCoError
 from hico.losses import TERMS
 from hico.train import batch_videos, lr_factor, train
@@ -33,10 +33,10 @@ def test_three_steps_are_finite_and_write_a_loadable_run(class_dataset, tmp_path
     assert lines[0]["peer_global"] > 0 and lines[0]["supervised"] > 0 and lines[0]["probe"] > 0
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
     assert config.load(run / "config.yaml").data.size == 32
-    cfg, model, sidecar = load_run(run, "last")
-    assert sidecar["step"] == 3 and sidecar["classes"] == ["bright", "dark"]
+    loaded = load_run(run, "last")
+    assert loaded.step == 3 and loaded.classes == ["bright", "dark"]
     weights = load_file(str(run / "checkpoints" / "last.safetensors"))
-    for name, tensor in model.state_dict().items():
+    for name, tensor in loaded.model.state_dict().items():
         assert torch.equal(weights[name], tensor)
         assert torch.isfinite(tensor.float()).all()
     assert (run / "checkpoints" / "best.json").is_file()  # held-out videos picked a best checkpoint
@@ -119,16 +119,22 @@ def test_refusals_name_the_problem(class_dataset, tmp_path):
         cfg = make_cfg(class_dataset, "model.heads=flatten")
         load_weights(build_model(cfg, 2), run / "checkpoints" / "last.safetensors", architecture(cfg, 2),
                      json.loads((run / "checkpoints" / "last.json").read_text())["architecture"])
-    with pytest.raises(HiCoError, match="no CUDA GPU"):
-        if torch.cuda.is_available():
-            raise HiCoError("no CUDA GPU (skipped: this machine has one)")
-        train(make_cfg(class_dataset, "device=cuda"), tmp_path / "gpu", progress=False)
-    failed = json.loads((tmp_path / "gpu" / "status.json").read_text())
-    assert failed["state"] == "failed" and "no CUDA GPU" in failed["error"]
     with pytest.raises(HiCoError, match=r"train.compile='reduce-overhead' needs a CUDA GPU"):
         train(make_cfg(class_dataset, "train.compile=reduce-overhead", "device=cpu"), tmp_path / "c", progress=False)
+    assert not (tmp_path / "c").exists()  # refused before the run folder was made: no failed run left behind
+    with pytest.raises(HiCoError, match="needs labelled clips"):
+        train(make_cfg(class_dataset, "loss.mode=supervised", "data.label_fraction=0"), tmp_path / "s",
+              progress=False)
+    assert not (tmp_path / "s").exists()
     with pytest.raises(HiCoError, match="data.cache_on must be one of"):
         make_cfg(class_dataset, "data.cache_on=disk")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_cuda_without_a_gpu_is_refused_before_a_folder_is_made(class_dataset, tmp_path):
+    with pytest.raises(HiCoError, match="no CUDA GPU"):
+        train(make_cfg(class_dataset, "device=cuda"), tmp_path / "gpu", progress=False)
+    assert not (tmp_path / "gpu").exists()
 
 
 def test_schedule_and_batches():

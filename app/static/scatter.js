@@ -206,20 +206,28 @@ function placeTip(ev) {
   tipEl.style.top = `${Math.max(0, y)}px`;
 }
 
-function rememberThumb(id, uri) {
-  st.thumbs.set(id, uri);
+// Thumbnails are keyed by the value's `source` (which table the row ids index) and the row id:
+// another table's row 5 is another frame.
+function thumbKey(id) {
+  return `${(st.value && st.value.source) || ""}:${id}`;
+}
+
+function rememberThumb(key, uri) {
+  st.thumbs.set(key, uri);
   if (st.thumbs.size > THUMB_CACHE_SIZE) st.thumbs.delete(st.thumbs.keys().next().value);
 }
 
 function fetchThumb(id) {
-  if (!st.pending.has(id)) {
-    const p = Promise.resolve(server.thumbnail(id))
-      .then((uri) => { if (uri) rememberThumb(id, uri); return uri; })
+  const key = thumbKey(id);
+  if (!st.pending.has(key)) {
+    const source = (st.value && st.value.source) || "";
+    const p = Promise.resolve(server.thumbnail(id, source))
+      .then((uri) => { if (uri) rememberThumb(key, uri); return uri; })
       .catch(() => null)
-      .finally(() => st.pending.delete(id));
-    st.pending.set(id, p);
+      .finally(() => st.pending.delete(key));
+    st.pending.set(key, p);
   }
-  return st.pending.get(id);
+  return st.pending.get(key);
 }
 
 function showTip(k, ev) {
@@ -235,8 +243,8 @@ function showTip(k, ev) {
     tipText.textContent = text;
     clearTimeout(st.hoverTimer);
     if (hasThumbs) {
-      if (st.thumbs.has(id)) {
-        tipImg.src = st.thumbs.get(id);
+      if (st.thumbs.has(thumbKey(id))) {
+        tipImg.src = st.thumbs.get(thumbKey(id));
       } else {
         tipImg.removeAttribute("src");
         st.hoverTimer = setTimeout(() => {

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 
 from hico.config import DataConfig
 
-MEAN, STD = 0.5, 0.25  # per channel, METHOD.md
+MEAN, STD = 0.5, 0.25  # per channel, as the published HiCo code normalises its input
 # RGB -> YIQ and back: hue jitter is a rotation of the chroma plane (I, Q).
 _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
 

@@ -97,28 +97,43 @@ def _walk(folder: Path, frame_folders: bool):
             yield entry
 
 
+def manifest_paths(path: str | Path) -> list[Path]:
+    """The clip paths a CSV manifest lists, resolved against its folder, without opening any of
+    them (for checking where a manifest points before reading what it points at)."""
+    return [clip_path for _, _, clip_path in _manifest_rows(Path(path))]
+
+
+def _manifest_rows(path: Path):
+    """(line number, row with lower-case keys, clip path) for every row of a manifest."""
+    try:
+        with path.open(newline="") as fh:
+            reader = csv.DictReader(fh)
+            fields = [f.strip().lower() for f in (reader.fieldnames or [])]
+            if "path" not in fields:
+                raise HiCoError(f"Manifest {path} needs a header row with a path column (path,label[,split]).")
+            for line, row in enumerate(reader, start=2):
+                row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
+                if not row.get("path"):
+                    raise HiCoError(f"Manifest {path} line {line} has no path.")
+                clip_path = Path(row["path"]).expanduser()
+                if not clip_path.is_absolute():
+                    clip_path = path.parent / clip_path
+                yield line, row, clip_path
+    except UnicodeDecodeError:
+        raise HiCoError(f"Manifest {path} is not a text (UTF-8) CSV file.") from None
+
+
 def _read_manifest(path: Path) -> list[Clip]:
-    with path.open(newline="") as fh:
-        reader = csv.DictReader(fh)
-        fields = [f.strip().lower() for f in (reader.fieldnames or [])]
-        if "path" not in fields:
-            raise HiCoError(f"Manifest {path} needs a header row with a path column (path,label[,split]).")
-        clips, seen = [], set()
-        for line, row in enumerate(reader, start=2):
-            row = {k.strip().lower(): (v or "").strip() for k, v in row.items() if k}
-            if not row.get("path"):
-                raise HiCoError(f"Manifest {path} line {line} has no path.")
-            clip_path = Path(row["path"]).expanduser()
-            if not clip_path.is_absolute():
-                clip_path = path.parent / clip_path
-            if not clip_path.exists():
-                raise HiCoError(f"Manifest {path} line {line}: clip {clip_path} does not exist.")
-            split = row.get("split") or None
-            if split is not None and split not in SPLITS:
-                raise HiCoError(f"Manifest {path} line {line}: split must be train, val or test, got {split!r}.")
-            vid = Path(row["path"]).with_suffix("").as_posix() if clip_path.is_file() else Path(row["path"]).as_posix()
-            if vid in seen:
-                raise HiCoError(f"Manifest {path} line {line}: clip {row['path']} is listed twice.")
-            seen.add(vid)
-            clips.append(Clip(vid, clip_path, row.get("label") or None, split))
+    clips, seen = [], set()
+    for line, row, clip_path in _manifest_rows(path):
+        if not clip_path.exists():
+            raise HiCoError(f"Manifest {path} line {line}: clip {clip_path} does not exist.")
+        split = row.get("split") or None
+        if split is not None and split not in SPLITS:
+            raise HiCoError(f"Manifest {path} line {line}: split must be train, val or test, got {split!r}.")
+        vid = Path(row["path"]).with_suffix("").as_posix() if clip_path.is_file() else Path(row["path"]).as_posix()
+        if vid in seen:
+            raise HiCoError(f"Manifest {path} line {line}: clip {row['path']} is listed twice.")
+        seen.add(vid)
+        clips.append(Clip(vid, clip_path, row.get("label") or None, split))
     return clips

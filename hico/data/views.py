@@ -1,4 +1,5 @@
-"""Positive pairs from videos: three frames, frame mixup around a shared anchor (METHOD.md).
+"""Positive pairs from videos: three frames, frame mixup around a shared anchor (HiCo's pairs, as
+in its published code).
 
 For each video with L frames:
     L >= 3: distinct frames a, b, c; v1 = lam * aug(a) + (1 - lam) * aug(b), v2 = lam * aug(c) + (1 - lam) * aug(b)
