@@ -23,6 +23,8 @@ from hico.data import load_clip_frames
 from hico.embed import LEVEL_COLUMNS, embed_dataset, level_matrix, load_projections, project, save_projections
 from hico.evaluate import evaluate_embeddings
 from hico.errors import HiCoError
+from hico.io import ClipLimits
+from hico.paths import expand_path
 
 log = logging.getLogger(__name__)
 PAIRS = {"global ↔ local": ("z_global", "z_local"), "global ↔ medium": ("z_global", "z_medium")}
@@ -41,7 +43,7 @@ class Embedded:
 
     table: pd.DataFrame
     path: Path
-    size: int
+    data: dict  # the run's `data` config: size, max_frames, cache_dir, limits (how frames were read)
     source: str = ""
     matrices: dict[str, np.ndarray] = field(default_factory=dict)
     projections: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
@@ -73,7 +75,7 @@ class Explorer:
         self.keep = keep
         self._lock = threading.Lock()
         self._loading: dict[tuple[str, str], threading.Lock] = {}
-        self._frames: dict[tuple[str, int], np.ndarray] = {}
+        self._frames: dict[tuple[str, int, int], np.ndarray] = {}
 
     def load(self, run_dir: str | Path, data_dir: str | Path, progress: bool = True) -> Embedded:
         """Embed (or read the cached table), project with PCA, and start UMAP + evaluation."""
@@ -88,8 +90,7 @@ class Explorer:
                 if item is not None and item.path.is_file():
                     return item
             table, path = embed_dataset(run_dir, data_dir, checkpoint=name, progress=progress)
-            item = Embedded(table, path, sidecar["config"]["data"]["size"],
-                            hashlib.sha1(repr(key).encode()).hexdigest()[:16])
+            item = Embedded(table, path, sidecar["config"]["data"], hashlib.sha1(repr(key).encode()).hexdigest()[:16])
             self._load_cached_projections(item)
             for column in LEVEL_COLUMNS:
                 item.projections.setdefault(("pca", column), project(item.matrix(column), "pca"))
@@ -163,11 +164,13 @@ class Explorer:
     def frame(self, item: Embedded, row: int) -> np.ndarray:
         """H x W (gray) or H x W x 3 uint8 of one table row, at the model's input size."""
         record = item.table.iloc[int(row)]
-        key = (str(record["path"]), item.size)
+        data = item.data
+        key = (str(record["path"]), int(data["size"]), int(data.get("max_frames") or 0))
         with self._lock:
             frames = self._frames.get(key)
-        if frames is None:
-            frames = load_clip_frames(Path(key[0]), item.size)
+        if frames is None:  # the same frames the embedding saw: same size, frame limit and cache
+            cache_dir = expand_path(data["cache_dir"]) if data.get("cache_dir") else None
+            frames = load_clip_frames(Path(key[0]), key[1], key[2], cache_dir, ClipLimits.from_config(data))
             with self._lock:
                 if len(self._frames) >= KEEP_CLIPS:
                     self._frames.pop(next(iter(self._frames)))

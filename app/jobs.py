@@ -33,8 +33,8 @@ class Jobs:
 
     def active(self) -> Path | None:
         """The run folder a training process is working on now, started by any process."""
-        if self._proc is not None and self._proc.poll() is None:
-            return self._proc_run
+        if self._proc is not None:
+            self._proc.poll()  # reap our own child once it has exited
         live = runs.live_runs(self.runs_dir)
         return live[0] if live else None
 

@@ -140,12 +140,15 @@ def from_wire(payload: str | dict | None) -> dict | None:
     return orjson.loads(payload) if payload else None
 
 
-def _as_server_function(fn: Callable[[int, str], str | None]) -> Callable[[int, str], str | None]:
+def _as_server_function(fn: Callable[[int, str], str | None]) -> Callable:
     # The page calls `server.thumbnail(id, source)`: the name is fixed, and Gradio marks the
-    # function with an attribute, which a bound method or a partial would not accept.
-    def thumbnail(row_id: int, source: str = "") -> str | None:
+    # function with an attribute, which a bound method or a partial would not accept. Gradio hands
+    # a call with several arguments over as one list ([id, source]), and one argument as itself.
+    def thumbnail(payload, source: str = "") -> str | None:
+        if isinstance(payload, (list, tuple)):
+            payload, source = (list(payload) + [""])[:2]
         try:
-            row = int(row_id)
+            row = int(payload)
         except (TypeError, ValueError):
             return None
         return fn(row, str(source or ""))

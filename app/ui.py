@@ -143,11 +143,11 @@ class HiCoApp:
 
     def selected_frames(self, run, dataset, evt: gr.EventData):
         """A box/lasso selection -> gallery of the selected frames (the first 60)."""
-        ids = list(getattr(evt, "ids", []) or [])
         try:
             item = self._item(run, dataset)
         except HiCoError:
             return [], "Nothing selected."
+        ids = _row_ids(evt, len(item.table))
         rows = item.table.loc[ids]
         gallery = [(self.explorer.frame(item, i), f"{r.video_id} · {r.frame} · {r.label}")
                    for i, r in zip(ids[:60], rows.head(60).itertuples())]
@@ -155,15 +155,15 @@ class HiCoApp:
 
     def neighbours(self, run, dataset, evt: gr.EventData):
         """A clicked frame -> itself and its nearest neighbours at each level."""
-        ids = list(getattr(evt, "ids", []) or [])
         empty = [[]] * 4
-        if not ids:
-            return None, "", *empty
         try:
             item = self._item(run, dataset)
         except HiCoError:
             return None, "", *empty
-        row = int(ids[0])
+        ids = _row_ids(evt, len(item.table))
+        if not ids:
+            return None, "", *empty
+        row = ids[0]
         picked = item.table.loc[row]
         galleries = []
         for column in ("local", "medium", "global", "backbone"):
@@ -435,6 +435,14 @@ class HiCoApp:
         plot.click(self.neighbours, [run, dataset], [picked, picked_note, *near], api_visibility="private")
         run.focus(self.refresh_choices, None, run, api_visibility="private")
         return run
+
+
+def _row_ids(evt: gr.EventData, rows: int) -> list[int]:
+    """The row ids an event from the page names, keeping only whole numbers within the table."""
+    ids = getattr(evt, "ids", None)
+    if not isinstance(ids, list):
+        return []
+    return [int(i) for i in ids if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < rows]
 
 
 def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth=None, max_upload_mb: float = 500,

@@ -198,6 +198,9 @@ def main(argv: list[str] | None = None) -> int:
     except HiCoError as exc:
         print(f"hico {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # Ctrl-C or SIGTERM before a command could stop cleanly on its own
+        print(f"hico {args.command}: interrupted", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from hico.errors import HiCoError
+from hico.files import write_text
 
 LEVEL_NAMES = ("P2", "P3", "P4", "P5")
 
@@ -28,6 +29,8 @@ class DataConfig:
     frame_folders: bool = True  # a folder of images is one video (US-4); False: each image is a clip
     max_frames: int = 0  # frames kept per clip in the cache (evenly spaced); 0 keeps all
     max_clip_frames: int = 1000  # predict and the app refuse longer clips (use --max-frames to subsample)
+    max_frame_pixels: int = 25_000_000  # largest frame (height x width) decoded; a 4K frame is 8.3 M
+    max_clip_pixels: int = 300_000_000  # height x width x frames decoded per clip (976 frames of 640 x 480)
     cache_dir: str = ""  # decoded-frame cache; "" means $HICO_HOME/cache
     cache_on: str = "auto"  # where a GPU run keeps decoded frames: device | host (pinned staging) | auto
     crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
@@ -216,7 +219,8 @@ def load(path: str | Path | None = None, overrides: list[str] | None = None) -> 
 
 
 def save(cfg: Config, path: str | Path) -> None:
-    Path(path).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    """Write the config as YAML, all-or-nothing."""
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 
 def validate(cfg: Config) -> None:
@@ -233,6 +237,8 @@ def validate(cfg: Config) -> None:
         ("data.val_fraction", 0.0 <= d.val_fraction < 1.0, "at least 0 and below 1"),
         ("data.max_frames", d.max_frames >= 0, "0 (all) or more"),
         ("data.max_clip_frames", d.max_clip_frames >= 1, "at least 1"),
+        ("data.max_frame_pixels", d.max_frame_pixels >= 1, "at least 1"),
+        ("data.max_clip_pixels", d.max_clip_pixels >= 1, "at least 1"),
         ("data.crop_scale", len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1, "[min, max] within (0, 1]"),
         ("data.crop_ratio", len(d.crop_ratio) == 2 and 0 < d.crop_ratio[0] <= d.crop_ratio[1], "[min, max] above 0"),
         ("data.flip", 0.0 <= d.flip <= 1.0, "a probability between 0 and 1"),

@@ -25,6 +25,7 @@ from hico.data import assign_splits, build_cache, find_clips
 from hico.errors import HiCoError
 from hico.files import atomic_path
 from hico.inference import embed_frames, load_run, resolve_device
+from hico.io import ClipLimits
 from hico.paths import expand_path
 
 log = logging.getLogger(__name__)
@@ -70,7 +71,8 @@ def embed_dataset(run_dir: str | Path, data_dir: str | Path, out: str | Path | N
     same_data = bool(cfg.data.root) and expand_path(cfg.data.root).resolve() == data_dir.resolve()
     splits = assign_splits(dataset, cfg.data.val_fraction, cfg.train.seed) if same_data else None
     cache_dir = expand_path(cfg.data.cache_dir) if cfg.data.cache_dir else None
-    cache = build_cache([c.path for c in dataset.clips], cfg.data.size, frames_cap, cache_dir, progress)
+    cache = build_cache([c.path for c in dataset.clips], cfg.data.size, frames_cap, cache_dir, progress,
+                        limits=ClipLimits.from_config(cfg.data))
     vectors = embed_frames(loaded.model, cache.frames, dev, batch_size, progress)
     rows = {"video_id": [], "frame": [], "label": [], "path": [], "split": []}
     for i, clip in enumerate(dataset.clips):

@@ -17,7 +17,7 @@ import torch
 
 from hico.errors import HiCoError
 from hico.inference import LoadedRun, embed_frames, frames_for_model, load_run, resolve_device
-from hico.io import clip_kind, read_clip, read_clip_meta
+from hico.io import ClipLimits, clip_kind, read_clip, read_clip_meta
 from hico.model import LEVELS
 
 
@@ -51,8 +51,10 @@ class Prediction:
         return table
 
 
-def read_for_prediction(clip: Path, max_clip_frames: int, max_frames: int | None) -> np.ndarray:
-    """Read a clip, refusing one longer than max_clip_frames unless max_frames subsamples it."""
+def read_for_prediction(clip: Path, max_clip_frames: int, max_frames: int | None,
+                        limits: ClipLimits | None = None) -> np.ndarray:
+    """Read a clip, refusing one longer than max_clip_frames unless max_frames subsamples it, and
+    one whose header says it decodes to more pixels than `limits` allow (before decoding it)."""
     if not clip.exists():
         raise HiCoError(f"Clip {clip} does not exist.")
     if clip_kind(clip) is None:
@@ -62,7 +64,7 @@ def read_for_prediction(clip: Path, max_clip_frames: int, max_frames: int | None
         if frames > max_clip_frames:
             raise HiCoError(f"Clip {clip} has {frames} frames, more than data.max_clip_frames ({max_clip_frames}); "
                             f"keep fewer with --max-frames.")
-    return read_clip(clip, max_frames=max_frames)
+    return read_clip(clip, max_frames=max_frames, limits=limits)
 
 
 def predict_clip(run: str | Path | LoadedRun, clip: str | Path, device: str = "auto", max_frames: int | None = None,
@@ -79,7 +81,7 @@ def predict_clip(run: str | Path | LoadedRun, clip: str | Path, device: str = "a
     if not loaded.classes or model.classifier is None:
         raise HiCoError(f"Run {loaded.run_dir} has no classifier to predict with: it was trained without labels "
                         f"or with loss.mode={cfg.loss.mode}.")
-    original = read_for_prediction(clip, cfg.data.max_clip_frames, max_frames)
+    original = read_for_prediction(clip, cfg.data.max_clip_frames, max_frames, ClipLimits.from_config(cfg.data))
     mask = None
     visible = original
     if mask_screen:

@@ -34,6 +34,7 @@ from hico.data.dataset import Dataset
 from hico.errors import HiCoError
 from hico.files import write_json
 from hico.inference import resolve_device
+from hico.io import ClipLimits
 from hico.losses import TERMS, HiCoLoss, probe_loss
 from hico.metrics import MetricWindow
 from hico.model import architecture, build_model
@@ -70,7 +71,8 @@ def prepare_data(cfg: Config, progress: bool = True) -> TrainingData:
     val_idx = np.array([i for i, s in enumerate(splits) if s == "val"], dtype=np.int64)
     order = np.concatenate([train_idx, val_idx])
     cache_dir = expand_path(d.cache_dir) if d.cache_dir else None
-    cache = build_cache([dataset.clips[i].path for i in order], d.size, d.max_frames, cache_dir, progress)
+    cache = build_cache([dataset.clips[i].path for i in order], d.size, d.max_frames, cache_dir, progress,
+                        limits=ClipLimits.from_config(d))
     return TrainingData(dataset, splits, labels, train_idx, val_idx, cache)
 
 

@@ -28,6 +28,7 @@ import hico.io.video as video_module
 from hico.errors import HiCoError
 from hico.io import (
     GRAY_TOLERANCE,
+    ClipLimits,
     clip_kind,
     is_dicom,
     natural_key,
@@ -230,9 +231,10 @@ def test_widths_decord_cannot_copy_are_read_by_pyav(tmp_path):
     # decord 0.6 raises "DECORDArrayCopyFromTo: The size must exactly match" for
     # widths such as 16, 24 and 48; the PyAV fallback must take over silently.
     frames = colour_clip(4, height=16, width=48)
+    path = write_mp4(tmp_path / "w48.mp4", frames)
     with pytest.raises(Exception, match="size must exactly match"):
-        video_module._read_with_decord(str(write_mp4(tmp_path / "w48.mp4", frames)), None)
-    clip = read_clip(tmp_path / "w48.mp4")
+        video_module._read_with_decord(str(path), None, ClipLimits(), 16, 48)
+    clip = read_clip(path)
     assert clip.shape == (4, 16, 48, 3) and mean_abs_error(clip, frames) < 6
 
 

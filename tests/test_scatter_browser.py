@@ -108,11 +108,13 @@ def test_component_sends_dicts_as_one_json_string_and_registers_the_thumbnail():
     value = panels_value({"local": np.array([[0.5, 1.0], [2.0, 3.0]])}, ["a", "b"])
     calls = []
     with gr.Blocks():
-        comp = scatter(value, thumbnail=lambda rid: calls.append(rid) or f"data:image/png;base64,{rid}")
+        comp = scatter(value, thumbnail=lambda rid, source: calls.append((rid, source)) or f"data:image/png;base64,{rid}")
     assert isinstance(comp.value, str) and json.loads(comp.value) == value
     assert json.loads(comp.postprocess(value)) == value and comp.postprocess(None) is None
     assert from_wire(comp.value) == value and from_wire(None) is None
-    assert comp.thumbnail("7") == "data:image/png;base64,7" and calls == [7]   # ids arrive as JSON numbers or strings
+    assert comp.thumbnail("7", "t1") == "data:image/png;base64,7" and calls == [(7, "t1")]  # ids: numbers or strings
+    assert comp.thumbnail(["8", "t2"]) == "data:image/png;base64,8" and calls[-1] == (8, "t2")  # as the page sends it
+    assert comp.thumbnail("x", "t1") is None and len(calls) == 2  # not a row id: nothing asked
     assert comp.get_config()["server_fns"] == ["thumbnail"]
     assert str(plotly_js_path()) == comp.get_config()["props"]["plotly_path"]
 
@@ -173,13 +175,13 @@ def browser_app():
 
     table, coords = _small_data()
     ranges = {"a": (RANGE, RANGE), "a \u2194 b": (RANGE, RANGE)}
-    small_value = table_value(table, coords, "label", view="test", cross=("a", "b"), ranges=ranges)
+    small_value = table_value(table, coords, "label", view="test", cross=("a", "b"), ranges=ranges, source="small-table")
     events: queue.Queue = queue.Queue()
-    thumbs: list[int] = []
+    thumbs: list[tuple[int, str]] = []
     timings: dict = {}
 
-    def thumbnail(row_id):
-        thumbs.append(row_id)
+    def thumbnail(row_id, source):
+        thumbs.append((row_id, source))
         return _png_data_uri(row_id)
 
     def on_select(evt: gr.EventData):
@@ -344,7 +346,7 @@ def test_hover_shows_thumbnail_from_the_server_function(browser_app):
     assert img.get_attribute("src") == _png_data_uri(ID_OFFSET + row)
     video, frame, label = table.iloc[row][["video_id", "frame", "label"]]
     assert page.text_content("#small .hs-tip-text") == f"{video} \u00b7 frame {frame} \u00b7 {label}"
-    assert browser_app["thumbs"][-1] == ID_OFFSET + row
+    assert browser_app["thumbs"][-1] == (ID_OFFSET + row, "small-table")  # with the table the page shows
     box = page.locator("#small .hs-tip").bounding_box()
     assert abs(box["x"] - (x + 14)) < 3 and abs(box["y"] - (y + 14)) < 3   # next to the cursor
     # Moving back over it is served from the page's cache, not the server.

@@ -223,7 +223,7 @@ def test_write_dataset_validates_arguments(tmp_path, kwargs, name):
 
 
 def test_write_dataset_files_do_not_depend_on_worker_processes(tmp_path, monkeypatch, caplog):
-    monkeypatch.setattr(synth, "_POOL_MIN_PIXELS", 0)
+    monkeypatch.setattr(synth.dataset, "_POOL_MIN_PIXELS", 0)
     one = write_dataset(tmp_path / "one", clips=3, frames=2, size=32, progress=False, workers=1)
     with caplog.at_level(logging.DEBUG, logger="hico.synth"):
         two = write_dataset(tmp_path / "two", clips=3, frames=2, size=32, progress=False, workers=2)

@@ -21,21 +21,32 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from hico.errors import HiCoError
-from hico.io import read_clip
+from hico.io import ClipLimits, read_clip
 from hico.paths import hico_home
 
 CACHE_VERSION = 1
 DECODE_THREADS = 8  # at most; never more than the machine's cores
+_RESIZE_PIXELS = 16_000_000  # source pixels (x channels) resized per step
 
 
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     """T x H x W x C uint8 -> T x C x size x size uint8 (antialiased bilinear, aspect not kept,
-    as the published pipeline resizes to a square)."""
+    as the published pipeline resizes to a square).
+
+    Frames are resized a few at a time (about 16 M source pixels per step): the float copy
+    the interpolation needs is four times the uint8 frames, which for a clip near
+    data.max_clip_pixels would be gigabytes at once.
+    """
     x = torch.from_numpy(np.require(frames, np.uint8, ["C", "W"])).permute(0, 3, 1, 2)
-    if x.shape[-2:] != (size, size):
-        x = F.interpolate(x.float(), size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-        x = x.round_().clamp_(0, 255).to(torch.uint8)
-    return x.contiguous().numpy()
+    if x.shape[-2:] == (size, size):
+        return x.contiguous().numpy()
+    out = torch.empty((x.shape[0], x.shape[1], size, size), dtype=torch.uint8)
+    step = max(1, _RESIZE_PIXELS // max(1, x.shape[1] * x.shape[2] * x.shape[3]))
+    for start in range(0, x.shape[0], step):
+        chunk = F.interpolate(x[start:start + step].float(), size=(size, size), mode="bilinear",
+                              antialias=True, align_corners=False)
+        out[start:start + step] = chunk.round_().clamp_(0, 255)
+    return out.numpy()
 
 
 def _fingerprint(path: Path) -> str:
@@ -53,13 +64,18 @@ def cache_path(cache_dir: Path, clip_path: Path, size: int, max_frames: int) -> 
     return cache_dir / f"{size}px" / (hashlib.sha1(key.encode()).hexdigest() + ".npy")
 
 
-def load_clip_frames(clip_path: Path, size: int, max_frames: int = 0, cache_dir: Path | None = None) -> np.ndarray:
-    """A clip's frames as T x C x size x size uint8, from the disk cache or decoded and stored."""
-    return _cached_frames(clip_path, size, max_frames, cache_dir, mmap=False)[0]
+def load_clip_frames(clip_path: Path, size: int, max_frames: int = 0, cache_dir: Path | None = None,
+                     limits: ClipLimits | None = None) -> np.ndarray:
+    """A clip's frames as T x C x size x size uint8, from the disk cache or decoded and stored.
+
+    A clip not yet cached is decoded within `limits` (ClipLimits.from_config(cfg.data); None:
+    the defaults): a clip over them is a HiCoError naming it and the key to raise.
+    """
+    return _cached_frames(clip_path, size, max_frames, cache_dir, mmap=False, limits=limits)[0]
 
 
 def _cached_frames(clip_path: Path, size: int, max_frames: int, cache_dir: Path | None,
-                   mmap: bool) -> tuple[np.ndarray, Path]:
+                   mmap: bool, limits: ClipLimits | None = None) -> tuple[np.ndarray, Path]:
     """(frames, the cache file holding them); with `mmap` a cached clip is memory-mapped, read only."""
     cache_dir = Path(cache_dir) if cache_dir else hico_home() / "cache"
     target = cache_path(cache_dir, clip_path, size, max_frames)
@@ -68,7 +84,7 @@ def _cached_frames(clip_path: Path, size: int, max_frames: int, cache_dir: Path 
             return np.load(target, allow_pickle=False, mmap_mode="r" if mmap else None), target
         except (OSError, ValueError):
             target.unlink(missing_ok=True)  # a torn write from a killed process: decode again
-    frames = resize_frames(read_clip(clip_path, max_frames=max_frames or None), size)
+    frames = resize_frames(read_clip(clip_path, max_frames=max_frames or None, limits=limits), size)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as fh:
@@ -115,8 +131,12 @@ class FrameCache:
 
 
 def build_cache(paths: list[Path], size: int, max_frames: int = 0, cache_dir: Path | None = None,
-                progress: bool = True, desc: str = "decoding clips") -> FrameCache:
+                progress: bool = True, desc: str = "decoding clips",
+                limits: ClipLimits | None = None) -> FrameCache:
     """Decode (or load) every clip at `size` and pack them; raise HiCoError naming a bad clip.
+
+    Clips not yet cached are decoded within `limits` (ClipLimits.from_config(cfg.data); None: the
+    defaults): one over them stops the build with a HiCoError naming the clip and the key to raise.
 
     Clips are decoded by a few threads at once (the decoders and the resize release the GIL):
     on two cores that takes 45% off decoding the embedded dataset, and more on bigger machines.
@@ -128,7 +148,7 @@ def build_cache(paths: list[Path], size: int, max_frames: int = 0, cache_dir: Pa
     # every clip is decoded into the disk cache (only its shape is kept), then one packed array is
     # allocated and each cached clip is copied into its slice from a memory map.
     def cache_one(path) -> tuple[Path, tuple[int, ...]]:
-        frames, file = _cached_frames(Path(path), size, max_frames, cache_dir, mmap=True)
+        frames, file = _cached_frames(Path(path), size, max_frames, cache_dir, mmap=True, limits=limits)
         return file, frames.shape
 
     files, shapes = zip(*_threaded(cache_one, paths, progress, desc))

@@ -10,6 +10,7 @@ import numpy as np
 from hico.errors import HiCoError
 from hico.io.dicom import is_dicom, read_dicom, read_dicom_meta
 from hico.io.images import IMAGE_SUFFIXES, image_size, is_image_file, list_frames, read_frame_folder, read_image
+from hico.io.limits import ClipLimits, resolve
 from hico.io.pixels import check_max_frames, finish_clip
 from hico.io.video import CLIP_VIDEO_SUFFIXES, read_video, read_video_meta
 
@@ -38,24 +39,35 @@ def clip_kind(path: str | os.PathLike) -> str | None:
     return "dicom" if is_dicom(path) else None
 
 
-def read_clip(path: str | os.PathLike, max_frames: int | None = None) -> np.ndarray:
+def read_clip(path: str | os.PathLike, max_frames: int | None = None,
+              limits: ClipLimits | None = None) -> np.ndarray:
     """Read any clip as uint8 (T, H, W, C): C = 1 for gray, C = 3 for RGB colour.
 
     A colour source whose channels agree within GRAY_TOLERANCE counts as gray. Still
     images give T = 1. With `max_frames`, a longer clip gives `max_frames` frames
-    evenly spaced over it (np.linspace indices). HiCoError, naming the file, for a
-    missing path, an unknown format, an unreadable file or a clip with no frames.
+    evenly spaced over it (np.linspace indices), and only those are decoded.
+
+    Before decoding, the header (what read_clip_meta reads: the container, the DICOM
+    header with the pixel data left on disk, the image header, the first frame of a
+    folder) is checked against `limits` (ClipLimits; None: the defaults, never
+    unlimited): the frame size against max_frame_pixels and the frames that will be
+    decoded (min(total, max_frames)) x height x width against max_clip_pixels. Where a
+    header can lie, decoding counts too (PyAV, the size inside each JPEG/JPEG 2000 DICOM
+    frame, every image of a folder). HiCoError, naming the file, for a clip over a limit
+    (with the config key to change), a missing path, an unknown format, an unreadable
+    file or a clip with no frames.
     """
     check_max_frames(max_frames)
+    limits = resolve(limits)
     kind = _require_kind(path)
     if kind == "video":
-        clip = read_video(path, max_frames)
+        clip = read_video(path, max_frames, limits)
     elif kind == "dicom":
-        clip = read_dicom(path, max_frames)
+        clip = read_dicom(path, max_frames, limits)
     elif kind == "image":
-        clip = read_image(path)
+        clip = read_image(path, limits)
     else:
-        clip = read_frame_folder(path, max_frames)
+        clip = read_frame_folder(path, max_frames, limits)
     if len(clip) == 0:
         raise HiCoError(f"Cannot read clip {path}: it has no frames.")
     return finish_clip(clip)

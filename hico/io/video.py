@@ -16,6 +16,7 @@ import av
 import numpy as np
 
 from hico.errors import HiCoError
+from hico.io.limits import MAX_FRAME_PIXELS, ClipLimits, PixelBudget, resolve
 from hico.io.pixels import frame_indices
 from hico.io.reasons import short_reason
 
@@ -29,21 +30,41 @@ Source = Union[str, bytes]
 _DECORD_PREFIX = re.compile(r"^\[[\d:]+\] \S+:\d+: ")
 
 
-def read_video(path: str | os.PathLike, max_frames: int | None = None) -> np.ndarray:
+def read_video(path: str | os.PathLike, max_frames: int | None = None,
+               limits: ClipLimits | None = None) -> np.ndarray:
     """Decode a video file to uint8 RGB frames, shape (T, H, W, 3).
 
-    With `max_frames`, a longer clip gives `max_frames` evenly spaced frames. decord is
-    tried first (it seeks, so only the kept frames are decoded); if it is missing or
-    fails, PyAV decodes the file. Raises HiCoError naming the file when both fail.
+    With `max_frames`, a longer clip gives `max_frames` evenly spaced frames. The
+    container header is read first (PyAV, nothing decoded) and the frames to decode
+    (min(total, max_frames)) x height x width checked against `limits` (None: the
+    defaults). decord is tried next (it seeks, so only the kept frames are decoded);
+    if it is missing or fails, PyAV decodes the file, counting what it decodes.
+    Raises HiCoError naming the file for a clip over the limits, or when both fail.
     """
     path = str(path)
+    limits = resolve(limits)
     try:
-        return _read_with_decord(path, max_frames)
-    except Exception as decord_error:  # decord raises its own types, or ImportError
-        decord_reason = _reason(decord_error)
-        log.debug("decord could not read %s (%s); trying PyAV", path, decord_reason)
+        header = video_header(path, limits.max_frame_pixels)
+    except Exception as error:  # FFmpeg errors or no video stream
+        raise HiCoError(
+            f"Cannot read clip {path}: PyAV could not read its header ({_reason(error)}), and without "
+            f"its size neither decord nor PyAV decodes it."
+        ) from error
+    frames, height, width = header["frames"], header["height"], header["width"]
+    limits.check_clip(path, len(frame_indices(frames, max_frames)), height, width, frames)
+    decord_reason = "not tried, as the header gives no frame size"  # PyAV counts what it decodes
+    if height > 0 and width > 0:
+        try:
+            return _read_with_decord(path, max_frames, limits, height, width)
+        except HiCoError:
+            raise  # over a limit: PyAV would decode the same frames
+        except Exception as decord_error:  # decord raises its own types, or ImportError
+            decord_reason = _reason(decord_error)
+            log.debug("decord could not read %s (%s); trying PyAV", path, decord_reason)
     try:
-        return read_with_pyav(path, max_frames)
+        return read_with_pyav(path, max_frames, limits)
+    except HiCoError:
+        raise
     except Exception as pyav_error:  # FFmpeg errors, no video stream, odd frame sizes
         raise HiCoError(
             f"Cannot read clip {path}: decord and PyAV both failed "
@@ -51,51 +72,73 @@ def read_video(path: str | os.PathLike, max_frames: int | None = None) -> np.nda
         ) from pyav_error
 
 
-def _read_with_decord(path: str, max_frames: int | None) -> np.ndarray:
-    """Decode with decord's VideoReader; (T, H, W, 3) uint8. Raises whatever decord raises."""
+def _read_with_decord(path: str, max_frames: int | None, limits: ClipLimits, height: int,
+                      width: int) -> np.ndarray:
+    """Decode with decord's VideoReader; (T, H, W, 3) uint8. Raises whatever decord raises.
+
+    decord indexes the packets when it opens the file, so its frame count is checked again:
+    a container header may claim fewer frames than the stream holds.
+    """
     import decord  # imported lazily: it is optional and slow to import
 
     reader = decord.VideoReader(path, ctx=decord.cpu(0))
     indices = frame_indices(len(reader), max_frames)
     if len(indices) == 0:
         return np.zeros((0, 0, 0, 3), dtype=np.uint8)
+    limits.check_clip(path, len(indices), height, width, len(reader))
     batch = reader.get_batch(indices.tolist())
     # Someone may have switched decord's bridge (e.g. to torch); cope with either output.
     frames = batch.asnumpy() if hasattr(batch, "asnumpy") else np.asarray(batch)
     return np.ascontiguousarray(frames, dtype=np.uint8)
 
 
-def read_with_pyav(source: Source, max_frames: int | None = None) -> np.ndarray:
+def read_with_pyav(source: Source, max_frames: int | None = None, limits: ClipLimits | None = None,
+                   name: str | None = None) -> np.ndarray:
     """Decode the first video stream of `source` with PyAV; (T, H, W, 3) uint8 RGB.
 
-    Decodes sequentially and converts only the kept frames. The frame count used for
-    spacing comes from the container, checked against the decoded count; when the
-    header was wrong, the selection is redone with the true count.
+    Decodes sequentially (a frame needs the ones before it) and converts and keeps
+    only the selected frames. The frame count used for spacing comes from the
+    container, checked against the decoded count; when the header was wrong, the
+    selection is redone with the true count. Every decoded frame is checked against
+    `limits` (None: the defaults) and the kept ones are counted, so a stream that
+    changes size or holds more frames than its header says stops with a HiCoError
+    naming `name` (default: the path) instead of filling memory.
     """
+    limits = resolve(limits)
+    name = name or (source if isinstance(source, str) else "(video stream)")
     if max_frames is None:
-        frames, _ = _decode_pyav(source, None)
+        frames, _ = _decode_pyav(source, None, limits.budget(name))
         return frames
     total = _count_frames(source)
-    frames, decoded = _decode_pyav(source, set(frame_indices(total, max_frames).tolist()))
+    frames, decoded = _decode_pyav(source, set(frame_indices(total, max_frames).tolist()), limits.budget(name))
     if decoded != total:
         log.debug("container said %d frames but %d decoded; reselecting", total, decoded)
-        frames, _ = _decode_pyav(source, set(frame_indices(decoded, max_frames).tolist()))
+        keep = set(frame_indices(decoded, max_frames).tolist())
+        frames, _ = _decode_pyav(source, keep, limits.budget(name))
     return frames
 
 
-def _open(source: Source) -> av.container.InputContainer:
-    return av.open(io.BytesIO(source) if isinstance(source, bytes) else source)
+def _open(source: Source, max_pixels: int) -> av.container.InputContainer:
+    """Open `source`; FFmpeg decodes no frame of more than `max_pixels` while probing the streams."""
+    return av.open(io.BytesIO(source) if isinstance(source, bytes) else source,
+                   options={"max_pixels": str(max_pixels)})
 
 
-def _decode_pyav(source: Source, keep: set[int] | None) -> tuple[np.ndarray, int]:
+def _decode_pyav(source: Source, keep: set[int] | None, budget: PixelBudget) -> tuple[np.ndarray, int]:
     """Frames whose index is in `keep` (all when None) and the number decoded."""
     frames = []
     decoded = 0
-    with _open(source) as container:
+    with _open(source, budget.limits.max_frame_pixels) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
+        # FFmpeg's own guard, for a frame far larger than the header said (up to 64K x 64K in
+        # VP9 or AV1): it refuses to allocate one over the clip limit, so the check below,
+        # which names the key to change, sees any frame up to that size.
+        stream.codec_context.options = {"max_pixels": str(budget.limits.max_clip_pixels)}
         for frame in container.decode(stream):
-            if keep is None or decoded in keep:
+            kept = keep is None or decoded in keep
+            budget.add(frame.height, frame.width, kept)  # a frame not kept is decoded to reach the next
+            if kept:
                 frames.append(frame.to_ndarray(format="rgb24"))
             decoded += 1
     if not frames:
@@ -105,15 +148,36 @@ def _decode_pyav(source: Source, keep: set[int] | None) -> tuple[np.ndarray, int
 
 def _count_frames(source: Source) -> int:
     """Frame count from the container header, else by counting packets (no decoding)."""
-    with _open(source) as container:
+    return video_header(source)["frames"]
+
+
+def video_header(source: Source, max_pixels: int = MAX_FRAME_PIXELS) -> dict:
+    """The first video stream's header facts; PyAV's errors pass through.
+
+    {"kind": "video", "frames", "height", "width": int, "fps": float | None, "codec": str}.
+    `frames` comes from the container header, or from counting packets where it has none
+    (mkv, webm). Opening a file makes FFmpeg decode a frame or two to probe the stream,
+    unless that frame is over `max_pixels`; the size then comes from the container or
+    the stream's parameter sets, or is 0 where they have none.
+    """
+    with _open(source, max_pixels) as container:
         stream = container.streams.video[0]
-        if stream.frames > 0:
-            return stream.frames
-        return sum(1 for packet in container.demux(stream) if packet.size > 0)
+        rate = stream.average_rate or stream.guessed_rate
+        frames = stream.frames
+        if frames <= 0:
+            frames = sum(1 for packet in container.demux(stream) if packet.size > 0)
+        return {
+            "kind": "video",
+            "frames": frames,
+            "height": stream.height,
+            "width": stream.width,
+            "fps": float(rate) if rate else None,
+            "codec": stream.codec_context.name,
+        }
 
 
 def read_video_meta(path: str | os.PathLike) -> dict:
-    """Cheap facts about a video file without decoding frames.
+    """Cheap facts about a video file without decoding frames (see video_header).
 
     Returns {"kind": "video", "frames": int, "height": int, "width": int,
     "fps": float | None, "codec": str}. `frames` comes from the container header, or
@@ -121,20 +185,9 @@ def read_video_meta(path: str | os.PathLike) -> dict:
     """
     path = str(path)
     try:
-        with av.open(path) as container:
-            stream = container.streams.video[0]
-            rate = stream.average_rate or stream.guessed_rate
-            meta = {
-                "kind": "video",
-                "height": stream.height,
-                "width": stream.width,
-                "fps": float(rate) if rate else None,
-                "codec": stream.codec_context.name,
-            }
-        meta["frames"] = _count_frames(path)
+        return video_header(path)
     except Exception as error:  # FFmpeg errors or no video stream
         raise HiCoError(f"Cannot read clip {path}: PyAV could not open it ({_reason(error)}).") from error
-    return meta
 
 
 def _reason(error: BaseException) -> str:

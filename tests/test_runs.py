@@ -1,0 +1,281 @@
+"""The run folder under faults: checkpoints all-or-nothing under kill -9, damaged files, liveness and
+stop across processes, a folder that stops taking writes. Each test reproduces a failure seen
+before hico/runs.py and the step-folder checkpoints existed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from hico import config, runs
+from hico.checkpoint import checkpoint_file, clean_checkpoints, load_state, read_sidecar
+from hico.errors import HiCoError
+from hico.inference import load_run
+from hico.train import train
+from tests.app_fixtures import wait_for
+
+BASE = ["data.size=32", "train.batch_size=4", "train.log_every=1", "train.warmup_epochs=0", "device=cpu",
+        "train.checkpoint_every=1", "data.val_fraction=0"]
+
+
+def make_cfg(root, *extra):
+    return config.load(None, [f"data.root={root}", *BASE, *extra])
+
+
+def run_child(code: str, timeout: float = 180) -> subprocess.CompletedProcess:
+    """Run python code in a new process (HICO_HOME as the test's)."""
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=timeout,
+                          env=dict(os.environ, PYTHONUNBUFFERED="1"))
+
+
+def child_training(root, run, extra: list[str], before: str = "") -> str:
+    """Code for a child process that trains `run` (after running `before`, e.g. a fault injection)."""
+    return "\n".join([
+        "import os, signal",
+        textwrap.dedent(before),
+        "from hico import config",
+        "from hico.train import train",
+        f"cfg = config.load(None, {[f'data.root={root}', *BASE, *extra]!r})",
+        f"train(cfg, {str(run)!r}, progress=False)",
+    ])
+
+
+KILL_DURING_WEIGHTS_SAVE = """
+    import hico.checkpoint as ck
+    real_save_file = ck.save_file
+    def save_file(tensors, filename, metadata=None):
+        real_save_file(tensors, filename, metadata=metadata)
+        if os.environ.get("HICO_KILL_AT") == "now" or "0000003" in filename:
+            os.kill(os.getpid(), signal.SIGKILL)  # the weights of step 3 are written; nothing else is
+    ck.save_file = save_file
+"""
+
+
+def test_kill_during_a_checkpoint_save_leaves_the_previous_checkpoint_whole(class_dataset, tmp_path):
+    straight = tmp_path / "straight"
+    train(make_cfg(class_dataset, "train.max_steps=5"), straight, progress=False)
+
+    run = tmp_path / "killed"
+    done = run_child(child_training(class_dataset, run, ["train.max_steps=5"], KILL_DURING_WEIGHTS_SAVE))
+    assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
+    folder = run / "checkpoints"
+    # the sidecar, the weights and the training state all still say step 2
+    assert read_sidecar(folder, "last")["step"] == 2
+    assert load_state(folder, "last")["step"] == 2
+    assert load_run(run, "last").step == 2
+    assert any(p.name.endswith(".partial") for p in folder.iterdir())  # the half-made step-3 folder
+    status = runs.read_run(run)
+    assert status.state == "failed" and not status.alive  # "running" on disk, but its process is gone
+
+    summary = train(make_cfg(class_dataset, "train.max_steps=5"), run, resume=True, progress=False)
+    assert summary["step"] == 5
+    a = load_file(str(straight / "checkpoints" / "last.safetensors"))
+    b = load_file(str(folder / "last.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # as if never interrupted
+    leftovers = sorted(p.name for p in folder.iterdir())
+    assert not any(name.endswith(".partial") for name in leftovers), leftovers
+    assert len([n for n in leftovers if n.startswith("last-")]) == 1
+    sidecar = read_sidecar(folder, "last")
+    assert os.path.samefile(folder / "last.safetensors", checkpoint_file(folder, "last", "weights", sidecar))
+
+
+def test_clean_checkpoints_removes_what_an_interrupted_save_left(class_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(make_cfg(class_dataset, "train.max_steps=2"), run, progress=False)
+    folder = run / "checkpoints"
+    (folder / ".last-0000003-abcdef.1234.partial").mkdir()
+    (folder / "last-0000003-abcdef").mkdir()  # renamed into place, but its sidecar never written
+    (folder / ".last.safetensors.999.tmp").write_bytes(b"x" * 100)  # the flat layout's temporary file
+    (folder / "last.safetensors").unlink()  # a flat link lost between the commit and the re-link
+    clean_checkpoints(folder)
+    names = sorted(p.name for p in folder.iterdir())
+    assert not any(n.endswith((".partial", ".tmp")) for n in names)
+    assert "last-0000003-abcdef" not in names and (folder / "last.safetensors").is_file()
+    assert load_run(run, "last").step == 2
+
+
+def test_a_damaged_training_state_gets_one_sentence_in_the_api_and_the_cli(class_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(make_cfg(class_dataset, "train.max_steps=2"), run, progress=False)
+    state = checkpoint_file(run / "checkpoints", "last", "state")
+    state.write_bytes(state.read_bytes()[:200])  # truncated
+    with pytest.raises(HiCoError, match=r"is damaged .*cannot be resumed"):
+        train(make_cfg(class_dataset, "train.max_steps=4"), run, resume=True, progress=False)
+    done = subprocess.run([sys.executable, "-m", "hico", "train", "--resume", str(run)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert "is damaged" in done.stderr and "cannot be resumed" in done.stderr
+
+
+def test_a_torn_checkpoint_of_the_flat_layout_is_refused_not_resumed(class_dataset, tmp_path):
+    """Runs saved before step folders kept flat files; one torn by a kill (state of another step
+    than the sidecar) must not be resumed with mismatched weights."""
+    run = tmp_path / "run"
+    train(make_cfg(class_dataset, "train.max_steps=2"), run, progress=False)
+    folder = run / "checkpoints"
+    sidecar = read_sidecar(folder, "last")
+    state = torch.load(checkpoint_file(folder, "last", "state", sidecar), weights_only=True)
+    state["step"] = 1
+    for path in folder.glob("last-*"):
+        import shutil
+
+        shutil.rmtree(path)
+    (folder / "last.state.pt").unlink()
+    torch.save(state, folder / "last.state.pt")
+    del sidecar["files"]
+    (folder / "last.json").write_text(json.dumps(sidecar))
+    with pytest.raises(HiCoError, match="is torn: its weights are from step 2 and its training state from step 1"):
+        train(make_cfg(class_dataset, "train.max_steps=4"), run, resume=True, progress=False)
+
+
+def test_a_run_folder_that_stops_taking_writes_ends_with_one_sentence(class_dataset, tmp_path):
+    """The folder turns read-only mid-run (injected: the tests run as root, whom chmod does not stop)."""
+    run = tmp_path / "run"
+    config.save(make_cfg(class_dataset, "train.max_steps=50"), tmp_path / "c.yaml")
+    script = tmp_path / "child.py"
+    script.write_text(textwrap.dedent(f"""
+        import errno, sys
+        from hico import runs
+        real_write_status = runs.write_status
+        def write_status(run_dir, **fields):
+            if fields.get("step", 0) >= 3:
+                raise PermissionError(errno.EROFS, "Read-only file system", str(run_dir / "status.json"))
+            return real_write_status(run_dir, **fields)
+        runs.write_status = write_status
+        from hico.__main__ import main
+        sys.exit(main(["train", "--config", {str(tmp_path / "c.yaml")!r}, "--run-dir", {str(run)!r}]))
+    """))
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=180)
+    assert done.returncode == 2, done.stderr[-2000:]
+    assert "Traceback" not in done.stderr
+    assert f"Cannot write to run folder {run} (Read-only file system)" in done.stderr
+    info = runs.read_run(run)  # what the app shows: not running, the sentence, the step it got to
+    assert info.state == "failed" and not info.alive and "Read-only file system" in info.error
+    assert load_run(run, "last").step >= 2
+
+
+def test_liveness_is_the_lock_and_a_second_process_cannot_train_the_same_folder(class_dataset, tmp_path):
+    run = tmp_path / "run"
+    run.mkdir()
+    lock = runs.hold_run(run)
+    try:
+        assert runs.lock_holder(run)["pid"] == os.getpid() and runs.is_alive(run)
+        with pytest.raises(HiCoError, match="is being trained by another process"):
+            runs.hold_run(run)
+    finally:
+        lock.release()
+    assert runs.lock_holder(run) is None and not runs.is_alive(run)
+    # a process killed with SIGKILL lets go of its lock at once
+    child = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import time
+        from hico import runs
+        runs.hold_run({str(run)!r})
+        print('held', flush=True)
+        time.sleep(600)
+    """)], stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "held"
+    assert runs.lock_holder(run)["pid"] == child.pid
+    child.kill()
+    child.wait()
+    assert runs.lock_holder(run) is None
+
+
+def test_a_stale_stop_request_is_dropped_and_one_for_this_process_kept(tmp_path):
+    (tmp_path / runs.STOP).write_text("")  # a bare `touch STOP` from before
+    runs.discard_stale_stop(tmp_path)
+    assert not runs.stop_requested(tmp_path)
+    runs.request_stop(tmp_path, pid=os.getpid() + 1)
+    runs.discard_stale_stop(tmp_path)
+    assert not runs.stop_requested(tmp_path)
+    runs.request_stop(tmp_path, pid=os.getpid())  # asked the moment after this process was spawned
+    runs.discard_stale_stop(tmp_path)
+    assert runs.stop_requested(tmp_path)
+
+
+def test_run_names_cannot_leave_the_runs_folder(tmp_path):
+    runs_dir = tmp_path / "runs"
+    (runs_dir / "good").mkdir(parents=True)
+    (runs_dir / "good" / runs.CONFIG).write_text("{}")
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / runs.CONFIG).write_text("{}")
+    assert runs.run_folder(runs_dir, "good") == runs_dir / "good"
+    for name in ("../outside", str(tmp_path / "outside"), "..", "good/../../outside", "a/b", "", " "):
+        with pytest.raises(HiCoError):
+            runs.run_folder(runs_dir, name)
+    (runs_dir / "link").symlink_to(tmp_path / "outside")
+    with pytest.raises(HiCoError, match="no run named"):
+        runs.run_folder(runs_dir, "link")
+
+
+def test_a_second_app_instance_sees_stops_and_refuses_beside_a_live_run(class_dataset, tmp_path):
+    """The app restarted (or a second one on the same HICO_HOME): the run another instance started
+    shows as running, a second training is refused, and Stop ends it with a checkpoint."""
+    from app.jobs import Jobs
+
+    first = Jobs(tmp_path / "runs")
+    values = {"data": {"root": str(class_dataset), "size": 32, "val_fraction": 0},
+              "train": {"batch_size": 2, "max_steps": 500, "warmup_epochs": 0, "log_every": 1,
+                        "checkpoint_every": 1}, "device": "cpu"}
+    run = first.start(values)
+    wait_for(lambda: runs.read_run(run).step >= 2, timeout=120)
+
+    second = Jobs(tmp_path / "runs")  # knows nothing of the child the first one spawned
+    assert second.active() == run
+    info = runs.read_run(run)
+    assert info.state == "running" and info.alive
+    with pytest.raises(HiCoError, match="already training"):
+        second.start(values)
+    asked, message = second.stop(timeout=90)
+    assert asked and message.startswith(f"Stopped {run.name} at step"), message
+    info = runs.read_run(run)
+    assert info.state == "stopped" and not info.alive and info.resumable
+    assert read_sidecar(run / "checkpoints", "last")["step"] == info.step
+    assert not runs.stop_requested(run)  # the request was spent
+    assert first.active() is None and second.stop()[1] == "No run is training."
+
+
+def test_stop_right_after_a_resume_is_honoured(class_dataset, tmp_path):
+    from app.jobs import Jobs
+
+    jobs = Jobs(tmp_path / "runs")
+    run = jobs.start({"data": {"root": str(class_dataset), "size": 32, "val_fraction": 0},
+                      "train": {"batch_size": 2, "max_steps": 500, "warmup_epochs": 0, "log_every": 1,
+                                "checkpoint_every": 1}, "device": "cpu"})
+    wait_for(lambda: runs.read_run(run).step >= 1, timeout=120)
+    assert jobs.stop(timeout=90)[0]
+    step = runs.read_run(run).step
+    jobs.resume(run)
+    asked, message = jobs.stop(timeout=120)  # at once: the child is still importing torch
+    assert asked and message.startswith(f"Stopped {run.name}"), message
+    info = runs.read_run(run)
+    assert info.state == "stopped" and not info.alive and step <= info.step < step + 5
+
+
+def test_sigterm_before_the_training_loop_stops_the_run_cleanly(class_dataset, tmp_path):
+    run = tmp_path / "run"
+    slow_start = """
+        import time, hico.train as t
+        real = t.prepare_data
+        def prepare_data(*a, **k):
+            print('preparing', flush=True)
+            time.sleep(30)
+            return real(*a, **k)
+        t.prepare_data = prepare_data
+    """
+    child = subprocess.Popen([sys.executable, "-c", child_training(class_dataset, run, ["train.max_steps=5"], slow_start)],
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "preparing"
+    start = time.monotonic()
+    child.send_signal(signal.SIGTERM)
+    child.wait(timeout=20)
+    assert time.monotonic() - start < 20
+    assert runs.read_status(run)["state"] == "stopped" and not runs.is_alive(run)
