@@ -86,7 +86,7 @@ class Jobs:
         self._proc_run = run_dir
         # Running from now on, with the child's pid, for anyone who looks before the child has
         # imported torch and taken the run's lock (see hico.runs, liveness).
-        runs.write_status(run_dir, state="running", pid=self._proc.pid, error=None)
+        runs.mark_spawned(run_dir, self._proc.pid)
 
     def stop(self, timeout: float = 60.0) -> tuple[bool, str]:
         """Ask the live run to stop after its current step (it checkpoints first) and wait up to

@@ -19,8 +19,8 @@ CLI). A process still starting (spawned, not yet holding the lock) counts as ali
 says running with its pid, that pid exists, and the status is under STARTING_GRACE seconds old.
 The same kind of lock, per GPU, keeps a second training off a GPU that is already training.
 
-Only the process holding a run's lock writes its status, metrics and checkpoints; the app writes
-status.json only when it spawns a training process, before that process exists to write it.
+Only the process holding a run's lock writes its status, metrics and checkpoints; the app marks a
+run as spawned (`mark_spawned`) before the process it started can say anything itself.
 """
 
 from __future__ import annotations
@@ -235,6 +235,12 @@ def is_alive(run_dir: str | Path, status: dict | None = None) -> bool:
     status = read_status(run_dir) if status is None else status
     return (status.get("state") == "running" and pid_exists(status.get("pid"))
             and time.time() - float(status.get("updated", 0) or 0) < STARTING_GRACE)
+
+
+def mark_spawned(run_dir: str | Path, pid: int) -> None:
+    """Said by whoever spawns a training process (the app), before the process can say it: the run
+    is running, as `pid`. Until that process takes the run's lock, this is what shows it alive."""
+    write_status(run_dir, state="running", pid=pid, error=None)
 
 
 # ---- stopping ---------------------------------------------------------------------------------

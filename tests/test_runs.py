@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import textwrap
-import time
 
 import pytest
 import torch
@@ -189,6 +188,21 @@ def test_liveness_is_the_lock_and_a_second_process_cannot_train_the_same_folder(
     assert runs.lock_holder(run) is None
 
 
+def test_one_training_per_gpu(tmp_path):
+    """The GPU lock, checked with a device object (no GPU needed to hold its lock)."""
+    gpu = torch.device("cuda", 0)
+    first = runs.hold_device(gpu, tmp_path / "run-a", tmp_path)
+    try:
+        with pytest.raises(HiCoError, match=r"GPU cuda:0 is already training .*run-a .*stop that run first"):
+            runs.hold_device(torch.device("cuda"), tmp_path / "run-b", tmp_path)
+        other = runs.hold_device(torch.device("cuda", 1), tmp_path / "run-b", tmp_path)  # another GPU is free
+        other.release()
+    finally:
+        first.release()
+    assert runs.hold_device(torch.device("cpu"), tmp_path / "run-b", tmp_path) is None
+    runs.hold_device(gpu, tmp_path / "run-b", tmp_path).release()  # free again once released
+
+
 def test_a_stale_stop_request_is_dropped_and_one_for_this_process_kept(tmp_path):
     (tmp_path / runs.STOP).write_text("")  # a bare `touch STOP` from before
     runs.discard_stale_stop(tmp_path)
@@ -271,11 +285,12 @@ def test_sigterm_before_the_training_loop_stops_the_run_cleanly(class_dataset, t
             return real(*a, **k)
         t.prepare_data = prepare_data
     """
-    child = subprocess.Popen([sys.executable, "-c", child_training(class_dataset, run, ["train.max_steps=5"], slow_start)],
-                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    config.save(make_cfg(class_dataset, "train.max_steps=5"), tmp_path / "c.yaml")
+    code = "\n".join(["import sys", textwrap.dedent(slow_start), "from hico.__main__ import main",
+                      f"sys.exit(main(['train', '--config', {str(tmp_path / 'c.yaml')!r}, '--run-dir', {str(run)!r}]))"])
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert child.stdout.readline().strip() == "preparing"
-    start = time.monotonic()
     child.send_signal(signal.SIGTERM)
-    child.wait(timeout=20)
-    assert time.monotonic() - start < 20
+    assert child.wait(timeout=60) == 130  # well before its 30 s of preparation were over
+    assert "Traceback" not in child.stderr.read()
     assert runs.read_status(run)["state"] == "stopped" and not runs.is_alive(run)
