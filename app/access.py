@@ -73,7 +73,7 @@ class Access:
     def uploaded(self, value) -> Path:
         """The path of a clip in a request: a file Gradio received (in its upload folder) or an
         example of this app. `value` is a path (from a file component) or a FileData dict (API)."""
-        raw = value.get("path") if isinstance(value, dict) else value
+        raw = value.get("path") if isinstance(value, dict) else getattr(value, "path", value)
         if not isinstance(raw, (str, os.PathLike)) or not str(raw).strip():
             raise HiCoError("Upload a clip (a video, DICOM or image) first.")
         path = _resolved(Path(raw))

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from hico.checkpoint import find_checkpoint, read_sidecar
 from hico.data import assign_splits, build_cache, find_clips

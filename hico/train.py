@@ -25,9 +25,8 @@ from tqdm.auto import tqdm
 from hico import __version__
 from hico import config as config_mod
 from hico import distributed, runs
-from hico.checkpoint import (clean_checkpoints, load_init_weights, load_state, load_weights, read_sidecar,
-                             save_checkpoint)
-from hico.checkpoint import checkpoint_file
+from hico.checkpoint import (checkpoint_file, clean_checkpoints, load_init_weights, load_state, load_weights,
+                             read_sidecar, save_checkpoint)
 from hico.config import Config
 from hico.data import FrameCache, assign_splits, build_cache, find_clips, labelled_mask, sample_views
 from hico.data.dataset import Dataset

@@ -5,7 +5,6 @@ every reader, the frame cache and the CLI."""
 from __future__ import annotations
 
 import io
-import os
 import struct
 import subprocess
 import sys

@@ -48,38 +48,70 @@ def child_training(root, run, extra: list[str], before: str = "") -> str:
     ])
 
 
-KILL_DURING_WEIGHTS_SAVE = """
-    import hico.checkpoint as ck
-    real_save_file = ck.save_file
-    def save_file(tensors, filename, metadata=None):
-        real_save_file(tensors, filename, metadata=metadata)
-        if os.environ.get("HICO_KILL_AT") == "now" or "0000003" in filename:
-            os.kill(os.getpid(), signal.SIGKILL)  # the weights of step 3 are written; nothing else is
-    ck.save_file = save_file
-"""
+# Three moments of the step-3 save to die at (SIGKILL), and the step the checkpoint then says.
+KILL_POINTS = {
+    "weights written, folder not yet renamed": ("""
+        import hico.checkpoint as ck
+        real = ck.save_file
+        def save_file(tensors, filename, metadata=None):
+            real(tensors, filename, metadata=metadata)
+            if "0000003" in filename:
+                os.kill(os.getpid(), signal.SIGKILL)
+        ck.save_file = save_file
+    """, 2),
+    "folder renamed, sidecar not yet replaced": ("""
+        import hico.checkpoint as ck
+        real = ck.write_json
+        def write_json(path, value, fsync=False):
+            if str(path).endswith("last.json") and value.get("step") == 3:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(path, value, fsync)
+        ck.write_json = write_json
+    """, 2),
+    "sidecar committed, flat names not yet linked": ("""
+        import hico.checkpoint as ck
+        real = ck._link_flat
+        def link_flat(folder, name, files):
+            if name == "last" and "0000003" in files["weights"]:
+                os.kill(os.getpid(), signal.SIGKILL)
+            return real(folder, name, files)
+        ck._link_flat = link_flat
+    """, 3),
+}
 
 
-def test_kill_during_a_checkpoint_save_leaves_the_previous_checkpoint_whole(class_dataset, tmp_path):
-    straight = tmp_path / "straight"
-    train(make_cfg(class_dataset, "train.max_steps=5"), straight, progress=False)
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """Five uninterrupted steps: what every interrupted and resumed run must equal."""
+    from tests.conftest import write_class_dataset
 
+    base = tmp_path_factory.mktemp("straight")
+    data = write_class_dataset(base / "data")
+    train(make_cfg(data, "train.max_steps=5"), base / "run", progress=False)
+    return data, load_file(str(base / "run" / "checkpoints" / "last.safetensors"))
+
+
+@pytest.mark.parametrize("moment", list(KILL_POINTS))
+def test_kill_during_a_checkpoint_save_leaves_a_whole_checkpoint(straight_run, tmp_path, moment):
+    """Before: a kill between the weights and the rest left step-3 weights beside a step-2 state,
+    and the resumed run silently diverged from the uninterrupted one."""
+    data, expected = straight_run
+    injection, committed = KILL_POINTS[moment]
     run = tmp_path / "killed"
-    done = run_child(child_training(class_dataset, run, ["train.max_steps=5"], KILL_DURING_WEIGHTS_SAVE))
+    done = run_child(child_training(data, run, ["train.max_steps=5"], injection))
     assert done.returncode == -signal.SIGKILL, done.stderr[-2000:]
     folder = run / "checkpoints"
-    # the sidecar, the weights and the training state all still say step 2
-    assert read_sidecar(folder, "last")["step"] == 2
-    assert load_state(folder, "last")["step"] == 2
-    assert load_run(run, "last").step == 2
-    assert any(p.name.endswith(".partial") for p in folder.iterdir())  # the half-made step-3 folder
+    # the sidecar, the weights and the training state agree on one step
+    assert read_sidecar(folder, "last")["step"] == committed
+    assert load_state(folder, "last")["step"] == committed
+    assert load_run(run, "last").step == committed
     status = runs.read_run(run)
     assert status.state == "failed" and not status.alive  # "running" on disk, but its process is gone
 
-    summary = train(make_cfg(class_dataset, "train.max_steps=5"), run, resume=True, progress=False)
+    summary = train(make_cfg(data, "train.max_steps=5"), run, resume=True, progress=False)
     assert summary["step"] == 5
-    a = load_file(str(straight / "checkpoints" / "last.safetensors"))
-    b = load_file(str(folder / "last.safetensors"))
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # as if never interrupted
+    got = load_file(str(folder / "last.safetensors"))
+    assert got.keys() == expected.keys() and all(torch.equal(got[k], expected[k]) for k in got)  # as if never killed
     leftovers = sorted(p.name for p in folder.iterdir())
     assert not any(name.endswith(".partial") for name in leftovers), leftovers
     assert len([n for n in leftovers if n.startswith("last-")]) == 1
