@@ -98,8 +98,10 @@ class Explorer:
                 item.projections.setdefault(("pca", pair), project(self._stacked(item, columns), "pca"))
             with self._lock:
                 self.items[key] = item
-                while len(self.items) > self.keep:  # the oldest table goes first
-                    self.items.pop(next(iter(self.items)))
+                while len(self.items) > self.keep:  # the oldest table goes first, with its lock
+                    oldest = next(iter(self.items))
+                    del self.items[oldest]
+                    self._loading.pop(oldest, None)
         threading.Thread(target=self._background, args=(item,), daemon=True).start()
         return item
 

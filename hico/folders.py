@@ -16,6 +16,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Iterator
 
+from hico.runs import pid_exists
+
 try:
     import fcntl
 except ImportError:  # Windows: no flock; stale folders are then kept (they block nothing)
@@ -69,7 +71,8 @@ def remove_stale(target: Path) -> None:
             continue  # renamed into place or removed meanwhile
         try:
             locked = _try_lock(fd)
-            gone = locked if locked is not None else not _pid_alive(_writer_pid(path))
+            pid = _writer_pid(path)  # no pid in the name: cannot tell, so it stays
+            gone = locked if locked is not None else (pid is not None and not pid_exists(pid))
             if gone and _same_folder(fd, path):  # not renamed into place meanwhile
                 log.info("Removing %s, left by a writer that was interrupted.", path)
                 shutil.rmtree(path, ignore_errors=True)
@@ -135,16 +138,3 @@ def _same_folder(fd: int, path: Path) -> bool:
 def _writer_pid(path: Path) -> int | None:
     match = _WRITER_PID.search(path.name)
     return int(match[1]) if match else None
-
-
-def _pid_alive(pid: int | None) -> bool:
-    """Whether process ``pid`` may still run (True when it cannot be told)."""
-    if pid is None or os.name != "posix":  # on Windows os.kill(pid, 0) would send a Ctrl-C
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except OSError:
-        return True
-    return True

@@ -15,16 +15,19 @@ Embeddings of one network are strongly correlated, so the problem is badly condi
 eigenvalues of X^T X span many orders of magnitude, and plain L-BFGS needs thousands of steps.
 `fit_logistic` runs L-BFGS in a basis that undoes most of it. With X^T X = Q diag(lambda) Q^T it
 optimises U in W = Q diag(s) U, s_j = (beta lambda_j + 1/C)^(-1/2): there the Hessian is close to
-the identity wherever the probabilities' curvature p (1 - p) is about beta. It then reaches the
-optimum in a few hundred evaluations of an analytic gradient (numpy, float64), by a short L-BFGS.
+the identity wherever the probabilities' curvature p (1 - p) is about beta. A short L-BFGS with an
+analytic gradient (numpy, float64) then reaches the optimum in about 200 to 300 evaluations on an
+untrained network's embeddings, and 700 to 1,000 on a trained model's whose variance sits in a
+few directions (measured on the demo set, 2,560 training frames, d 256 to 768, 8 classes).
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-# The typical curvature p (1 - p) of a fitted probe's probabilities; 0.001 to 0.02 all converged
-# in 170 to 350 evaluations on untrained and trained embeddings (d 256 to 768, 8 classes).
+# The typical curvature p (1 - p) of a fitted probe's probabilities. On untrained embeddings
+# 0.001 to 0.005 converged in the fewest evaluations (170 to 350); on the trained demo model's,
+# 0.0005 to 0.005 took 700 to 1,000 and 0.1 took 3,450.
 BETA = 0.005
 GTOL = 1e-7  # largest entry of the gradient of the mean objective, in the preconditioned basis
 

@@ -49,7 +49,6 @@ log = logging.getLogger(__name__)
 
 CONFIG, STATUS, METRICS, SUMMARY, LOG, STOP, LOCK = (
     "config.yaml", "status.json", "metrics.jsonl", "summary.json", "train.log", "STOP", ".lock")
-STATES = ("running", "finished", "stopped", "failed")
 STARTING_GRACE = 60.0  # seconds a spawned process may take to import torch and take its lock
 ACQUIRE_TRIES = 6
 ERROR_PREFIX = "hico train: error: "  # how the CLI prints a user error; the app quotes it
@@ -132,10 +131,6 @@ class OwnerLock:
             os.close(self._fd)  # closing drops the flock
             self._fd = None
 
-    @property
-    def held(self) -> bool:
-        return self._fd is not None
-
     @staticmethod
     def holder(path: str | Path) -> dict | None:
         """Who holds the lock at `path` ({pid, host, since, ...}), or None when nobody does."""
@@ -213,12 +208,16 @@ def lock_holder(run_dir: str | Path) -> dict | None:
 
 
 def pid_exists(pid) -> bool:
+    """Whether process `pid` exists (False for no pid). Where that cannot be asked without
+    signalling the process (not POSIX: os.kill would end it), it is taken to exist."""
     try:
         pid = int(pid)
     except (TypeError, ValueError):
         return False
     if pid <= 0:
         return False
+    if os.name != "posix":
+        return True
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

@@ -60,9 +60,10 @@ class TrainingData:
     cache: FrameCache  # frames of train_idx then val_idx, in that order
 
 
-def prepare_data(cfg: Config, progress: bool = True) -> TrainingData:
+def prepare_data(cfg: Config, progress: bool = True, dataset: Dataset | None = None) -> TrainingData:
+    """Splits, labels and the frame cache of cfg's dataset (`dataset`: its clips, if already found)."""
     d = cfg.data
-    dataset = find_clips(d.root, d.frame_folders)
+    dataset = dataset or find_clips(d.root, d.frame_folders)
     splits = assign_splits(dataset, d.val_fraction, cfg.train.seed)
     keep = labelled_mask(dataset, d.label_fraction, cfg.train.seed)
     labels = np.array([dataset.label_index(c) if keep[i] else -1 for i, c in enumerate(dataset.clips)], dtype=np.int64)
@@ -148,10 +149,10 @@ class Trainer:
             self.device = torch.device("cuda", self.world.local_rank)
             torch.cuda.set_device(self.device)
         self.cuda = self.device.type == "cuda"
-        check_config(cfg)
+        dataset = check_config(cfg)
         distributed.init(self.world, self.cuda)
         torch.manual_seed(cfg.train.seed)
-        self.data = prepare_data(cfg, self.progress)
+        self.data = prepare_data(cfg, self.progress, dataset)
         t = cfg.train
         self.n_train = len(self.data.train_idx)
         # batch_size is per rank; the global batch (all ranks) is what one process would see
