@@ -1,5 +1,6 @@
 """What the Explore tab does: embeddings per (checkpoint, dataset), their 2-D projections (PCA at
-once, UMAP in the background, both cached on disk), thumbnails, nearest neighbours, accuracy.
+once, UMAP in the background, both cached on disk), how well each layout keeps the embedding's
+neighbours, the cross-level summary, thumbnails, nearest neighbours, accuracy.
 
 Everything heavy is `hico.embed` / `hico.evaluate`; this module keeps results and threads.
 """
@@ -21,7 +22,8 @@ from PIL import Image
 from hico.checkpoint import find_checkpoint, read_sidecar
 from hico.data import load_clip_frames
 from hico.embed import LEVEL_COLUMNS, embed_dataset, level_matrix, load_projections, project, save_projections
-from hico.evaluate import evaluate_embeddings
+from hico.neighbours import cross_level_agreement, projection_scores
+from hico.evaluate import evaluate_table
 from hico.errors import HiCoError
 from hico.io import ClipLimits
 from hico.paths import expand_path
@@ -47,6 +49,8 @@ class Embedded:
     source: str = ""
     matrices: dict[str, np.ndarray] = field(default_factory=dict)
     projections: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
+    scores: dict[tuple[str, str], dict] = field(default_factory=dict)  # (method, level) -> projection_scores
+    agreement: dict[str, np.ndarray] = field(default_factory=dict)  # pair -> per linked row, cross_level_agreement
     accuracy: pd.DataFrame | None = None
     accuracy_error: str | None = None
     umap_done: bool = False
@@ -56,12 +60,46 @@ class Embedded:
             self.matrices[column] = level_matrix(self.table, column)
         return self.matrices[column]
 
+    def groups(self, view: str) -> np.ndarray:
+        """The video id of each row of a view's matrix: the table's for a level, and the linked
+        rows' twice over for a cross-level pair (see `Explorer.stacked`)."""
+        videos = self.table["video_id"].astype(str).to_numpy()
+        if view in PAIRS:
+            rows = linked_rows(len(self.table))
+            return np.concatenate([videos[rows], videos[rows]])
+        return videos
+
 
 def linked_rows(n: int, seed: int = 0) -> np.ndarray:
     """Row indices drawn in the cross-level view: all, or MAX_LINKED sampled."""
     if n <= MAX_LINKED:
         return np.arange(n)
     return np.sort(np.random.default_rng(seed).choice(n, MAX_LINKED, replace=False))
+
+
+def cross_summary(labels, a_xy: np.ndarray, b_xy: np.ndarray, agreement: np.ndarray | None) -> pd.DataFrame:
+    """Per class, what the cross-level panel shows: how far a frame's two points lie apart, and how
+    many of its neighbours its two levels share.
+
+    labels: M class names (None or NaN: counted as "(none)"); a_xy, b_xy: M x 2, the same frames'
+    points at level A and level B in the panel; agreement: M shares (`cross_level_agreement`,
+    NaN where undefined), or None while it is computed.
+    Returns one row per class (sorted by name), then "all", with columns class, frames,
+    line_length (mean distance between a frame's two points, in the panel's units) and
+    shared_neighbours (mean agreement; NaN while computed).
+    """
+    names = pd.Series(["(none)" if v is None or (isinstance(v, float) and np.isnan(v)) else str(v) for v in labels])
+    length = np.linalg.norm(np.asarray(a_xy, np.float64) - np.asarray(b_xy, np.float64), axis=1)
+    shared = np.full(len(names), np.nan) if agreement is None else np.asarray(agreement, np.float64)
+    frame = pd.DataFrame({"class": names, "line_length": length, "shared_neighbours": shared})
+    groups = [(name, part) for name, part in frame.groupby("class", sort=True)] + [("all", frame)]
+    return pd.DataFrame([{"class": name, "frames": len(part), "line_length": _mean(part["line_length"]),
+                          "shared_neighbours": _mean(part["shared_neighbours"])} for name, part in groups])
+
+
+def _mean(values: pd.Series) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if len(finite) else float("nan")
 
 
 class Explorer:
@@ -95,7 +133,7 @@ class Explorer:
             for column in LEVEL_COLUMNS:
                 item.projections.setdefault(("pca", column), project(item.matrix(column), "pca"))
             for pair, columns in PAIRS.items():
-                item.projections.setdefault(("pca", pair), project(self._stacked(item, columns), "pca"))
+                item.projections.setdefault(("pca", pair), project(self.stacked(item, columns), "pca"))
             with self._lock:
                 self.items[key] = item
                 while len(self.items) > self.keep:  # the oldest table goes first, with its lock
@@ -110,9 +148,19 @@ class Explorer:
         with self._lock:
             return next((item for item in self.items.values() if item.source == source), None)
 
-    def _stacked(self, item: Embedded, columns: tuple[str, str]) -> np.ndarray:
+    @staticmethod
+    def stacked(item: Embedded, columns: tuple[str, str]) -> np.ndarray:
+        """2M x d: the linked rows' embeddings at one level, then at the other (M = len(linked_rows))."""
         rows = linked_rows(len(item.table))
         return np.concatenate([item.matrix(columns[0])[rows], item.matrix(columns[1])[rows]])
+
+    def view_matrix(self, item: Embedded, view: str) -> np.ndarray:
+        """The matrix a view lays out: a level column's, or a cross-level pair's stacked rows."""
+        return self.stacked(item, PAIRS[view]) if view in PAIRS else item.matrix(view)
+
+    def umap(self, item: Embedded, view: str) -> np.ndarray:
+        """The view's UMAP (N x 2), its neighbour graph drawn across clips (hico.embed.project)."""
+        return project(self.view_matrix(item, view), "umap", groups=item.groups(view))
 
     def _load_cached_projections(self, item: Embedded) -> None:
         for key, coords in load_projections(item.path).items():
@@ -120,27 +168,36 @@ class Explorer:
         item.umap_done = all(("umap", k) in item.projections for k in (*LEVEL_COLUMNS, *PAIRS))
 
     def _background(self, item: Embedded) -> None:
-        """UMAP of every view not cached yet, each saved as soon as it is done, then the evaluation."""
+        """The PCA layouts' scores and the cross-level agreement, then the UMAP of every view not
+        cached yet (each saved as soon as it is done, and its layout scored), then the evaluation."""
         try:
-            views = [(column, lambda c=column: item.matrix(c)) for column in LEVEL_COLUMNS]
-            views += [(pair, lambda c=columns: self._stacked(item, c)) for pair, columns in PAIRS.items()]
-            for view, matrix in views:
+            for column in LEVEL_COLUMNS:
+                self._score(item, "pca", column)
+            for pair, (a, b) in PAIRS.items():
+                rows = linked_rows(len(item.table))
+                item.agreement[pair] = cross_level_agreement(item.matrix(a)[rows], item.matrix(b)[rows],
+                                                             item.groups(pair)[:len(rows)])
+            for view in (*LEVEL_COLUMNS, *PAIRS):
                 if ("umap", view) not in item.projections:
-                    item.projections[("umap", view)] = project(matrix(), "umap")
+                    item.projections[("umap", view)] = self.umap(item, view)
                     save_projections(item.path, {k[1]: v for k, v in item.projections.items() if k[0] == "umap"})
+                if view in LEVEL_COLUMNS:
+                    self._score(item, "umap", view)
             item.umap_done = True
         except Exception:  # a projection failing must not take the app down; PCA stays
             log.exception("UMAP failed for %s", item.path)
         self._evaluate(item)
 
+    @staticmethod
+    def _score(item: Embedded, method: str, column: str) -> None:
+        item.scores[(method, column)] = projection_scores(item.matrix(column), item.projections[(method, column)],
+                                                          item.table["label"].to_numpy(), item.groups(column))
+
     def _evaluate(self, item: Embedded) -> None:
-        csv = item.path.with_suffix(".eval.csv")
+        """The accuracy table, as `hico eval` keeps it beside the embeddings: reused once done, and
+        resumed fit by fit when an earlier evaluation was cut short (the app closed mid-way)."""
         try:
-            if csv.is_file():
-                item.accuracy = pd.read_csv(csv)
-            else:
-                item.accuracy = evaluate_embeddings(item.table)
-                item.accuracy.to_csv(csv, index=False)
+            item.accuracy, _ = evaluate_table(item.table, item.path)
         except HiCoError as exc:
             item.accuracy_error = str(exc)
 
@@ -172,7 +229,8 @@ class Explorer:
             frames = self._frames.get(key)
         if frames is None:  # the same frames the embedding saw: same size, frame limit and cache
             cache_dir = expand_path(data["cache_dir"]) if data.get("cache_dir") else None
-            frames = load_clip_frames(Path(key[0]), key[1], key[2], cache_dir, ClipLimits.from_config(data))
+            frames = load_clip_frames(Path(key[0]), key[1], key[2], cache_dir, ClipLimits.from_config(data),
+                                      mask_screen=bool(data.get("mask_screen", False)))
             with self._lock:
                 if len(self._frames) >= KEEP_CLIPS:
                     self._frames.pop(next(iter(self._frames)))

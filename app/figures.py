@@ -13,12 +13,35 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#1
 _LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=40, b=40), font=dict(size=12))
 
 
-def training_figure(rows: list[dict]) -> go.Figure:
-    """2 x 2 panels over training steps: every loss term (and the held-out contrastive loss),
-    learning rate, throughput (images/s), and GPU memory / utilisation when logged."""
-    fig = make_subplots(rows=2, cols=2, column_widths=[0.62, 0.38], row_heights=[0.5, 0.5],
-                        specs=[[{"rowspan": 2}, {}], [None, {"secondary_y": True}]],
-                        subplot_titles=("loss terms", "learning rate", "throughput and GPU"))
+ACCURACY_LEVELS = ("local", "medium", "global", "backbone")
+# one colour per run in the accuracy panels: the first for the live (or latest) run
+RUN_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
+               "#bcbd22", "#7f7f7f")
+KINDS = {"knn": ("kNN", "solid", "circle"), "probe": ("linear probe", "dot", "circle-open")}
+_KEY_COLOUR = "#555555"
+
+
+def training_figure(rows: list[dict], others: dict[str, list[dict]] | None = None, name: str = "this run") -> go.Figure:
+    """The Train tab's chart of the run `name` (its metrics.jsonl rows), with `others` ({run: rows})
+    overlaid in the accuracy panels.
+
+    Top, the run's own curves over steps: every loss term and the held-out contrastive loss (left),
+    learning rate, throughput and GPU memory / utilisation when logged (right). Bottom, one panel
+    per level (local, medium, global, backbone) of held-out accuracy over steps for every run: a
+    colour per run (the first for `name`), kNN solid and the online linear probe dotted
+    (val_knn_acc_<level>, val_probe_acc_<level>). The loss panels show `name` only: loss values of
+    different modes are not comparable, accuracies are. Accuracy traces carry
+    meta = {"run", "level", "kind"} (kind: knn | probe); the runs' legend is `legend2`.
+    """
+    # the third row is an empty band that holds the loss legend between the two blocks
+    fig = make_subplots(rows=4, cols=4, row_heights=[0.26, 0.26, 0.1, 0.38], vertical_spacing=0.06,
+                        horizontal_spacing=0.05,
+                        specs=[[{"rowspan": 2, "colspan": 2}, None, {"colspan": 2}, None],
+                               [None, None, {"colspan": 2, "secondary_y": True}, None],
+                               [None] * 4, [{}, {}, {}, {}]],
+                        subplot_titles=("loss terms", "learning rate", "throughput and GPU",
+                                        *(f"held-out accuracy: {level}" if level == "local" else level
+                                          for level in ACCURACY_LEVELS)))
     steps = [r["step"] for r in rows]
     for term, colour in zip(LOSS_TERMS, PALETTE):
         if rows and term in rows[0]:
@@ -29,21 +52,62 @@ def training_figure(rows: list[dict]) -> go.Figure:
         fig.add_trace(go.Scatter(x=[v[0] for v in val], y=[v[1] for v in val], name="held-out contrastive",
                                  mode="lines+markers", line=dict(color="#e377c2", dash="dot")), row=1, col=1)
     fig.add_trace(go.Scatter(x=steps, y=[r.get("lr") for r in rows], name="lr", mode="lines",
-                             line=dict(color="#17becf"), showlegend=False), row=1, col=2)
+                             line=dict(color="#17becf"), showlegend=False), row=1, col=3)
     fig.add_trace(go.Scatter(x=steps, y=[r.get("images_per_s") for r in rows], name="images/s", mode="lines",
-                             line=dict(color="#2ca02c")), row=2, col=2)
+                             line=dict(color="#2ca02c")), row=2, col=3)
     if rows and "gpu_mem_gb" in rows[-1]:
         fig.add_trace(go.Scatter(x=steps, y=[r.get("gpu_mem_gb") for r in rows], name="GPU memory (GB)",
-                                 mode="lines", line=dict(color="#9467bd")), row=2, col=2, secondary_y=True)
+                                 mode="lines", line=dict(color="#9467bd")), row=2, col=3, secondary_y=True)
     if rows and "gpu_util" in rows[-1]:
         fig.add_trace(go.Scatter(x=steps, y=[r.get("gpu_util") for r in rows], name="GPU utilisation (%)",
-                                 mode="lines", line=dict(color="#bcbd22", dash="dot")), row=2, col=2, secondary_y=True)
-    fig.update_xaxes(title_text="step", row=1, col=1)
-    fig.update_xaxes(title_text="step", row=2, col=2)
-    fig.update_layout(**_LAYOUT, height=460, legend=dict(orientation="h", y=-0.15), uirevision="training")
+                                 mode="lines", line=dict(color="#bcbd22", dash="dot")), row=2, col=3, secondary_y=True)
+    any_accuracy = _accuracy_traces(fig, {name: rows, **{k: v for k, v in (others or {}).items() if k != name}})
+    for col in range(1, 5):
+        fig.update_xaxes(title_text="step", row=4, col=col)
+        fig.update_yaxes(range=[0, 1.03], row=4, col=col, showticklabels=col == 1)
+    below_losses = fig.layout.yaxis.domain[0] - 0.035  # under the loss panel's tick labels
+    fig.update_layout(**_LAYOUT, height=780, uirevision="training",
+                      legend=dict(orientation="h", x=0, y=below_losses, yanchor="top", font=dict(size=11)),
+                      legend2=dict(orientation="h", x=0, y=-0.09, yanchor="top", title_text="held-out accuracy:"))
     if not rows:
-        fig.add_annotation(text="no steps logged yet", showarrow=False, x=0.3, y=0.5, xref="paper", yref="paper")
+        fig.add_annotation(text="no steps logged yet", showarrow=False, x=0.25, y=0.8, xref="paper", yref="paper")
+    if not any_accuracy:
+        fig.add_annotation(text="held-out accuracy comes with each validation (an epoch end), given labelled "
+                                "held-out videos", showarrow=False, x=0.5, y=0.2, xref="paper", yref="paper",
+                           font=dict(color="#666666"))
     return fig
+
+
+def _accuracy_traces(fig: go.Figure, runs: dict[str, list[dict]]) -> bool:
+    """Add every run's held-out accuracy lines to the bottom row; True when any run has one."""
+    logged = {run: any(k.startswith(("val_knn_acc_", "val_probe_acc_")) for r in rows for k in r)
+              for run, rows in runs.items()}
+    drawn = set()
+    for i, (run, rows) in enumerate(runs.items()):
+        colour = RUN_COLOURS[i % len(RUN_COLOURS)]
+        if any(logged.values()):  # the run's legend entry: a colour swatch that shows and hides all its lines
+            fig.add_trace(go.Scatter(x=[None], y=[None], name=run if logged[run] else f"{run} (none logged)",
+                                     mode="lines", legend="legend2", legendgroup=run,
+                                     line=dict(color=colour, width=3)), row=4, col=1)
+        for col, level in enumerate(ACCURACY_LEVELS, start=1):
+            for kind, (label, dash, symbol) in KINDS.items():
+                points = [(r["step"], r[f"val_{kind}_acc_{level}"]) for r in rows if f"val_{kind}_acc_{level}" in r]
+                if not points:
+                    continue
+                drawn.add(kind)
+                fig.add_trace(go.Scatter(
+                    x=[p[0] for p in points], y=[p[1] for p in points], name=f"{run} · {label} · {level}",
+                    mode="lines+markers", legend="legend2", legendgroup=run, showlegend=False,
+                    meta={"run": run, "level": level, "kind": kind},
+                    line=dict(color=colour, dash=dash, width=2), marker=dict(symbol=symbol, size=6),
+                    hovertemplate=f"{run}<br>{label}, {level}: %{{y:.3f}}<br>step %{{x}}<extra></extra>"),
+                    row=4, col=col)
+    for kind, (label, dash, symbol) in KINDS.items():  # what solid and dotted mean
+        if kind not in drawn:
+            continue
+        fig.add_trace(go.Scatter(x=[None], y=[None], name=label, mode="lines+markers", legend="legend2",
+                                 line=dict(color=_KEY_COLOUR, dash=dash), marker=dict(symbol=symbol)), row=4, col=1)
+    return bool(drawn)
 
 
 def probability_bars(classes: list[str], probs: np.ndarray, title: str = "clip prediction") -> go.Figure:

@@ -8,6 +8,10 @@
   panel's traces, so on the cross-level panel a frame counts if either of its points is inside;
 - `click`: a click on one point, with `{"ids": [row id], "panel": k, "title": str}`.
 
+The cross-level panel joins a frame's two points by a line for a sample of at most MAX_LINKS
+frames, and while a selection is made (on any panel) for the selected frames instead (again at
+most MAX_LINKS, spread evenly over them): a line per frame for thousands of frames is a hairball.
+
 Wire them like any Gradio event; the data arrives as `gr.EventData` (not `gr.SelectData`, which
 expects `index`/`value` keys)::
 
@@ -44,6 +48,7 @@ The value is a JSON dict (build it with `panels_value` or `table_value`)::
                  "rows": [int] * M,                   # optional: positions into ids/hover/color (default all N)
                  "layers": [{"name": str, "symbol": str, "x": [float] * M, "y": [float] * M}, ...],
                  "links": {"x": [...], "y": [...]},   # optional: segments, each `a, b, None`
+                 "link_limit": int,                   # with links: most lines drawn for a selection
                  "xrange": [lo, hi], "yrange": [lo, hi]}]}   # optional fixed axes
 
 Coordinates are rounded to 4 decimals and non-finite ones become None (plotly skips them).
@@ -70,6 +75,7 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e
            "#bcbd22", "#17becf", "#aec7e8", "#ffbb78", "#98df8a", "#ff9896", "#c5b0d5", "#c49c94",
            "#f7b6d2", "#a0a0a0", "#dbdb8d", "#9edae5")
 CROSS_SYMBOLS = ("circle", "diamond-open")
+MAX_LINKS = 300  # lines drawn on the cross-level panel: for a sample, or for the selected frames
 
 
 def plotly_js_path() -> Path:
@@ -230,10 +236,23 @@ def link_segments(a: np.ndarray, b: np.ndarray) -> dict[str, list[float | None]]
     return out
 
 
+def spread(positions: Sequence[int], limit: int = MAX_LINKS) -> np.ndarray:
+    """At most `limit` of these positions, spread evenly over them in their order (all when
+    there are no more): the j-th is number round(j (M - 1) / (limit - 1)), halves up, in integers
+    as the page's scatter.js does for a selection; the same for the same input."""
+    positions = np.asarray(positions, dtype=np.int64)
+    m = len(positions)
+    if m <= limit or limit <= 1:
+        return positions[:max(limit, 0)] if m > limit else positions
+    j = np.arange(limit, dtype=np.int64)
+    return positions[(2 * j * (m - 1) + (limit - 1)) // (2 * (limit - 1))]
+
+
 def panels_value(coords: Mapping[str, Any], color: Any = None, *, ids: Sequence[int] | None = None,
                  hover: Sequence[str] | None = None, color_title: str = "", categorical: bool | None = None,
                  view: str = "", show: Sequence[str] | None = None,
                  cross: tuple[str, str] | None = None, cross_rows: Sequence[int] | None = None,
+                 link_limit: int = MAX_LINKS,
                  ranges: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
                  size: float | None = None, source: str = "") -> dict:
     """The scatter value for N frames projected at several levels.
@@ -244,7 +263,9 @@ def panels_value(coords: Mapping[str, Any], color: Any = None, *, ids: Sequence[
     view: a name for the projection (e.g. "umap"); redraws with the same view keep the zoom.
     show: which levels get a panel of their own (default all of coords, in order; () for none).
     cross: two level names: add a wide panel where each frame is a point at both levels (two
-    marker styles) joined by a thin line; cross_rows limits it to these row positions.
+    marker styles); cross_rows limits it to these row positions. A thin line joins a frame's two
+    points for `link_limit` of its frames spread evenly over the panel (`spread`), and, in the
+    page, for the selected frames while there is a selection (again at most `link_limit`).
     ranges: panel title -> (xrange, yrange) to fix its axes instead of autoscaling.
     size: marker size in pixels (default from N, see `marker_size`).
     source: a name for the table the ids index, handed back to the thumbnail function.
@@ -291,11 +312,12 @@ def panels_value(coords: Mapping[str, Any], color: Any = None, *, ids: Sequence[
         if rows.size and (rows.min() < 0 or rows.max() >= n):
             raise ValueError(f"cross_rows must be positions in 0..{n - 1}")
         a, b = arrays[a_name][rows], arrays[b_name][rows]
+        linked = spread(np.arange(len(rows)), link_limit)
         title = f"{a_name} \u2194 {b_name}"
         panel = {"title": title, "wide": True,
                  "layers": [{"name": a_name, "symbol": CROSS_SYMBOLS[0], "x": rounded(a[:, 0]), "y": rounded(a[:, 1])},
                             {"name": b_name, "symbol": CROSS_SYMBOLS[1], "x": rounded(b[:, 0]), "y": rounded(b[:, 1])}],
-                 "links": link_segments(a, b), **limits(title)}
+                 "links": link_segments(a[linked], b[linked]), "link_limit": int(link_limit), **limits(title)}
         if cross_rows is not None:
             panel["rows"] = rows.tolist()
         panels.append(panel)

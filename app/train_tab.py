@@ -1,6 +1,5 @@
-"""What the Train tab and the /start_training, /training_status, /stop_training endpoints do.
-
-Plain functions over a `Jobs` runner; `app/ui.py` wires them to components.
+"""The Train tab: what it and the /start_training, /training_status, /stop_training endpoints do
+(plain functions over a `Jobs` runner), and its layout and handlers (`TrainTab`, at the end).
 """
 
 from __future__ import annotations
@@ -9,14 +8,17 @@ import html
 import time
 from pathlib import Path
 
+import gradio as gr
 import torch
 
 from hico.errors import HiCoError
-from hico.runs import list_runs, read_metrics, read_run
+from hico.runs import list_runs, read_run
 
 from app.access import Access
-from app.default import demo_values
+from app.default import demo_values, synth_dir
+from app.figures import training_figure
 from app.jobs import Jobs
+from app.run_metrics import metrics_cache
 
 NEW_RUN = "new run"
 
@@ -84,7 +86,7 @@ def training_status(jobs: Jobs) -> dict:
     out = {"active": active is not None, "run": None, "runs": [_run_row(r) for r in runs]}
     if current is None:
         return out
-    rows = read_metrics(current.path)
+    rows = metrics_cache.rows(current.path)
     last = rows[-1] if rows else {}
     speed = _recent_speed(rows)
     steps_left = max(current.total_steps - current.step, 0)
@@ -150,3 +152,175 @@ def error_text(status: dict) -> str:
 
 def resume_choices(jobs: Jobs) -> list[str]:
     return [NEW_RUN] + [r.name for r in list_runs(jobs.runs_dir) if r.resumable]
+
+
+def run_names(jobs: Jobs) -> list[str]:
+    """Every run, newest first: what the chart can overlay."""
+    return [r.name for r in list_runs(jobs.runs_dir)]
+
+
+def compared_runs(access: Access, names, shown: str | None) -> dict[str, Path]:
+    """{name: folder} of the runs picked to overlay, in the order picked, leaving out the run the
+    chart shows anyway and any name that is not (or no longer) a run."""
+    out = {}
+    for name in names or []:
+        if name == shown or name in out:
+            continue
+        try:
+            out[name] = access.run(name)
+        except HiCoError:
+            continue
+    return out
+
+
+def chart_update(status: dict, access: Access, compare, drawn):
+    """(the chart, its key): the figure of the status's run with the `compare` runs overlaid, or
+    gr.skip() when no metrics file it draws has changed since the figure keyed `drawn`. The key is
+    the runs' names with each metrics.jsonl's (size, mtime), taken before the rows are read."""
+    run = status.get("run") or {}
+    shown = run.get("name")
+    others = compared_runs(access, compare, shown)
+    key = (shown, metrics_cache.version(run["folder"]) if run else (),
+           tuple((name, metrics_cache.version(path)) for name, path in others.items()))
+    if drawn == key:
+        return gr.skip(), drawn
+    rows = metrics_cache.rows(run["folder"]) if run else []
+    return training_figure(rows, {name: metrics_cache.rows(path) for name, path in others.items()},
+                           name=shown or "this run"), key
+
+
+def run_comparison(access: Access, names: str) -> dict:
+    """Held-out accuracy of several runs side by side (the /compare endpoint): `names` is a
+    comma-separated list of run names. Returns {ok, message, runs: [{run, mode, seed, state, step,
+    latest: {field: value} of the last validation, series: {field: [[step, value], ...]}}]}, the
+    fields being the val_knn_acc_<level> and val_probe_acc_<level> of metrics.jsonl."""
+    wanted = [n.strip() for n in (names or "").split(",") if n.strip()]
+    if not wanted:
+        return {"ok": False, "message": "Name one or more runs, separated by commas.", "runs": []}
+    found, missing = [], []
+    for name in dict.fromkeys(wanted):
+        try:
+            folder = access.run(name)
+        except HiCoError:
+            missing.append(name)
+            continue
+        info = read_run(folder)
+        series: dict[str, list] = {}
+        latest: dict[str, float] = {}
+        for row in metrics_cache.rows(folder):
+            fields = {k: v for k, v in row.items() if k.startswith("val_") and "_acc_" in k}
+            for key, value in fields.items():
+                series.setdefault(key, []).append([row.get("step"), value])
+            latest = fields or latest
+        found.append({"run": name, "mode": (info.config.get("loss") or {}).get("mode", ""),
+                      "seed": (info.config.get("train") or {}).get("seed"), "state": info.state,
+                      "step": info.step, "latest": latest, "series": series})
+    message = f"{len(found)} run{'s' * (len(found) != 1)}"
+    if missing:
+        message += f"; not runs here: {', '.join(repr(m) for m in missing)}"
+    return {"ok": bool(found), "message": message + ".", "runs": found}
+
+
+class TrainTab:
+    """Train: the form, Start/Stop, the live progress bar and curves, the run list.
+
+    Mixed into `app.ui.HiCoApp`; uses its shared state (`jobs`, `access`, `home`)."""
+
+    def start(self, resume, *form):
+        try:
+            _, message = start_training(self.jobs, self.access, resume, *form)
+        except HiCoError as exc:
+            message = f"⚠️ {exc}"
+        return message, gr.update(choices=resume_choices(self.jobs), value=NEW_RUN)
+
+    def stop(self):
+        return self.jobs.stop(timeout=30)[1]
+
+    def refresh_training(self, compare=None, drawn=None):
+        """Every 2 s and when the overlaid runs change: progress, chart (redrawn only when a metrics
+        file it shows changed), run list, error, and the key of the chart now on the page."""
+        status = training_status(self.jobs)
+        runs = status["runs"] or [[""] * len(RUN_COLUMNS)]
+        error = error_text(status)
+        chart, drawn = chart_update(status, self.access, compare, drawn)
+        return progress_html(status), chart, runs, gr.update(value=error, visible=bool(error)), drawn
+
+    def api_start_training(self, dataset: str = "", size: int = 96, batch_size: int = 16, epochs: int = 12,
+                           lr: float = 3e-4, mode: str = "hico", peer_weight: float = 0.5, cross_weight: float = 0.5,
+                           sup_weight: float = 0.2, label_fraction: float = 1.0, device: str = "auto",
+                           resume: str = "") -> dict:
+        """Start a training run (or resume one by name); returns {ok, message, run}."""
+        try:
+            run_dir, message = start_training(
+                self.jobs, self.access, resume, dataset or str(synth_dir(self.home)), size, batch_size, epochs, lr,
+                mode, peer_weight, cross_weight, sup_weight, label_fraction, device)
+        except HiCoError as exc:
+            return {"ok": False, "message": str(exc), "run": None}
+        return {"ok": True, "message": message.replace("**", ""), "run": run_dir.name}
+
+    def api_training_status(self) -> dict:
+        """The live or latest run's state, step, total_steps, epoch, images_per_s, eta_s, last metrics,
+        and the list of runs."""
+        status = training_status(self.jobs)
+        status.pop("metrics", None)
+        status["runs"] = [dict(zip(RUN_COLUMNS, row)) for row in status["runs"]]
+        return status
+
+    def api_compare(self, runs: str = "") -> dict:
+        """Held-out accuracy per level of several runs (comma-separated names), latest and over
+        steps: {ok, message, runs: [{run, mode, seed, state, step, latest, series}]}."""
+        return run_comparison(self.access, runs)
+
+    def api_stop_training(self) -> dict:
+        """Stop the live run after its current step, with a checkpoint; returns {ok, message}
+        (ok is false when no run was training)."""
+        ok, message = self.jobs.stop(timeout=60)
+        return {"ok": ok, "message": message}
+
+    def train_tab(self) -> None:
+        """The tab's components and events."""
+        with gr.Row():
+            with gr.Column(scale=2, min_width=320):
+                dataset = gr.Textbox(str(synth_dir(self.home)), label="Dataset folder or CSV manifest",
+                                     info="The embedded synthetic set is filled in; any folder of clips works.",
+                                     elem_id="train-dataset")
+                with gr.Row():
+                    size = gr.Number(96, label="Input size (px)", precision=0, minimum=32, maximum=1024,
+                                     elem_id="train-size")
+                    batch = gr.Number(16, label="Batch size (videos)", precision=0, minimum=1, elem_id="train-batch")
+                with gr.Row():
+                    epochs = gr.Number(12, label="Epochs", precision=0, minimum=1, elem_id="train-epochs")
+                    lr = gr.Number(3e-4, label="Learning rate", minimum=0)
+                mode = gr.Radio(["hico", "simclr", "peer", "supervised"], value="hico", label="Loss mode")
+                with gr.Row():
+                    peer = gr.Number(0.5, label="Peer weight", minimum=0)
+                    cross = gr.Number(0.5, label="Cross weight", minimum=0)
+                    sup = gr.Number(0.2, label="Supervised weight", minimum=0)
+                label_fraction = gr.Slider(0, 1, value=1.0, step=0.05, label="Labelled fraction of videos")
+                device = gr.Dropdown(device_choices(), value="auto", label="Device", info=device_summary())
+                resume = gr.Dropdown(resume_choices(self.jobs), value=NEW_RUN,
+                                     label="Start a new run or resume an earlier one")
+                with gr.Row():
+                    start = gr.Button("Start", variant="primary", elem_id="start-training")
+                    stop = gr.Button("Stop", variant="stop", elem_id="stop-training")
+                message = gr.Markdown(elem_id="train-message")
+            with gr.Column(scale=3, min_width=420):
+                progress = gr.HTML(elem_id="train-progress")
+                chart = gr.Plot(label="Training curves", elem_id="train-chart")
+                compare = gr.Dropdown(run_names(self.jobs), value=[], multiselect=True, label="Compare with runs",
+                                      info="Their held-out accuracy per level is drawn beside this run's.",
+                                      elem_id="train-compare")
+                error = gr.Textbox(label="Error (last lines of the log)", lines=8, visible=False,
+                                   elem_classes=["hico-error"])
+                runs = gr.Dataframe(headers=RUN_COLUMNS, label="Runs", interactive=False, elem_id="run-list")
+        form = [dataset, size, batch, epochs, lr, mode, peer, cross, sup, label_fraction, device]
+        start.click(self.start, [resume, *form], [message, resume], api_visibility="private")
+        stop.click(self.stop, None, message, api_visibility="private")
+        resume.focus(lambda: gr.update(choices=resume_choices(self.jobs)), None, resume, api_visibility="private")
+        compare.focus(lambda: gr.update(choices=run_names(self.jobs)), None, compare, api_visibility="private")
+        drawn = gr.State(None)  # the key of the chart on this page (chart_update)
+        timer = gr.Timer(2.0)
+        outputs = [progress, chart, runs, error, drawn]
+        timer.tick(self.refresh_training, [compare, drawn], outputs, api_visibility="private", show_progress="hidden")
+        compare.change(self.refresh_training, [compare, drawn], outputs, api_visibility="private",
+                       show_progress="hidden")

@@ -1,4 +1,4 @@
-"""The command line: python -m hico {synth, train, embed, eval, predict, bench} ...
+"""The command line: python -m hico {synth, train, embed, eval, compare, predict, bench} ...
 
 Each command is a thin call into the package; a user error prints one sentence and exits 2.
 """
@@ -71,10 +71,32 @@ def cmd_eval(args) -> None:
     from hico.evaluate import evaluate_run
 
     results, path = evaluate_run(args.run_dir, args.data_dir, folds=args.folds, k=args.k, seed=args.seed,
-                                 device=args.device)
+                                 device=args.device, reuse=not args.recompute)
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):
         print(results.to_string(index=False))
     print(f"results -> {path}")
+
+
+def cmd_compare(args) -> None:
+    import pandas as pd
+
+    from hico import config as config_mod
+    from hico.compare import Plan, compare, parse_modes
+
+    cfg = config_mod.load(args.config, args.overrides)
+    name = args.name or Path(args.config).stem
+    seeds = tuple(range(args.seeds)) if args.seeds > 0 else ()
+    if not seeds:
+        raise HiCoError(f"--seeds must be 1 or more, got {args.seeds}.")
+    out = Path(args.out).expanduser() if args.out else hico_home() / "compare" / name
+    runs_dir = Path(args.runs_dir).expanduser() if args.runs_dir else hico_home() / "runs"
+    plan = Plan(name, cfg, parse_modes(args.modes), seeds, runs_dir, out, folds=args.folds,
+                eval_root=args.eval_data or "")
+    summary = compare(plan)
+    view = summary[["mode", "feature", "linear_acc_mean", "linear_acc_std", "knn_acc_mean", "knn_acc_std"]]
+    with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):
+        print(view.to_string(index=False))
+    print(f"tables and plot -> {out}")
 
 
 def cmd_predict(args) -> None:
@@ -160,7 +182,22 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--folds", type=int, default=5, help="video-level folds (at most)")
             p.add_argument("--k", type=int, default=10, help="neighbours for kNN")
             p.add_argument("--seed", type=int, default=0)
+            p.add_argument("--recompute", action="store_true", help="evaluate again even if results are saved")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("compare", help="train hico, peer, simclr, supervised and an untrained baseline at "
+                       "equal steps and seeds; evaluate every level; write a table and a plot")
+    p.add_argument("--config", required=True, help="YAML config every mode shares (e.g. configs/demo.yaml)")
+    p.add_argument("--modes", default="untrained,hico,peer,simclr,supervised",
+                   help="comma-separated: untrained, hico, peer, simclr, supervised")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1 for every mode")
+    p.add_argument("--name", help="names the runs (NAME-<mode>-s<seed>) and the tables' folder (default: config name)")
+    p.add_argument("--out", help="folder for the tables and the plot (default $HICO_HOME/compare/NAME)")
+    p.add_argument("--runs-dir", help="where the runs go (default $HICO_HOME/runs, where the app lists them)")
+    p.add_argument("--folds", type=int, default=5, help="video-level folds of the evaluation")
+    p.add_argument("--eval-data", help="evaluate on this dataset (clips the runs never saw; default: data.root)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_steps=150")
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("predict", help="per-frame and clip-level class probabilities for a clip")
     p.add_argument("run_dir")

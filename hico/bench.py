@@ -252,7 +252,8 @@ def _cpu_paths(folder: Path, data: dict, clips: tuple[dict, ...], from_scratch: 
 
     (table, table_path), embed_s = _timed(lambda: embed_dataset(run, data_dir, device="cpu", progress=False))
     _, pca_s = _timed(lambda: [project(level_matrix(table, c), "pca") for c in LEVEL_COLUMNS])
-    local, umap_s = _timed(lambda: project(level_matrix(table, "local"), "umap"))
+    videos = table["video_id"].to_numpy()
+    local, umap_s = _timed(lambda: project(level_matrix(table, "local"), "umap", groups=videos))
     save_projections(table_path, {"local": local})
 
     def cached():

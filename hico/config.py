@@ -31,6 +31,7 @@ class DataConfig:
     max_clip_frames: int = 1000  # predict and the app refuse longer clips (use --max-frames to subsample)
     max_frame_pixels: int = 25_000_000  # largest frame (height x width) decoded; a 4K frame is 8.3 M
     max_clip_pixels: int = 300_000_000  # height x width x frames decoded per clip (976 frames of 640 x 480)
+    mask_screen: bool = True  # black out all but tissue (screen border, burned-in text, scales) as predict does
     cache_dir: str = ""  # decoded-frame cache; "" means $HICO_HOME/cache
     cache_on: str = "auto"  # where a GPU run keeps decoded frames: device | host (pinned staging) | auto
     crop_scale: list[float] = field(default_factory=lambda: [0.8, 1.0])
@@ -77,6 +78,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10  # steps between metrics.jsonl lines
     val_every: int = 1  # epochs between held-out evaluations (0: never)
+    val_frames: int = 4  # evenly spaced frames per video embedded at each validation (accuracy, timeline)
     checkpoint_every: int = 0  # steps between `last` checkpoints; 0: once per epoch
     sync_bn: bool = False  # with several ranks (torchrun): batch statistics over all ranks
     compile: str = "none"  # none | default | reduce-overhead (CUDA graphs) | max-autotune: torch.compile the model
@@ -265,6 +267,7 @@ def validate(cfg: Config) -> None:
         ("train.warmup_epochs", t.warmup_epochs >= 0, "0 or more"),
         ("train.log_every", t.log_every >= 1, "at least 1"),
         ("train.val_every", t.val_every >= 0, "0 (never) or more"),
+        ("train.val_frames", t.val_frames >= 1, "at least 1"),
         ("train.checkpoint_every", t.checkpoint_every >= 0, "0 (each epoch) or more"),
     ]
     for key, ok, want in checks:

@@ -25,6 +25,7 @@ from hico.errors import HiCoError
 from hico.files import atomic_path
 from hico.inference import embed_frames, load_run, resolve_device
 from hico.io import ClipLimits
+from hico.neighbours import knn, limit_group
 from hico.paths import expand_path
 
 log = logging.getLogger(__name__)
@@ -70,8 +71,10 @@ def embed_dataset(run_dir: str | Path, data_dir: str | Path, out: str | Path | N
     same_data = bool(cfg.data.root) and expand_path(cfg.data.root).resolve() == data_dir.resolve()
     splits = assign_splits(dataset, cfg.data.val_fraction, cfg.train.seed) if same_data else None
     cache_dir = expand_path(cfg.data.cache_dir) if cfg.data.cache_dir else None
+    # a run from before data.mask_screen existed saw its frames unmasked
+    mask_screen = bool(sidecar["config"]["data"].get("mask_screen", False))
     cache = build_cache([c.path for c in dataset.clips], cfg.data.size, frames_cap, cache_dir, progress,
-                        limits=ClipLimits.from_config(cfg.data))
+                        limits=ClipLimits.from_config(cfg.data), mask_screen=mask_screen)
     vectors = embed_frames(loaded.model, cache.frames, dev, batch_size, progress)
     rows = {"video_id": [], "frame": [], "label": [], "path": [], "split": []}
     for i, clip in enumerate(dataset.clips):
@@ -117,14 +120,21 @@ def projections_path(table_path: str | Path) -> Path:
     return Path(table_path).with_suffix(".umap.npz")
 
 
+LAYOUT_VERSION = 2  # of how `project` lays out UMAP: cached layouts of another version are made again
+_VERSION_KEY = "_layout_version"
+
+
 def load_projections(table_path: str | Path) -> dict[str, np.ndarray]:
-    """The cached UMAP coordinates of a table ({view: N x 2}), empty when none or unreadable."""
+    """The cached UMAP coordinates of a table ({view: N x 2}), empty when none, unreadable, or
+    made by an earlier LAYOUT_VERSION (before version 2 a clip's frames collapsed into one dot)."""
     path = projections_path(table_path)
     if not path.is_file():
         return {}
     try:
         with np.load(path) as data:
-            return {key: data[key] for key in data.files}
+            if _VERSION_KEY not in data.files or int(data[_VERSION_KEY]) != LAYOUT_VERSION:
+                return {}
+            return {key: data[key] for key in data.files if key != _VERSION_KEY}
     except (OSError, ValueError, EOFError):  # a torn write: the projections are computed again
         return {}
 
@@ -133,44 +143,36 @@ def save_projections(table_path: str | Path, projections: dict[str, np.ndarray])
     """Write {view: N x 2} beside the table, atomically (a reader sees the old file or the new)."""
     path = projections_path(table_path)
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **projections)
+        np.savez(handle, **projections, **{_VERSION_KEY: np.array(LAYOUT_VERSION)})
     return path
 
 
 EXACT_KNN_MAX = 20_000  # up to this many rows UMAP gets exact neighbours from a matrix product
 UMAP_MIN_ROWS = 5
+UMAP_NEIGHBOURS = 15  # neighbours per point in UMAP's graph
+UMAP_SAME_GROUP = 2  # of which at most this many from the point's own video (when videos are given)
+UMAP_MIN_DIST = 0.3  # UMAP's default 0.1 stacks near-identical frames of a clip on one spot
+NN_DESCENT_MAX = 128  # most candidates per point asked of NN-descent (above EXACT_KNN_MAX rows)
 
 
-def cosine_knn(x: np.ndarray, k: int, block: int = 2048) -> tuple[np.ndarray, np.ndarray]:
-    """Exact k nearest neighbours by cosine distance, each row's own index first.
-
-    x: N x d. Returns (indices: N x k int64, distances: N x k float32, ascending), computed as
-    blocks of 1 - u u^T on the unit rows u, so memory stays at block x N floats.
-    """
-    if not 1 <= k <= x.shape[0]:
-        raise ValueError(f"k must be between 1 and the number of rows ({x.shape[0]}), got {k}")
-    unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    n = unit.shape[0]
-    indices, distances = np.empty((n, k), np.int64), np.empty((n, k), np.float32)
-    for start in range(0, n, block):
-        rows = np.arange(start, min(start + block, n))
-        dist = 1.0 - unit[rows] @ unit.T
-        dist[np.arange(len(rows)), rows] = -1.0  # a row is its own nearest neighbour, whatever ties
-        part = np.argpartition(dist, k - 1, axis=1)[:, :k]
-        part_dist = np.take_along_axis(dist, part, axis=1)
-        order = np.argsort(part_dist, axis=1, kind="stable")
-        indices[rows] = np.take_along_axis(part, order, axis=1)
-        distances[rows] = np.maximum(np.take_along_axis(part_dist, order, axis=1), 0.0)
-    return indices, distances
-
-
-def project(x: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
+def project(x: np.ndarray, method: str = "pca", seed: int = 0, groups=None, neighbours: int = UMAP_NEIGHBOURS,
+            same_group: int | None = UMAP_SAME_GROUP, min_dist: float = UMAP_MIN_DIST) -> np.ndarray:
     """N x d -> N x 2 with PCA (instant) or UMAP (cosine metric; slower, first call compiles).
 
-    UMAP gets exact cosine neighbours from `cosine_knn` up to EXACT_KNN_MAX rows: umap-learn's
-    own exact search for small sets calls a Python function per pair (on 3,200 rows: 16 s,
-    against 3 s for all the rest of UMAP); above that it uses its approximate NN-descent. UMAP's spectral start needs
-    at least UMAP_MIN_ROWS rows; fewer are laid out by PCA.
+    groups: N video ids. A clip's frames are each other's nearest neighbours, so with the plain
+    k-nearest graph (k = 15, clips of 16 frames or more) the graph is made of clips, with no edge
+    between them: UMAP draws each clip as one dot and spreads the clips evenly, whatever their
+    class (on a short run's table of 3,200 frames of 200 clips, 22 % of the frames had a position
+    of their own on a 1,000 x 1,000 grid). With groups, each point keeps at most `same_group`
+    neighbours from its own video and takes the rest from other videos (95 % on that table), so
+    the graph links clips to similar clips and a clip is a small cloud of distinct frames.
+
+    UMAP gets exact cosine neighbours from `hico.neighbours.knn` up to EXACT_KNN_MAX rows:
+    umap-learn's own exact search for small sets calls a Python function per pair (on 3,200 rows:
+    16 s, against 3 s for all the rest of UMAP); above that it uses NN-descent, with groups for
+    `neighbours` + the longest video's rows candidates (NN_DESCENT_MAX at most), cut down by
+    `hico.neighbours.limit_group` (where a video is longer than that, its frames may keep more clip
+    mates). UMAP's spectral start needs at least UMAP_MIN_ROWS rows; fewer are laid out by PCA.
     """
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"project needs an N x d matrix with N >= 2, got shape {x.shape}")
@@ -182,14 +184,36 @@ def project(x: np.ndarray, method: str = "pca", seed: int = 0) -> np.ndarray:
     if method == "umap":
         import umap  # imported here: it takes seconds and only projections need it
 
-        neighbours = max(2, min(15, x.shape[0] - 1))
-        knn = None
-        if x.shape[0] <= EXACT_KNN_MAX:
-            indices, distances = cosine_knn(x, neighbours)
-            knn = (indices, distances, None)
-        reducer = umap.UMAP(n_neighbors=neighbours, metric="cosine", random_state=seed, n_jobs=1,
-                            precomputed_knn=knn or (None, None, None))
+        k = max(2, min(neighbours, x.shape[0] - 1))
+        indices, distances = _umap_neighbours(x, k, groups, same_group if groups is not None else None, seed)
+        reducer = umap.UMAP(n_neighbors=k, metric="cosine", random_state=seed, n_jobs=1, min_dist=min_dist,
+                            precomputed_knn=(indices, distances))
         with warnings.catch_warnings():  # that a precomputed kNN rules out transform(), which is not used
             warnings.filterwarnings("ignore", message=".*precomputed.*", category=UserWarning)
             return reducer.fit_transform(x).astype(np.float32)
     raise ValueError(f"method must be pca or umap, got {method!r}")
+
+
+def _umap_neighbours(x: np.ndarray, k: int, groups, same_group: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """UMAP's k-nearest graph (N x k indices and cosine distances, ascending, self first), with at
+    most `same_group` neighbours from a row's own group when groups are given (see `project`);
+    a row with too few rows outside its group fills up with its own group's nearest."""
+    n = x.shape[0]
+    longest = 0 if same_group is None else int(pd.Series(np.asarray(groups, dtype=str)).value_counts().max())
+    if n <= EXACT_KNN_MAX:
+        indices, distances = knn(x, k, "cosine", groups, same_group)
+        short = np.flatnonzero(~np.isfinite(distances).all(axis=1))
+        if len(short):
+            wide = knn(x, min(n, k + longest), "cosine", queries=short)
+            indices[short], distances[short] = limit_group(*wide, groups, k, same_group, queries=short)
+    else:
+        import umap
+
+        wide = min(n - 1, k + longest, max(NN_DESCENT_MAX, k))
+        indices, distances, _ = umap.umap_.nearest_neighbors(x, wide, "cosine", {}, False,
+                                                             np.random.RandomState(seed), n_jobs=1)
+        if same_group is None:
+            return indices[:, :k], distances[:, :k]
+        indices, distances = limit_group(indices, distances, groups, k, same_group)
+    order = np.argsort(distances, axis=1, kind="stable")  # fillers in their place; self stays first
+    return np.take_along_axis(indices, order, axis=1), np.take_along_axis(distances, order, axis=1)

@@ -10,6 +10,7 @@ per video (the mean of a video's frame probabilities).
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
@@ -76,24 +77,44 @@ def feature_matrix(table: pd.DataFrame, feature: str) -> np.ndarray:
 
 
 def evaluate_embeddings(table: pd.DataFrame, folds: int = 5, k: int = 10, seed: int = 0,
-                        features: tuple[str, ...] = FEATURES, workers: int | None = None) -> pd.DataFrame:
+                        features: tuple[str, ...] = FEATURES, workers: int | None = None,
+                        partial: str | Path | None = None) -> pd.DataFrame:
     """One row per feature (local, medium, global, backbone, concat) with mean and std over folds of
     frame- and video-level accuracy for the linear probe (at its optimum, see hico.linear_probe)
-    and kNN. The feature x fold fits run on `workers` threads (default: one per core)."""
+    and kNN. The feature x fold fits run on `workers` threads (default: one per core).
+
+    partial: a JSON-lines file that keeps each fit's scores as it finishes, so an evaluation that
+    is interrupted (the app closed, the process killed) resumes where it was; the caller removes it
+    once the results are saved."""
     table = table[table["label"].notna()].reset_index(drop=True)
     if table.empty:
         raise HiCoError("Evaluation needs labelled clips, and this dataset has none.")
     splits = video_folds(table, folds, seed)
     labels, videos = table["label"].to_numpy(), table["video_id"].to_numpy()
     matrices = {feature: feature_matrix(table, feature) for feature in features}
-    jobs = [(feature, train, test) for feature in features for train, test in splits]
-    workers = workers or max(1, min(len(jobs), os.cpu_count() or 1))
+    jobs = [(feature, fold) for feature in features for fold in range(len(splits))]
+    tag = {"folds": len(splits), "k": k, "seed": seed, "rows": len(table)}
+    done = _read_partial(partial, tag)
+    todo = [job for job in jobs if job not in done]
+    workers = workers or max(1, min(len(todo), os.cpu_count() or 1))
+
+    def fit(job):
+        feature, fold = job
+        train, test = splits[fold]
+        scores = _fold_scores(matrices[feature], labels, videos, train, test, k)
+        if partial is not None:
+            line = json.dumps({**tag, "feature": feature, "fold": fold, "scores": scores}) + "\n"
+            with open(partial, "a") as f:  # one short append per fit: whole lines, even from threads
+                f.write(line)
+        return job, scores
+
     # One BLAS thread per fit and one fit per core: the fits are small, so this beats threaded BLAS.
-    with threadpool_limits(limits=1), ThreadPoolExecutor(workers) as pool:
-        done = list(pool.map(lambda job: _fold_scores(matrices[job[0]], labels, videos, job[1], job[2], k), jobs))
+    if todo:
+        with threadpool_limits(limits=1), ThreadPoolExecutor(workers) as pool:
+            done.update(pool.map(fit, todo))
     rows = []
     for feature in features:
-        per_fold = [scores for (name, _, _), scores in zip(jobs, done) if name == feature]
+        per_fold = [done[(feature, fold)] for fold in range(len(splits))]
         row = {"feature": feature, "dim": matrices[feature].shape[1]}
         for key in per_fold[0]:
             values = [scores[key] for scores in per_fold]
@@ -104,13 +125,50 @@ def evaluate_embeddings(table: pd.DataFrame, folds: int = 5, k: int = 10, seed: 
     return pd.DataFrame(rows)
 
 
-def evaluate_run(run_dir: str | Path, data_dir: str | Path, folds: int = 5, k: int = 10, seed: int = 0,
-                 device: str = "auto", progress: bool = True) -> tuple[pd.DataFrame, Path]:
-    """Embed data_dir with the run (reusing a cached table), evaluate every level, and write the
-    results as CSV beside the embeddings table; returns (results, csv path)."""
-    table, table_path = embed_dataset(run_dir, data_dir, device=device, progress=progress)
-    results = evaluate_embeddings(table, folds, k, seed)
-    target = table_path.with_suffix(".eval.csv")
+def _read_partial(path: str | Path | None, tag: dict) -> dict[tuple[str, int], dict]:
+    """The fits a partial file holds for this evaluation (same folds, k, seed and rows); a line cut
+    short by a kill is skipped."""
+    done: dict[tuple[str, int], dict] = {}
+    if path is None or not Path(path).is_file():
+        return done
+    for line in Path(path).read_text().splitlines():
+        try:
+            item = json.loads(line)
+            if all(item.get(key) == value for key, value in tag.items()):
+                done[(item["feature"], int(item["fold"]))] = dict(item["scores"])
+        except (ValueError, KeyError, TypeError):
+            continue
+    return done
+
+
+def results_path(table_path: str | Path, folds: int = 5, k: int = 10, seed: int = 0) -> Path:
+    """Where the evaluation of an embeddings table is kept: `<table>.eval.csv` for the default
+    protocol, with the settings in the name otherwise."""
+    table_path = Path(table_path)
+    if (folds, k, seed) == (5, 10, 0):
+        return table_path.with_suffix(".eval.csv")
+    return table_path.with_suffix(f".eval-f{folds}-k{k}-s{seed}.csv")
+
+
+def evaluate_table(table: pd.DataFrame, table_path: str | Path, folds: int = 5, k: int = 10, seed: int = 0,
+                   reuse: bool = True) -> tuple[pd.DataFrame, Path]:
+    """The evaluation of a saved embeddings table, read from results_path when it was done before
+    (with `reuse`), else computed (resuming a partial one) and saved there."""
+    target = results_path(table_path, folds, k, seed)
+    if reuse and target.is_file() and target.stat().st_mtime >= Path(table_path).stat().st_mtime:
+        return pd.read_csv(target), target
+    partial = target.with_suffix(".partial.jsonl")
+    results = evaluate_embeddings(table, folds, k, seed, partial=partial)
     with atomic_path(target) as tmp:
         results.to_csv(tmp, index=False)
+    partial.unlink(missing_ok=True)
     return results, target
+
+
+def evaluate_run(run_dir: str | Path, data_dir: str | Path, folds: int = 5, k: int = 10, seed: int = 0,
+                 device: str = "auto", progress: bool = True, reuse: bool = True) -> tuple[pd.DataFrame, Path]:
+    """Embed data_dir with the run (reusing a cached table), evaluate every level (reusing an
+    earlier evaluation of that table with `reuse`), and write the results as CSV beside the
+    embeddings table; returns (results, csv path)."""
+    table, table_path = embed_dataset(run_dir, data_dir, device=device, progress=progress)
+    return evaluate_table(table, table_path, folds, k, seed, reuse)

@@ -11,6 +11,7 @@
       .lock           held (flock) by the training process from start to exit: the liveness signal
       checkpoints/    `last` and `best` (see hico.checkpoint)
       embeddings/     tables written by embed and eval
+      timeline/       the embeddings of a fixed set of frames at each validation (see hico.timeline)
 
 Liveness: the training process holds an exclusive `flock` on RUN_DIR/.lock for as long as it lives
 and the kernel drops it when the process dies, kill -9 included; so whether a run is alive is
@@ -47,8 +48,8 @@ except ImportError:  # pragma: no cover - Windows
 
 log = logging.getLogger(__name__)
 
-CONFIG, STATUS, METRICS, SUMMARY, LOG, STOP, LOCK = (
-    "config.yaml", "status.json", "metrics.jsonl", "summary.json", "train.log", "STOP", ".lock")
+CONFIG, STATUS, METRICS, SUMMARY, LOG, STOP, LOCK, TIMELINE = (
+    "config.yaml", "status.json", "metrics.jsonl", "summary.json", "train.log", "STOP", ".lock", "timeline")
 STARTING_GRACE = 60.0  # seconds a spawned process may take to import torch and take its lock
 ACQUIRE_TRIES = 6
 ERROR_PREFIX = "hico train: error: "  # how the CLI prints a user error; the app quotes it
@@ -59,17 +60,24 @@ _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 def run_folder(runs_dir: str | Path, name: str) -> Path:
     """RUNS_DIR/name for a run name a user gave; HiCoError unless it is a plain folder name
     (letters, digits, `.`, `_`, `-`; no path separators, no `..`) of a run that exists there."""
+    name = check_run_name(name)
+    runs_dir = Path(runs_dir)
+    path = runs_dir / name
+    if not (path / CONFIG).is_file() or path.resolve().parent != runs_dir.resolve():
+        raise HiCoError(f"There is no run named {name!r}.")
+    return path
+
+
+def check_run_name(name: str) -> str:
+    """The name, stripped, if it can name a run folder (letters, digits, `.`, `_`, `-`; no path
+    separators, no `..`); HiCoError otherwise."""
     name = (name or "").strip()
     if not name:
         raise HiCoError("Pick a run first.")
     if not _RUN_NAME.fullmatch(name) or ".." in name:
         raise HiCoError(f"{name!r} is not a run name: a run is named by its folder in the runs list "
                         f"(letters, digits, '.', '_' and '-').")
-    runs_dir = Path(runs_dir)
-    path = runs_dir / name
-    if not (path / CONFIG).is_file() or path.resolve().parent != runs_dir.resolve():
-        raise HiCoError(f"There is no run named {name!r}.")
-    return path
+    return name
 
 
 # ---- status -----------------------------------------------------------------------------------

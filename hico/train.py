@@ -24,20 +24,22 @@ from tqdm.auto import tqdm
 
 from hico import __version__
 from hico import config as config_mod
-from hico import distributed, runs
+from hico import distributed, runs, timeline
 from hico.checkpoint import (checkpoint_file, clean_checkpoints, load_init_weights, load_state, load_weights,
                              read_sidecar, save_checkpoint)
 from hico.config import Config
 from hico.data import FrameCache, assign_splits, build_cache, find_clips, labelled_mask, sample_views
 from hico.data.dataset import Dataset
+from hico.data.views import gather_frames
 from hico.errors import HiCoError
 from hico.files import write_json
-from hico.inference import resolve_device
+from hico.inference import embed_frames, freeze, resolve_device
 from hico.io import ClipLimits
 from hico.losses import TERMS, HiCoLoss, probe_loss
 from hico.metrics import MetricWindow
 from hico.model import architecture, build_model
 from hico.paths import expand_path, hico_home
+from hico.val_accuracy import level_accuracies, spaced_frames
 
 log = logging.getLogger(__name__)
 # Logged beside the loss terms: the per-level linear probes' cross-entropy (detached features,
@@ -46,6 +48,10 @@ METRIC_TERMS = (*TERMS, "probe")
 # data.cache_on=auto keeps the decoded frames on the GPU when they take at most this share of its
 # free memory; the rest is for the model, its activations and the optimizer.
 CACHE_SHARE = 0.5
+# train.val_frames when the config has no such key: evenly spaced frames per video embedded at each
+# validation (held-out accuracy and the timeline)
+VAL_FRAMES = 4
+EMBED_CHUNK = 256  # watched frames gathered from the cache at a time
 
 
 @dataclass
@@ -72,7 +78,7 @@ def prepare_data(cfg: Config, progress: bool = True, dataset: Dataset | None = N
     order = np.concatenate([train_idx, val_idx])
     cache_dir = expand_path(d.cache_dir) if d.cache_dir else None
     cache = build_cache([dataset.clips[i].path for i in order], d.size, d.max_frames, cache_dir, progress,
-                        limits=ClipLimits.from_config(d))
+                        limits=ClipLimits.from_config(d), mask_screen=d.mask_screen)
     return TrainingData(dataset, splits, labels, train_idx, val_idx, cache)
 
 
@@ -181,6 +187,10 @@ class Trainer:
         self.step, self.best_val, self.best_step, self.lr = 0, float("inf"), None, t.lr
         if resume:
             self._resume()
+        if self.main:  # a resumed run drops the snapshots after its step; a new one any left before it
+            timeline.truncate(self.run_dir, self.step)
+        self._watched: dict | None = None  # the frames embedded at each validation (_watched_frames)
+        self._embedder: torch.nn.Module | None = None  # the CPU's inference copy of the model (_embed)
         if self.world.size > 1:
             net = torch.nn.SyncBatchNorm.convert_sync_batchnorm(self.raw_model) if t.sync_bn else self.raw_model
             self.model = torch.nn.parallel.DistributedDataParallel(
@@ -262,12 +272,36 @@ class Trainer:
         return terms
 
     @torch.no_grad()
-    def validate(self) -> float | None:
-        """Mean contrastive loss over the held-out videos' unaugmented views (None without any)."""
-        n_val = len(self.data.val_idx)
-        if n_val == 0 or self.cfg.loss.mode == "supervised":
-            return None
+    def validate(self, step: int | None = None) -> dict:
+        """The fields a validation adds to its metrics line, with the model in eval mode:
+
+        val_contrastive   mean contrastive loss over the held-out videos' unaugmented views
+                          (with held-out videos, and not for loss.mode=supervised)
+        val_knn_acc_<level>, val_probe_acc_<level>   held-out accuracy per level from an
+                          embedding of the watched frames (see hico.val_accuracy)
+
+        Given `step`, that embedding is also kept as the timeline's snapshot at `step`.
+        """
         self.raw_model.eval()
+        try:
+            fields = {}
+            if len(self.data.val_idx) and self.cfg.loss.mode != "supervised":
+                fields["val_contrastive"] = self._held_out_loss()
+            watched = self._watched_frames()
+            if len(watched["rows"]):
+                vectors = self._embed(watched["rows"])
+                fields.update(level_accuracies(vectors, watched["classes"], watched["held_out"]))
+                if step is not None and self.main:
+                    timeline.write(self.run_dir, timeline.Snapshot(
+                        step, watched["video_id"], watched["frame"], watched["label"],
+                        np.where(watched["held_out"], "val", "train"), vectors))
+        finally:
+            self.raw_model.train()
+        return fields
+
+    def _held_out_loss(self) -> float:
+        """Mean contrastive loss over the held-out videos' unaugmented views (same frames every time)."""
+        n_val = len(self.data.val_idx)
         rng = np.random.default_rng([self.cfg.train.seed, 99])
         positions = np.arange(self.n_train, self.n_train + n_val)
         losses, weights = [], []
@@ -277,9 +311,43 @@ class Trainer:
             _, terms = self._forward(v1, v2, None, model=self.raw_model, world=distributed.World())
             losses.append(terms["contrastive"])
             weights.append(len(chunk))
-        self.raw_model.train()
         w = torch.tensor(weights, dtype=torch.float32)
         return float((torch.stack(losses).cpu() * w).sum() / w.sum())
+
+    def _watched_frames(self) -> dict:
+        """The frames embedded at each validation: train.val_frames evenly spaced ones of every
+        training and held-out video. {rows: M cache rows, frame: M, video_id: M, label: M class names
+        ("" for none), classes: M class indices (-1 for none), held_out: M bool}."""
+        if self._watched is None:
+            per_video = getattr(self.cfg.train, "val_frames", VAL_FRAMES)
+            videos, frames = spaced_frames(self.cache.lengths, per_video)
+            order = np.concatenate([self.data.train_idx, self.data.val_idx])
+            clips = [self.data.dataset.clips[i] for i in order[videos]]
+            self._watched = {"rows": self.cache.offsets[videos] + frames, "frame": frames,
+                             "video_id": [c.video_id for c in clips], "label": [c.label or "" for c in clips],
+                             "classes": np.array([self.data.dataset.label_index(c) for c in clips], dtype=np.int64),
+                             "held_out": videos >= self.n_train}
+        return self._watched
+
+    def _embed(self, rows: np.ndarray) -> dict[str, np.ndarray]:
+        """{column: M x d} of the cache's frames `rows`, as `hico embed` computes them: eval mode,
+        unaugmented, channels_last, under inference autocast; a chunk of frames on the device at a time.
+
+        On a GPU the training model is already channels_last and is used as it is (in eval mode).
+        On the CPU it trains in the default layout, so a second model, frozen as `hico embed` loads
+        a run (hico.inference.freeze), takes the current weights and embeds instead: a quarter to a
+        third less time than the training layout, for one model's memory.
+        """
+        model = self.raw_model
+        if not self.cuda:
+            if self._embedder is None:
+                self._embedder = freeze(build_model(self.cfg, len(self.classes)).to(self.device))
+            self._embedder.load_state_dict(self.raw_model.state_dict())
+            model = self._embedder
+        parts = [embed_frames(model, gather_frames(self.cache, rows[start:start + EMBED_CHUNK], self.device),
+                              self.device)
+                 for start in range(0, len(rows), EMBED_CHUNK)]
+        return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
     def sidecar(self, metrics: dict) -> dict:
         return {"hico_version": __version__, "config": self.cfg.to_dict(),
@@ -313,12 +381,13 @@ class Trainer:
             raise HiCoError(f"Training diverged at step {line['step']} (the loss is {line['total']}); "
                             f"lower train.lr (now {self.cfg.train.lr}).")
         if validate:
-            val = self.validate()
-            if val is not None:
-                line["val_contrastive"] = val
-                if val < self.best_val:
-                    self.best_val, self.best_step = val, line["step"]
-                    self.save("best", line, with_state=False)
+            started = time.perf_counter()
+            line.update(self.validate(line["step"]))
+            line["val_s"] = time.perf_counter() - started
+            val = line.get("val_contrastive")
+            if val is not None and val < self.best_val:
+                self.best_val, self.best_step = val, line["step"]
+                self.save("best", line, with_state=False)
         if self.main:
             metrics_file.write(json.dumps(line) + "\n")
             metrics_file.flush()
@@ -358,8 +427,10 @@ class Trainer:
                     window.close(self.step, **self._line_fields())
                 every = t.checkpoint_every or self.steps_per_epoch
                 checkpoint = self.step % every == 0 and self.step < self.total_steps
-                validate = bool(self.main and epoch_end and t.val_every
-                                and (self.step // self.steps_per_epoch) % t.val_every == 0)
+                # every val_every epochs, and at the last step, so a run ends on its final accuracy
+                validate = bool(self.main and t.val_every and (
+                    (epoch_end and (self.step // self.steps_per_epoch) % t.val_every == 0)
+                    or self.step == self.total_steps))
                 # Wait for the device only where the line must be current: before validating
                 # (it joins that line), before a checkpoint (its sidecar holds it) and at the end.
                 lines = window.flush() if validate or checkpoint or self.step == self.total_steps else window.ready()

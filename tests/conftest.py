@@ -44,6 +44,19 @@ def write_class_dataset(root, classes=("bright", "dark"), per_class=4, frames=6,
     return root
 
 
+def tiny_run_config(base, per_class: int = 5, frames: int = 5):
+    """For module-scoped fixtures: $HICO_HOME under `base`, a bright/dark dataset in base/data, and
+    a 2-step CPU config on it at 32 px. Returns (data folder, config)."""
+    import os
+
+    from hico import config
+
+    os.environ["HICO_HOME"] = str(base / "home")
+    data = write_class_dataset(base / "data", per_class=per_class, frames=frames)
+    return data, config.load(None, [f"data.root={data}", "data.size=32", "train.batch_size=4", "train.max_steps=2",
+                                    "train.warmup_epochs=0", "device=cpu"])
+
+
 @pytest.fixture
 def class_dataset(tmp_path):
     return write_class_dataset(tmp_path / "data")

@@ -22,7 +22,8 @@ def client(live_app):  # noqa: F811
 
 def test_api_names_are_published(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
-    assert {"/start_training", "/training_status", "/stop_training", "/embeddings", "/predict"} <= names
+    assert {"/start_training", "/training_status", "/stop_training", "/embeddings", "/predict", "/timeline",
+            "/compare"} <= names
 
 
 def test_training_through_the_api(client, live_app):  # noqa: F811
@@ -54,6 +55,34 @@ def test_embeddings_endpoint(client, live_app):  # noqa: F811
     assert set(out["label"]) == {"bright", "dark"} and set(out["split"]) == {"train", "val"}
     bad = client.predict(run="nope", dataset=str(data), api_name="/embeddings")
     assert bad["ok"] is False and "nope" in bad["message"]
+
+
+def test_explore_tables_say_how_well_each_layout_keeps_the_embedding(live_app):  # noqa: F811
+    """The Explore handlers fill the layout-quality table (hico.neighbours.projection_scores of
+    the layout each panel shows) and the cross-level summary once the background work is done."""
+    from app.explore import PAIRS, cross_summary, linked_rows
+    from app.explore_tab import LEVEL_PANELS
+    from hico.neighbours import projection_scores
+
+    _, _, data, hico_app = live_app
+    pair = next(iter(PAIRS))
+    wait_for(lambda: hico_app.explore_tick("tiny", str(data), "class", pair, "ready:-1")[-1] == "done", timeout=240)
+    message, value, _, quality, cross, shown = hico_app.explore("tiny", str(data), "class", pair)
+    assert shown == "ready:5" and "48 frames of 8 clips · UMAP" in message
+    item = hico_app._item("tiny", str(data))
+    labels, videos = item.table["label"].to_numpy(), item.table["video_id"].to_numpy()
+    assert [row[:2] for row in quality] == [[panel, "UMAP"] for panel in LEVEL_PANELS]
+    for panel, row in zip(LEVEL_PANELS, quality):
+        score = projection_scores(item.matrix(panel), item.projections[("umap", panel)], labels, videos)
+        assert row[2:] == [round(score[k], 3) for k in ("class_2d", "class_embedding", "overlap", "distinct")]
+    rows = linked_rows(48)
+    joint = item.projections[("umap", pair)]
+    expected = cross_summary(labels[rows], joint[:48], joint[48:], item.agreement[pair]).round(3)
+    assert cross["class"].tolist() == ["bright", "dark", "all"] and cross["frames"].tolist() == [24, 24, 48]
+    assert cross.to_numpy().tolist() == expected.to_numpy().tolist()
+    assert 0 <= cross["shared neighbours"].min() and cross["shared neighbours"].max() <= 1
+    (panel,) = [p for p in value["panels"] if p["wide"]]
+    assert len(panel["links"]["x"]) == 3 * 48  # 48 frames: under MAX_LINKS, every frame has its line
 
 
 def test_predict_endpoint_returns_probabilities_and_files(client):

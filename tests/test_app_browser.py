@@ -74,6 +74,15 @@ def test_a_training_run_shows_live_progress_and_curves(page, live_app):  # noqa:
     traces = page.locator("#train-chart .scatterlayer .trace").count()
     assert traces >= 7  # the loss terms, lr and throughput
     assert "finished" in page.inner_text("#run-list")
+    # each epoch's validation drew held-out accuracy per level; overlaying another run adds its own
+    legend = "(document.querySelector('#train-chart .legend2')?.textContent || '')"
+    page.wait_for_function(f"{legend}.includes('kNN') && {legend}.includes('{run_name}')", timeout=20000)
+    box = page.locator("#train-compare input").first
+    box.click()
+    box.fill("tiny")
+    page.get_by_role("option", name="tiny", exact=True).click()
+    page.wait_for_function(f"{legend}.includes('tiny')", timeout=20000)
+    assert page.locator("#train-chart .scatterlayer .trace").count() > traces
 
 
 def test_explore_selection_fills_the_gallery(page, live_app):  # noqa: F811

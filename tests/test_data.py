@@ -183,3 +183,27 @@ def test_augmentation_is_seeded_and_keeps_range():
     flipped = ident.clone()
     flipped[:, 4] = -1
     torch.testing.assert_close(augment(x, flipped), x.flip(-1), atol=1e-5, rtol=0)
+
+
+def test_cache_masks_the_screen_when_asked(tmp_path):
+    """data.mask_screen: the cache holds the frames `hico predict` would see (overlays and border
+    black), under its own cache file; off, the overlays stay."""
+    from hico.screen import mask_frames
+    from hico.synth import render_sample
+
+    sample = render_sample("liver_f1", frames=8, size=96, seed=3)
+    path = tmp_path / "clip.mp4"
+    write_mp4(path, sample.frames, fps=10)
+    plain = build_cache([path], 96, progress=False).frames.numpy()[:, 0]
+    masked = build_cache([path], 96, progress=False, mask_screen=True).frames.numpy()[:, 0]
+    from hico.io import read_clip
+
+    expected = mask_frames(read_clip(path))[0][..., 0]  # same size: no resize
+    assert np.array_equal(masked, expected)
+    overlay = sample.overlay_mask & ~sample.fan_mask
+    assert overlay.sum() > 50
+    assert (plain[:, overlay] > 60).mean() > 0.2  # burned-in text and scales are bright in the plain frames
+    assert (masked[:, overlay] == 0).mean() > 0.95
+    kept = (masked > 0).any(axis=0)
+    assert (kept & sample.fan_mask).sum() > 0.9 * kept.sum()  # what is kept is the sector
+    assert np.array_equal(masked[:, kept], plain[:, kept])  # and it is untouched

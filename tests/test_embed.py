@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
-from hico.embed import cosine_knn, project
+from hico.embed import project
 from hico.inference import bf16_inference, embed_frames, freeze
 from hico.model import HiCoModel
+from hico.neighbours import cosine_knn
 
 
 def _clusters(n=300, d=32, k=4, seed=0):

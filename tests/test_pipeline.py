@@ -5,26 +5,20 @@ import json
 import numpy as np
 import pytest
 
-from hico import config
 from hico.__main__ import main
 from hico.embed import VECTOR_COLUMNS, embed_dataset, level_matrix, project
 from hico.evaluate import evaluate_embeddings
 from hico.io import write_mp4
 from hico.predict import predict_clip
 from hico.train import train
-from tests.conftest import moving_square_clip, write_class_dataset
+from tests.conftest import moving_square_clip, tiny_run_config
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     """A 2-step run on a 2-class dataset (bright vs dark clips), shared by the tests below."""
-    import os
-
     base = tmp_path_factory.mktemp("pipeline")
-    os.environ["HICO_HOME"] = str(base / "home")
-    data = write_class_dataset(base / "data", per_class=5, frames=5)
-    cfg = config.load(None, [f"data.root={data}", "data.size=32", "train.batch_size=4", "train.max_steps=2",
-                             "train.warmup_epochs=0", "device=cpu"])
+    data, cfg = tiny_run_config(base)
     train(cfg, base / "run", progress=False)
     return base / "run", data
 
@@ -58,6 +52,34 @@ def test_eval_separates_bright_from_dark_by_video(trained):
     # brightness differs by a factor of two between classes: any level separates them
     assert results.set_index("feature").loc["backbone", "linear_acc"] >= 0.9
     assert results.set_index("feature").loc["concat", "dim"] == 768
+
+
+def test_an_interrupted_evaluation_resumes_and_a_finished_one_is_reused(trained, tmp_path):
+    from hico.evaluate import evaluate_table, results_path
+
+    run, data = trained
+    table, table_path = embed_dataset(run, data, progress=False)
+    partial = tmp_path / "partial.jsonl"
+    full = evaluate_embeddings(table, folds=2, features=("local",), partial=partial)
+    lines = partial.read_text().splitlines()
+    assert len(lines) == 2  # one line per fit
+    # a cut-short evaluation: fold 0 done (with scores that mark it), fold 1 not, a torn last line
+    fold0 = next(json.loads(line) for line in lines if json.loads(line)["fold"] == 0)
+    marked = dict(fold0, scores={key: 0.0 for key in fold0["scores"]})
+    stale = dict(fold0, rows=1)  # another table's line is ignored
+    partial.write_text(json.dumps(stale) + "\n" + json.dumps(marked) + "\n" + '{"folds": 2, "fe')
+    resumed = evaluate_embeddings(table, folds=2, features=("local",), partial=partial)
+    # fold 0 was taken from the file (its marked 0) and fold 1 fitted again
+    expected = full["linear_acc"].iloc[0] - fold0["scores"]["linear"] / 2
+    assert resumed["linear_acc"].iloc[0] == pytest.approx(expected, abs=1e-12)
+    # evaluate_table keeps the results beside the table and reuses them until the table changes
+    target = results_path(table_path)
+    target.unlink(missing_ok=True)
+    done, path = evaluate_table(table, table_path, folds=5, k=10, seed=0)
+    assert path == target and path.name.endswith(".eval.csv") and not path.with_suffix(".partial.jsonl").exists()
+    target.write_text(target.read_text().replace("local", "LOCAL", 1))
+    assert evaluate_table(table, table_path)[0]["feature"].iloc[0] == "LOCAL"  # read, not recomputed
+    assert results_path(table_path, folds=3).name.endswith(".eval-f3-k10-s0.csv")
 
 
 def test_predict_gives_per_frame_probabilities(trained, tmp_path):

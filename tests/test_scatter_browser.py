@@ -17,8 +17,8 @@ import pandas as pd
 import plotly.graph_objects as go
 import pytest
 
-from app.scatter import (encode_color, from_wire, link_segments, marker_size, panels_value, plotly_js_path,
-                         rounded, scatter, table_value, to_wire)
+from app.scatter import (MAX_LINKS, encode_color, from_wire, link_segments, marker_size, panels_value,
+                         plotly_js_path, rounded, scatter, spread, table_value, to_wire)
 from tests.app_fixtures import CHROMIUM, CHROMIUM_ARGS, free_port
 
 
@@ -78,6 +78,23 @@ def test_cross_panel_links_are_segments_with_none_separators():
         panels_value({"local": a, "global": b[:2]})
 
 
+def test_cross_panel_draws_lines_for_an_even_sample_of_its_frames():
+    """Before: a line for every one of 3,200 frames (a hairball). Now at most `link_limit`
+    (MAX_LINKS by default), spread evenly over the panel's frames, the same every time."""
+    a = np.stack([np.arange(1000.0), np.zeros(1000)], axis=1)
+    b = a + [0.0, 1.0]
+    v = panels_value({"local": a, "global": b}, show=(), cross=("local", "global"))
+    links = v["panels"][0]["links"]
+    assert MAX_LINKS == 300 and v["panels"][0]["link_limit"] == 300 and len(links["x"]) == 3 * 300
+    starts = links["x"][0::3]
+    assert starts == spread(np.arange(1000)).tolist() and starts[:4] == [0.0, 3.0, 7.0, 10.0] and starts[-1] == 999.0
+    assert links["y"][:3] == [0.0, 1.0, None]
+    assert panels_value({"local": a, "global": b}, show=(), cross=("local", "global")) == v
+    few = panels_value({"local": a[:10], "global": b[:10]}, show=(), cross=("local", "global"), link_limit=4)
+    assert few["panels"][0]["links"]["x"][0::3] == [0.0, 3.0, 6.0, 9.0]
+    assert spread([5, 6, 7], 4).tolist() == [5, 6, 7]
+
+
 def test_table_value_uses_index_labels_and_frame_hover():
     table = pd.DataFrame({"video_id": ["v1", "v1", "v2"], "frame": [0, 1, 0], "label": ["a", None, "b"]},
                          index=[7, 8, 9])
@@ -128,6 +145,7 @@ ID_OFFSET = 1000   # ids differ from row positions, so a mix-up shows
 BOX = (2.0, 6.0, 3.0, 7.0)       # x0, x1, y0, y1 of the lasso on panel "a", in data units
 CROSS_BOX = (1.0, 5.0, 1.0, 5.0)  # of the box selection on the cross panel
 RANGE = (-0.5, 10.5)
+LINK_LIMIT = 60   # lines on the small scatter's cross panel: for 60 of its 300 frames, or of a selection
 
 
 def _small_data():
@@ -175,7 +193,8 @@ def browser_app():
 
     table, coords = _small_data()
     ranges = {"a": (RANGE, RANGE), "a \u2194 b": (RANGE, RANGE)}
-    small_value = table_value(table, coords, "label", view="test", cross=("a", "b"), ranges=ranges, source="small-table")
+    small_value = table_value(table, coords, "label", view="test", cross=("a", "b"), ranges=ranges, source="small-table",
+                              link_limit=LINK_LIMIT)
     events: queue.Queue = queue.Queue()
     thumbs: list[tuple[int, str]] = []
     timings: dict = {}
@@ -277,9 +296,30 @@ _HIGHLIGHTED = """((k) => {
 })"""
 
 
+# The lines drawn on panel k of the small scatter: [[x0, y0, x1, y1] per line].
+_LINES = """((k) => {
+    const t = document.querySelector(`#small .hs-plot[data-panel='${k}']`).data[0];
+    const out = [];
+    for (let i = 0; i < t.x.length; i += 3) out.push([t.x[i], t.y[i], t.x[i + 1], t.y[i + 1]]);
+    return t.mode === 'lines' ? out : null;
+})"""
+
+
+def _expected_lines(coords: dict, positions) -> np.ndarray:
+    rows = spread(positions, LINK_LIMIT)
+    return np.round(np.concatenate([coords["a"][rows], coords["b"][rows]], axis=1), 4)
+
+
+def _assert_lines(page, coords: dict, positions) -> None:
+    np.testing.assert_allclose(np.array(page.evaluate(f"{_LINES}(2)")), _expected_lines(coords, positions),
+                               rtol=0, atol=1e-9)
+
+
 @pytestmark_browser
 def test_lasso_selection_sends_the_ids_inside_to_python(browser_app):
     page, coords, events = browser_app["page"], browser_app["coords"], browser_app["events"]
+    # Before any selection the cross panel joins an even sample of its frames' two points.
+    _assert_lines(page, coords, np.arange(N_SMALL))
     area = _plot_area(page, "small", 0)
     x0, x1, y0, y1 = BOX
     corners = [_to_px(area, x, y) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0))]
@@ -294,9 +334,13 @@ def test_lasso_selection_sends_the_ids_inside_to_python(browser_app):
     assert data["panel"] == 0 and data["title"] == "a"
     assert data["ids"] == expected
     page.wait_for_function(f"document.querySelector('#selected textarea').value === {json.dumps(json.dumps(expected))}")
-    # The same frames are highlighted on the other panels.
+    # The same frames are highlighted on the other panels, and the cross panel draws their lines.
     assert page.evaluate(f"{_HIGHLIGHTED}(1)") == expected
     assert page.evaluate(f"{_HIGHLIGHTED}(2)") == expected
+    inside = np.flatnonzero(_inside(coords["a"], BOX))
+    assert len(inside) < LINK_LIMIT  # every selected frame gets its line
+    page.wait_for_function(f"{_LINES}(2).length === {len(inside)}")
+    _assert_lines(page, coords, inside)
 
 
 @pytestmark_browser
@@ -320,8 +364,23 @@ def test_box_selection_on_the_cross_panel_unites_both_levels(browser_app):
     # Panel 0 drops its own lasso and shows this selection; redrawing it sends nothing to Python.
     page.wait_for_function(f"{_HIGHLIGHTED}(0).join(',') === {json.dumps(','.join(map(str, expected)))}")
     assert page.evaluate("document.querySelector(\"#small .hs-plot[data-panel='0']\").layout.selections.length") == 0
+    # The cross panel's own lines follow its selection: more frames than LINK_LIMIT, so an even sample.
+    assert len(expected) > LINK_LIMIT
+    page.wait_for_function(f"{_LINES}(2).length === {LINK_LIMIT}")
+    _assert_lines(page, coords, np.flatnonzero(inside))
     time.sleep(0.5)
     assert events.empty()
+    # Clearing the selection (double click, off the points) brings back the sample of the whole panel.
+    points = np.concatenate([coords["a"], coords["b"]])
+    corner = max(((x, y) for x in (-0.4, 10.4) for y in (-0.4, 10.4)),
+                 key=lambda c: np.linalg.norm(points - c, axis=1).min())
+    page.mouse.dblclick(*_to_px(area, *corner))
+    assert _next_event(events, "select")["ids"] == []
+    page.wait_for_function(f"{_LINES}(2).length === {LINK_LIMIT} && {_LINES}(2)[0][0] === "
+                           f"{_expected_lines(coords, np.arange(N_SMALL))[0, 0]}")
+    _assert_lines(page, coords, np.arange(N_SMALL))
+    time.sleep(0.5)
+    assert events.empty()  # nothing but the cleared selection reached Python
 
 
 def _isolated_point(page, coords: np.ndarray, min_px: float = 14.0) -> tuple[int, float, float]:

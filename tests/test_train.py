@@ -3,17 +3,27 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
-from hico import config
+from hico import config, timeline
+from hico.data import find_clips
+from hico.embed import embed_dataset, level_matrix
 from hico.inference import load_run
 from hico.errors import HiCoError
 from hico.losses import TERMS
 from hico.train import batch_videos, lr_factor, train
 
 BASE = ["data.size=32", "train.batch_size=4", "train.log_every=1", "train.warmup_epochs=0", "device=cpu"]
+LEVELS = ("local", "medium", "global")
+KNN_FIELDS = {f"val_knn_acc_{v}" for v in (*LEVELS, "backbone")}
+PROBE_FIELDS = {f"val_probe_acc_{v}" for v in LEVELS}
+
+
+def val_fields(line: dict) -> set[str]:
+    return {k for k in line if k.startswith(("val_knn", "val_probe"))}
 
 
 def make_cfg(root, *extra):
@@ -42,6 +52,35 @@ def test_three_steps_are_finite_and_write_a_loadable_run(class_dataset, tmp_path
     assert (run / "checkpoints" / "best.json").is_file()  # held-out videos picked a best checkpoint
 
 
+def test_each_validation_logs_held_out_accuracy_and_keeps_a_snapshot(class_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(make_cfg(class_dataset, "train.max_steps=3"), run, progress=False)
+    # 6 training videos at batch 4: one step an epoch, so every line is a validation
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    for line in lines:
+        assert val_fields(line) == KNN_FIELDS | PROBE_FIELDS
+        assert all(0.0 <= line[k] <= 1.0 for k in KNN_FIELDS | PROBE_FIELDS)
+        # 2 held-out videos x 4 frames: every accuracy is a whole number of eighths
+        assert all((8 * line[k]).is_integer() for k in KNN_FIELDS | PROBE_FIELDS)
+        assert line["val_contrastive"] > 0 and line["val_s"] > 0
+    assert timeline.steps(run) == [1, 2, 3]
+    snap = timeline.read(run, 3)
+    dataset = find_clips(class_dataset)
+    # 4 evenly spaced frames (0, 2, 3, 5) of each 6-frame clip, training videos first
+    assert len(snap.video_id) == 32 and snap.frame.tolist() == [0, 2, 3, 5] * 8
+    assert sorted(set(snap.video_id)) == sorted(c.video_id for c in dataset.clips)
+    assert all(label == vid.split("/")[0] for vid, label in zip(snap.video_id, snap.label))
+    assert snap.split.tolist() == ["train"] * 24 + ["val"] * 8
+    assert {k: v.shape for k, v in snap.vectors.items()} == {"local": (32, 256), "medium": (32, 256),
+                                                               "global": (32, 256), "backbone": (32, 512)}
+    # the same vectors `hico embed` gives for the checkpoint of that step (float16 in the file)
+    table, _ = embed_dataset(run, class_dataset, checkpoint="last", device="cpu", progress=False)
+    table = table.set_index(["video_id", "frame"]).loc[list(zip(snap.video_id, snap.frame.tolist()))]
+    for name, values in snap.vectors.items():
+        expected = level_matrix(table, name)
+        np.testing.assert_allclose(values, expected, rtol=2e-2, atol=2e-2 * np.abs(expected).max())
+
+
 def test_resume_continues_exactly(class_dataset, tmp_path):
     extra = ("train.max_steps=4", "train.checkpoint_every=1")
     train(make_cfg(class_dataset, *extra), tmp_path / "straight", progress=False)
@@ -58,8 +97,35 @@ def test_resume_continues_exactly(class_dataset, tmp_path):
         assert torch.equal(a[name], b[name]), name
     la = (tmp_path / "straight" / "metrics.jsonl").read_text().splitlines()
     lb = (tmp_path / "resumed" / "metrics.jsonl").read_text().splitlines()
-    strip = lambda s: {k: v for k, v in json.loads(s).items() if k not in ("images_per_s", "time")}  # noqa: E731
+    strip = lambda s: {k: v for k, v in json.loads(s).items() if k not in ("images_per_s", "time", "val_s")}  # noqa: E731
     assert [strip(x) for x in la] == [strip(x) for x in lb]
+    assert all(val_fields(json.loads(x)) == KNN_FIELDS | PROBE_FIELDS for x in lb)
+    assert timeline.steps(tmp_path / "straight") == timeline.steps(tmp_path / "resumed") == [1, 2, 3, 4]
+    for step in (1, 4):
+        a, b = timeline.read(tmp_path / "straight", step), timeline.read(tmp_path / "resumed", step)
+        assert a.video_id.tolist() == b.video_id.tolist()
+        for name in a.vectors:
+            np.testing.assert_array_equal(a.vectors[name], b.vectors[name])
+
+
+def test_the_last_step_is_validated_between_validation_epochs(class_dataset, tmp_path):
+    run = tmp_path / "run"
+    train(make_cfg(class_dataset, "train.max_steps=2", "train.val_every=5"), run, progress=False)
+    lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [bool(val_fields(x)) for x in lines] == [False, True] and "val_contrastive" in lines[1]
+    assert timeline.steps(run) == [2]
+
+
+def test_resume_drops_the_snapshots_after_its_step(class_dataset, tmp_path):
+    run = tmp_path / "run"
+    cfg = make_cfg(class_dataset, "train.max_steps=3", "train.checkpoint_every=1")
+    train(cfg, run, stop_at_step=1, progress=False)
+    assert timeline.steps(run) == [1]
+    # as if a session had got further and died before its checkpoint: a snapshot beyond step 1
+    (run / "timeline" / "step-0000002.npz").write_bytes((run / "timeline" / "step-0000001.npz").read_bytes())
+    (run / "timeline" / "step-0000009.npz").write_bytes(b"")
+    train(config.load(run / "config.yaml"), run, resume=True, progress=False)
+    assert timeline.steps(run) == [1, 2, 3] and timeline.read(run, 2).step == 2
 
 
 def test_stop_file_ends_the_run_with_a_checkpoint(class_dataset, tmp_path):
@@ -93,6 +159,9 @@ def test_ablation_modes_train(class_dataset, tmp_path, mode):
                     progress=False)
     final = summary["final"]
     assert math.isfinite(final["total"])
+    # every mode gets held-out kNN accuracy; only models with classes (hico, supervised) have probes
+    assert val_fields(final) == (KNN_FIELDS if mode in ("simclr", "peer") else KNN_FIELDS | PROBE_FIELDS)
+    assert ("val_contrastive" in final) == (mode != "supervised")
     if mode == "simclr":
         assert final["peer_local"] == 0 and final["total"] == pytest.approx(final["peer_global"])
     if mode == "supervised":
@@ -103,6 +172,23 @@ def test_flatten_heads_and_unlabelled_fraction(class_dataset, tmp_path):
     summary = train(make_cfg(class_dataset, "train.max_steps=1", "model.heads=flatten", "data.label_fraction=0"),
                     tmp_path / "run", progress=False)
     assert summary["classes"] == [] and summary["final"]["supervised"] == 0
+    # labels withheld from training still score the representation (as hico eval does); no probes
+    assert val_fields(summary["final"]) == KNN_FIELDS
+
+
+def test_no_held_out_videos_or_labels_no_accuracy(class_dataset, tmp_path):
+    # 8 training videos at batch 4: the epoch (and its validation) ends at step 2
+    summary = train(make_cfg(class_dataset, "train.max_steps=2", "data.val_fraction=0"), tmp_path / "all",
+                    progress=False)
+    assert val_fields(summary["final"]) == set() and "val_contrastive" not in summary["final"]
+    assert set(timeline.read(tmp_path / "all", 2).split) == {"train"}  # the timeline is kept all the same
+    unlabelled = tmp_path / "unlabelled"
+    unlabelled.mkdir()
+    for clip in sorted(class_dataset.rglob("*.mp4")):
+        clip.rename(unlabelled / clip.name)
+    summary = train(make_cfg(unlabelled, "train.max_steps=1"), tmp_path / "u", progress=False)
+    assert val_fields(summary["final"]) == set() and summary["final"]["val_contrastive"] > 0
+    assert set(timeline.read(tmp_path / "u", 1).label) == {""}
 
 
 def test_refusals_name_the_problem(class_dataset, tmp_path):

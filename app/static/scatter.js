@@ -79,7 +79,7 @@ function buildTraces(value, panel) {
     type: "scattergl", mode: "markers", hoverinfo: "none", showlegend: false,
     selected: { marker: { opacity: 1 } }, unselected: { marker: { opacity: 0.12 } },
   };
-  if (panel.links && panel.links.x && panel.links.x.length) {
+  if (panel.links) {   // first trace, even empty: a selection redraws it (drawLinks)
     traces.push({
       type: "scattergl", mode: "lines", x: panel.links.x, y: panel.links.y, hoverinfo: "skip",
       showlegend: false, line: { color: "rgba(80,86,94,0.35)", width: 1 },
@@ -194,6 +194,41 @@ async function highlightOthers(k, rows) {
   }
 }
 
+// The lines of a cross-level panel: for the selected rows (at most panel.link_limit, spread evenly
+// over them), or the value's own sample when nothing is selected (rows === null).
+function linkSegments(panel, rows) {
+  if (rows === null) return panel.links;
+  const prow = panelRows(panel);
+  const picked = [];
+  for (let i = 0; i < prow.length; i++) if (rows.has(prow[i])) picked.push(i);
+  const limit = panel.link_limit || picked.length;
+  let chosen = picked;
+  if (picked.length > limit) {   // evenly spread, as app/scatter.py `spread` (integer rounding, halves up)
+    const m = picked.length;
+    chosen = limit <= 1 ? picked.slice(0, limit) : Array.from({ length: limit },
+      (_, j) => picked[Math.floor((2 * j * (m - 1) + (limit - 1)) / (2 * (limit - 1)))]);
+  }
+  const [a, b] = panel.layers;
+  const x = [];
+  const y = [];
+  for (const i of chosen) { x.push(a.x[i], b.x[i], null); y.push(a.y[i], b.y[i], null); }
+  return { x, y };
+}
+
+async function drawLinks(rows) {
+  st.syncing += 1;
+  try {
+    await Promise.all(st.plots.map((plot, j) => {
+      const panel = st.value.panels[j];
+      if (!plot.ready || !panel.links || panel.layers.length !== 2) return null;
+      const seg = linkSegments(panel, rows);
+      return Plotly.restyle(plot.div, { x: [seg.x], y: [seg.y] }, [0]);
+    }));
+  } finally {
+    st.syncing -= 1;
+  }
+}
+
 function placeTip(ev) {
   const pad = 14;
   const w = tipEl.offsetWidth || 140;
@@ -272,11 +307,13 @@ function bindEvents(k, div) {
     const { rows, ids } = selectionIds(k, ev && ev.points);
     trigger("select", { ids, panel: k, title: st.value.panels[k].title || "" });
     highlightOthers(k, rows.size ? rows : null);
+    drawLinks(rows.size ? rows : null);
   });
   div.on("plotly_deselect", () => {
     if (!st.value || st.syncing) return;
     trigger("select", { ids: [], panel: k, title: st.value.panels[k].title || "" });
     highlightOthers(k, null);
+    drawLinks(null);
   });
   div.on("plotly_click", (ev) => {
     if (!st.value) return;

@@ -1,8 +1,11 @@
 """The decoded-frame cache: every clip decoded once, resized to the training size, kept as uint8.
 
 On disk: one `.npy` per clip (T x C x S x S uint8) under `<cache_dir>/<S>px/`, named by a hash of
-the clip's path, modification time, byte size and the frame limit, so an edited clip is decoded
-again. In memory: one packed tensor of all frames with per-clip offsets, which can live on the
+the clip's path, modification time, byte size, the frame limit and whether the screen is masked,
+so an edited clip is decoded again. With `mask_screen` (config data.mask_screen) everything but
+tissue (the black border around the sector, burned-in text, scales and bars: hico.screen) is set
+to black on the full-resolution frames before they are resized, exactly as `hico predict` does;
+otherwise a contrastive model tells videos apart by their overlays rather than their anatomy. In memory: one packed tensor of all frames with per-clip offsets, which can live on the
 GPU so that batches are gathered there without touching the host.
 """
 
@@ -23,6 +26,7 @@ from tqdm.auto import tqdm
 from hico.errors import HiCoError
 from hico.io import ClipLimits, read_clip
 from hico.paths import hico_home
+from hico.screen import mask_frames
 
 CACHE_VERSION = 1
 DECODE_THREADS = 8  # at most; never more than the machine's cores
@@ -59,32 +63,36 @@ def _fingerprint(path: Path) -> str:
     return f"{path.resolve()}|{mtime}|{size}"
 
 
-def cache_path(cache_dir: Path, clip_path: Path, size: int, max_frames: int) -> Path:
-    key = f"v{CACHE_VERSION}|{_fingerprint(clip_path)}|{size}|{max_frames}"
+def cache_path(cache_dir: Path, clip_path: Path, size: int, max_frames: int, mask_screen: bool = False) -> Path:
+    key = f"v{CACHE_VERSION}|{_fingerprint(clip_path)}|{size}|{max_frames}" + ("|mask" if mask_screen else "")
     return cache_dir / f"{size}px" / (hashlib.sha1(key.encode()).hexdigest() + ".npy")
 
 
 def load_clip_frames(clip_path: Path, size: int, max_frames: int = 0, cache_dir: Path | None = None,
-                     limits: ClipLimits | None = None) -> np.ndarray:
+                     limits: ClipLimits | None = None, mask_screen: bool = False) -> np.ndarray:
     """A clip's frames as T x C x size x size uint8, from the disk cache or decoded and stored.
 
     A clip not yet cached is decoded within `limits` (ClipLimits.from_config(cfg.data); None:
     the defaults): a clip over them is a HiCoError naming it and the key to raise.
     """
-    return _cached_frames(clip_path, size, max_frames, cache_dir, mmap=False, limits=limits)[0]
+    return _cached_frames(clip_path, size, max_frames, cache_dir, mmap=False, limits=limits,
+                          mask_screen=mask_screen)[0]
 
 
 def _cached_frames(clip_path: Path, size: int, max_frames: int, cache_dir: Path | None,
-                   mmap: bool, limits: ClipLimits | None = None) -> tuple[np.ndarray, Path]:
+                   mmap: bool, limits: ClipLimits | None = None, mask_screen: bool = False) -> tuple[np.ndarray, Path]:
     """(frames, the cache file holding them); with `mmap` a cached clip is memory-mapped, read only."""
     cache_dir = Path(cache_dir) if cache_dir else hico_home() / "cache"
-    target = cache_path(cache_dir, clip_path, size, max_frames)
+    target = cache_path(cache_dir, clip_path, size, max_frames, mask_screen)
     if target.is_file():
         try:
             return np.load(target, allow_pickle=False, mmap_mode="r" if mmap else None), target
         except (OSError, ValueError):
             target.unlink(missing_ok=True)  # a torn write from a killed process: decode again
-    frames = resize_frames(read_clip(clip_path, max_frames=max_frames or None, limits=limits), size)
+    frames = read_clip(clip_path, max_frames=max_frames or None, limits=limits)
+    if mask_screen:
+        frames = mask_frames(frames)[0]
+    frames = resize_frames(frames, size)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_suffix(f".{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "wb") as fh:
@@ -132,11 +140,12 @@ class FrameCache:
 
 def build_cache(paths: list[Path], size: int, max_frames: int = 0, cache_dir: Path | None = None,
                 progress: bool = True, desc: str = "decoding clips",
-                limits: ClipLimits | None = None) -> FrameCache:
+                limits: ClipLimits | None = None, mask_screen: bool = False) -> FrameCache:
     """Decode (or load) every clip at `size` and pack them; raise HiCoError naming a bad clip.
 
     Clips not yet cached are decoded within `limits` (ClipLimits.from_config(cfg.data); None: the
     defaults): one over them stops the build with a HiCoError naming the clip and the key to raise.
+    `mask_screen`: black out all but tissue first (see the module docstring).
 
     Clips are decoded by a few threads at once (the decoders and the resize release the GIL):
     on two cores that takes 45% off decoding the embedded dataset, and more on bigger machines.
@@ -148,7 +157,8 @@ def build_cache(paths: list[Path], size: int, max_frames: int = 0, cache_dir: Pa
     # every clip is decoded into the disk cache (only its shape is kept), then one packed array is
     # allocated and each cached clip is copied into its slice from a memory map.
     def cache_one(path) -> tuple[Path, tuple[int, ...]]:
-        frames, file = _cached_frames(Path(path), size, max_frames, cache_dir, mmap=True, limits=limits)
+        frames, file = _cached_frames(Path(path), size, max_frames, cache_dir, mmap=True, limits=limits,
+                                      mask_screen=mask_screen)
         return file, frames.shape
 
     files, shapes = zip(*_threaded(cache_one, paths, progress, desc))

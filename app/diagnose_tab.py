@@ -1,0 +1,104 @@
+"""The Diagnose tab: its layout, its handlers and the /predict endpoint.
+
+`DiagnoseTab` is mixed into `app.ui.HiCoApp` and uses its shared state (`diagnoser`, `access`,
+`examples`, `run_path`, `model_runs`, `refresh_choices`); what the handlers compute lives in
+app/diagnose.py and `hico.predict`.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+
+from hico.errors import HiCoError
+
+from app.diagnose import SALIENCY_CHOICES
+from app.figures import frame_probabilities, probability_bars
+
+
+class DiagnoseTab:
+    """Diagnose: upload or pick a clip, get probabilities, per-frame curves and a saliency video."""
+
+    def diagnose(self, clip, run, level):
+        """Upload or example -> (message, bars, per-frame chart, video, slider, frame, mask, csv, video file, id)."""
+        empty = (None, None, None, gr.update(maximum=1, value=0), None, None, None, None, None)
+        if not clip:
+            return ("Upload a clip or pick an example.", *empty)
+        try:
+            result = self._diagnose(clip, run, level)
+        except HiCoError as exc:
+            return (f"⚠️ {exc}", *empty)
+        pred = result.prediction
+        top = pred.clip_probs.argmax()
+        levels = ", ".join(f"{name}: {pred.classes[int(p.mean(0).argmax())]}" for name, p in pred.level_probs.items())
+        message = (f"**{pred.label}** ({pred.clip_probs[top]:.0%}) over {len(pred.frame_probs)} frames"
+                   + (f" · per level — {levels}" if levels else "")
+                   + (f" · screen mask: {pred.mask.method}" if pred.mask is not None else ""))
+        return (message, probability_bars(pred.classes, pred.clip_probs),
+                frame_probabilities(pred.classes, pred.frame_probs, 0), str(result.video),
+                gr.update(maximum=max(result.frames - 1, 1), value=0, step=1), result.overlay[0], result.mask_image,
+                str(result.csv), str(result.video), result.id)
+
+    def diagnose_frame(self, result_id, index):
+        result = self.diagnoser.result(result_id) if result_id else None
+        if result is None:
+            return None, None
+        i = int(min(max(index or 0, 0), result.frames - 1))
+        pred = result.prediction
+        return result.overlay[i], frame_probabilities(pred.classes, pred.frame_probs, i)
+
+    def _diagnose(self, clip, run, level):
+        """Diagnose a clip the request uploaded; a message that names the file names it as the user
+        knows it, not by the server's upload path."""
+        path = self.access.uploaded(clip)
+        try:
+            return self.diagnoser.diagnose(self.run_path(run), path, level)
+        except HiCoError as exc:
+            raise HiCoError(str(exc).replace(str(path), path.name)) from None
+
+    def api_predict(self, clip: gr.FileData, run: str = "", level: str = "all") -> dict:
+        """Predict a clip (video, DICOM or image) with a run: class probabilities per clip and per frame,
+        and the saliency overlay video and per-frame CSV as files."""
+        try:
+            run = run or (self.model_runs() or [""])[0]
+            result = self._diagnose(clip, run, level)
+        except HiCoError as exc:
+            return {"ok": False, "message": str(exc)}
+        pred = result.prediction
+        return {"ok": True, "run": run, "prediction": pred.label, "classes": pred.classes,
+                "clip_probs": [float(p) for p in pred.clip_probs],
+                "frame_probs": pred.frame_probs.round(6).tolist(),
+                "level_predictions": {k: pred.classes[int(v.mean(0).argmax())] for k, v in pred.level_probs.items()},
+                "mask_method": getattr(pred.mask, "method", None),
+                "overlay_video": gr.FileData(path=str(result.video)), "frames_csv": gr.FileData(path=str(result.csv))}
+
+    def diagnose_tab(self) -> gr.Dropdown:
+        """The tab's components and events; returns its run dropdown (filled on page load)."""
+        with gr.Row():
+            with gr.Column(scale=2, min_width=320):
+                clip = gr.File(label="Clip: video, DICOM (single or multi-frame) or image", type="filepath",
+                               elem_id="diagnose-upload")
+                gr.Examples([[e] for e in self.examples()], inputs=clip, label="Example clips (synthetic)")
+                run = gr.Dropdown(self.model_runs(), label="Model (run)", elem_id="diagnose-run")
+                level = gr.Radio(list(SALIENCY_CHOICES), value="all", label="Saliency (Grad-CAM) level",
+                                 info="all = local, medium and global side by side; backbone = the classifier")
+                go = gr.Button("Diagnose", variant="primary", elem_id="diagnose-go")
+                mask = gr.Image(label="Screen mask (red: ignored text and border)", interactive=False,
+                                elem_id="diagnose-mask")
+            with gr.Column(scale=3, min_width=420):
+                message = gr.Markdown(elem_id="diagnose-message")
+                bars = gr.Plot(label="Clip-level probabilities", elem_id="diagnose-bars")
+                video = gr.Video(label="Saliency overlay", autoplay=True, loop=True, elem_id="diagnose-video")
+                slider = gr.Slider(0, 1, value=0, step=1, label="Frame", elem_id="diagnose-slider")
+                frame = gr.Image(label="Overlay at this frame", interactive=False, elem_id="diagnose-frame")
+                line = gr.Plot(label="Per-frame probabilities", elem_id="diagnose-line")
+                with gr.Row():
+                    csv = gr.DownloadButton("Per-frame results (CSV)", elem_id="download-csv")
+                    video_file = gr.DownloadButton("Overlay video (mp4)", elem_id="download-video")
+        result_id = gr.State(None)
+        outputs = [message, bars, line, video, slider, frame, mask, csv, video_file, result_id]
+        go.click(self.diagnose, [clip, run, level], outputs, api_visibility="private")
+        clip.upload(self.diagnose, [clip, run, level], outputs, api_visibility="private")
+        slider.change(self.diagnose_frame, [result_id, slider], [frame, line], api_visibility="private",
+                      show_progress="hidden")
+        run.focus(self.refresh_choices, None, run, api_visibility="private")
+        return run

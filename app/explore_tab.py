@@ -1,0 +1,318 @@
+"""The Explore tab: its layout, its handlers and the /embeddings endpoint.
+
+`ExploreTab` is mixed into `app.ui.HiCoApp` and uses its shared state (`explorer`, `access`,
+`home`, `run_path`, `model_runs`, `refresh_choices`); what the handlers compute lives in
+app/explore.py and `hico.embed`.
+"""
+
+from __future__ import annotations
+
+import gradio as gr
+import numpy as np
+
+from hico.errors import HiCoError
+
+from app.default import synth_dir
+from app.explore import PAIRS, cross_summary, linked_rows
+from app.scatter import panels_value, scatter, table_value
+from app.timeline_view import LEVELS as TIMELINE_LEVELS
+from app.timeline_view import TimelineViews, api_payload
+
+LEVEL_PANELS = ("local", "medium", "global", "backbone")
+ACCURACY_COLUMNS = ("feature", "linear_acc", "knn_acc", "linear_video_acc", "knn_video_acc")
+QUALITY_COLUMNS = ("panel", "layout", "class 2-D", "class embedding", "neighbours kept", "own position")
+CROSS_COLUMNS = ("class", "frames", "line length", "shared neighbours")
+
+
+class ExploreTab:
+    """Explore: per-level scatters, the cross-level view, selection gallery, neighbours, accuracy,
+    and the run's projection over training (app/timeline_view.py)."""
+
+    timeline_views = TimelineViews()  # shared by every session; it locks itself
+
+    def _item(self, run, dataset):
+        return self.explorer.load(self.run_path(run), self.access.dataset(dataset or str(synth_dir(self.home))))
+
+    def explore_value(self, item, colour: str, pair: str) -> tuple[dict, str, int]:
+        """The scatter value for the four level panels and the cross-level panel, a note on which
+        panels are UMAP yet (each swaps from PCA as soon as its UMAP is done), and how many are."""
+        coords = {column: self.explorer.projection(item, column)[0] for column in (*LEVEL_PANELS, pair)}
+        umap_done = self.explorer.umap_ready(item, (*LEVEL_PANELS, pair))
+        rows = linked_rows(len(item.table))
+        a, b = PAIRS[pair]
+        joint = coords.pop(pair)
+        for name, part in ((a, joint[:len(rows)]), (b, joint[len(rows):])):
+            full = np.full((len(item.table), 2), np.nan)
+            full[rows] = part
+            coords[name] = full
+        column = {"class": "label", "video": "video_id", "split": "split", "level": None}[colour]
+        if len(umap_done) == len(LEVEL_PANELS) + 1:
+            note = "UMAP"
+        elif umap_done:
+            note = f"UMAP for {', '.join(umap_done)}; PCA for the rest until their UMAP is done"
+        else:
+            note = "PCA (UMAP still running)"
+        value = table_value(item.table, coords, column, view=f"umap{len(umap_done)}", show=list(LEVEL_PANELS),
+                            cross=(a, b), cross_rows=rows, source=item.source)
+        return value, note, len(umap_done)
+
+    def explore(self, run, dataset, colour, pair, progress=gr.Progress(track_tqdm=True)):
+        """-> (message, scatter value, accuracy, layout quality, cross-level summary, shown state)."""
+        try:
+            item = self._item(run, dataset)
+        except HiCoError as exc:
+            return f"⚠️ {exc}", gr.update(), None, None, None, ""
+        value, note, ready = self.explore_value(item, colour, pair)
+        return (self._explore_message(item, note), value, self._accuracy(item), self.quality_table(item),
+                self.cross_table(item, pair), f"ready:{ready}")
+
+    def explore_tick(self, run, dataset, colour, pair, shown):
+        """Swap each panel from PCA to UMAP as its UMAP is done; fill the tables when computed."""
+        if not run or not shown or shown == "done":
+            return (gr.update(),) * 5 + (shown,)
+        try:
+            item = self._item(run, dataset)
+        except HiCoError:
+            return (gr.update(),) * 5 + (shown,)
+        tables = self._accuracy(item), self.quality_table(item), self.cross_table(item, pair)
+        finished = item.accuracy is not None or item.accuracy_error is not None
+        ready = len(self.explorer.umap_ready(item, (*LEVEL_PANELS, pair)))
+        state = "done" if ready == len(LEVEL_PANELS) + 1 and finished else f"ready:{ready}"
+        if shown == f"ready:{ready}":  # no panel has changed: leave the plot alone
+            return gr.update(), gr.update(), *tables, state
+        value, note, _ = self.explore_value(item, colour, pair)
+        return self._explore_message(item, note), value, *tables, state
+
+    def quality_table(self, item) -> list[list]:
+        """One row per level panel: how well the layout it shows keeps the embedding's neighbours
+        (hico.neighbours.projection_scores), or "computing…"."""
+        rows = []
+        for panel in LEVEL_PANELS:
+            method = "umap" if ("umap", panel) in item.projections else "pca"
+            score = item.scores.get((method, panel))
+            if score is None:
+                rows.append([panel, method.upper(), "computing…", None, None, None])
+                continue
+            rows.append([panel, method.upper(), *(None if score[k] is None else round(score[k], 3)
+                                                  for k in ("class_2d", "class_embedding", "overlap", "distinct"))])
+        return rows
+
+    def cross_table(self, item, pair: str):
+        """Per class of the cross-level panel: mean line length and shared neighbours (app.explore.cross_summary)."""
+        joint = self.explorer.projection(item, pair)[0]
+        rows = linked_rows(len(item.table))
+        summary = cross_summary(item.table["label"].to_numpy()[rows], joint[:len(rows)], joint[len(rows):],
+                                item.agreement.get(pair))
+        summary.columns = list(CROSS_COLUMNS)
+        return summary.round(3)
+
+    @staticmethod
+    def _explore_message(item, method: str) -> str:
+        table = item.table
+        return (f"{len(table):,} frames of {table['video_id'].nunique():,} clips · {method} · "
+                f"checkpoint {table.attrs.get('checkpoint', '')} · box or lasso to select frames, click one for "
+                f"its nearest neighbours")
+
+    @staticmethod
+    def _accuracy(item):
+        if item.accuracy is not None:
+            return item.accuracy[list(ACCURACY_COLUMNS)].round(3)
+        if item.accuracy_error:
+            return [[item.accuracy_error, None, None, None, None]]
+        return [["computing…", None, None, None, None]]
+
+    def selected_frames(self, run, dataset, evt: gr.EventData):
+        """A box/lasso selection -> gallery of the selected frames (the first 60)."""
+        try:
+            item = self._item(run, dataset)
+        except HiCoError:
+            return [], "Nothing selected."
+        ids = _row_ids(evt, len(item.table))
+        rows = item.table.loc[ids]
+        gallery = [(self.explorer.frame(item, i), f"{r.video_id} · {r.frame} · {r.label}")
+                   for i, r in zip(ids[:60], rows.head(60).itertuples())]
+        return gallery, f"{len(ids)} frames selected" + (" (first 60 shown)" if len(ids) > 60 else "")
+
+    def neighbours(self, run, dataset, evt: gr.EventData):
+        """A clicked frame -> itself and its nearest neighbours at each level."""
+        empty = [[]] * 4
+        try:
+            item = self._item(run, dataset)
+        except HiCoError:
+            return None, "", *empty
+        ids = _row_ids(evt, len(item.table))
+        if not ids:
+            return None, "", *empty
+        row = ids[0]
+        picked = item.table.loc[row]
+        galleries = []
+        for column in LEVEL_PANELS:
+            near = self.explorer.neighbours(item, row, column)
+            galleries.append([(self.explorer.frame(item, i), f"{item.table.loc[i, 'video_id']} · "
+                               f"{item.table.loc[i, 'label']}") for i in near])
+        caption = f"{picked['video_id']} · frame {picked['frame']} · {picked['label']} · {picked['split']}"
+        return self.explorer.frame(item, row), caption, *galleries
+
+    def thumbnail(self, row_id: int, source: str) -> str | None:
+        """The thumbnail of a row of the table a page shows (its scatter value's `source`)."""
+        item = self.explorer.by_source(source)
+        if item is None or not 0 <= row_id < len(item.table):
+            return None
+        return self.explorer.thumbnail(item, row_id)
+
+    def api_embeddings(self, run: str = "", dataset: str = "", method: str = "pca") -> dict:
+        """Per-frame 2-D projections of every level (local, medium, global, backbone) for a run and dataset,
+        with video id, frame, label and split per frame, and the linear-probe / kNN accuracy per level."""
+        try:
+            run = run or (self.model_runs() or [""])[0]
+            item = self._item(run, dataset)
+        except HiCoError as exc:
+            return {"ok": False, "message": str(exc)}
+        coords = {}
+        for column in LEVEL_PANELS:
+            if method == "umap" and ("umap", column) not in item.projections:
+                item.projections[("umap", column)] = self.explorer.umap(item, column)
+            coords[column] = item.projections[(method if method == "umap" else "pca", column)].round(5).tolist()
+        table = item.table
+        return {"ok": True, "run": run, "method": method, "frames": len(table),
+                "video_id": table["video_id"].tolist(), "frame": table["frame"].astype(int).tolist(),
+                "label": [None if lab is None else str(lab) for lab in table["label"]],
+                "split": table["split"].tolist(), "coords": coords,
+                "accuracy": None if item.accuracy is None else item.accuracy.to_dict(orient="records")}
+
+    # ---- over training ----------------------------------------------------------------------
+    def _timeline(self, run, level):
+        return self.timeline_views.get(self.run_path(run), level or "global")
+
+    @staticmethod
+    def timeline_caption(view, index: int) -> str:
+        """What the slider's position shows: the step, how far points moved, the kNN class agreement."""
+        step = view.steps[index]
+        parts = [f"**step {step:,}** (snapshot {index + 1} of {len(view.steps)})"]
+        if view.moved[index] is not None:
+            parts.append(f"moved {view.moved[index]:.3f} since step {view.steps[index - 1]:,} (mean distance, "
+                         f"layout radius 1)")
+        if view.class_agreement[index] is not None:
+            parts.append(f"kNN class agreement {view.class_agreement[index]:.3f} (share of a frame's 10 nearest "
+                         f"frames from other clips with its class)")
+        return " · ".join(parts)
+
+    def timeline_value(self, view, index: int, run: str) -> dict:
+        """The scatter value of one step: one panel, fixed axes, the same point ids at every step."""
+        xrange, yrange = view.ranges()
+        labels = [lab or "unlabelled" for lab in view.label]
+        hover = [f"{v} · frame {f} · {lab} · {s}" for v, f, lab, s in zip(view.video_id, view.frame, labels, view.split)]
+        title = f"{view.level} at step {view.steps[index]:,}"
+        return panels_value({title: view.coords[index]}, labels, hover=hover, color_title="class", categorical=True,
+                            view=f"timeline:{run}:{view.level}", ranges={title: (xrange, yrange)},
+                            source=f"timeline:{run}")
+
+    def show_timeline(self, run, level):
+        """-> (message, slider, scatter value, caption) for the run's last snapshot."""
+        try:
+            view = self._timeline(run, level)
+        except HiCoError as exc:
+            return f"⚠️ {exc}", gr.update(maximum=0, value=0, label="Snapshot"), None, ""
+        last = len(view.steps) - 1
+        message = (f"{len(view.steps)} snapshots of {len(view.video_id)} frames, steps {view.steps[0]:,} to "
+                   f"{view.steps[-1]:,}; PCA per snapshot, each aligned to the next one (Procrustes)")
+        slider = gr.update(minimum=0, maximum=max(last, 1), value=last, step=1, interactive=last > 0,
+                           label=f"Snapshot (step {view.steps[last]:,})")
+        return message, slider, self.timeline_value(view, last, run), self.timeline_caption(view, last)
+
+    def timeline_step(self, run, level, index):
+        """The slider moved: the plot and caption of that snapshot (the view is cached)."""
+        try:
+            view = self._timeline(run, level)
+        except HiCoError:
+            return gr.update(), gr.update(), gr.update()
+        index = min(max(int(index or 0), 0), len(view.steps) - 1)
+        return (self.timeline_value(view, index, run), self.timeline_caption(view, index),
+                gr.update(label=f"Snapshot (step {view.steps[index]:,})"))
+
+    def api_timeline(self, run: str, level: str = "global") -> dict:
+        """A run's timeline snapshots at one level projected to 2-D and aligned across steps: steps,
+        points [{step, x, y}] (the same frames in the same order at every step), labels, video_id,
+        frame, split, and per step the mean displacement since the previous step and the kNN class
+        agreement."""
+        try:
+            if level not in TIMELINE_LEVELS:
+                raise HiCoError(f"Level must be one of {', '.join(TIMELINE_LEVELS)}, not {level!r}.")
+            view = self._timeline(run, level)
+        except HiCoError as exc:
+            return {"ok": False, "message": str(exc), "steps": [], "level": level, "points": [], "labels": [],
+                    "video_id": [], "frame": []}
+        return api_payload(view, run)
+
+    def explore_tab(self) -> gr.Dropdown:
+        """The tab's components and events; returns its run dropdown (filled on page load)."""
+        with gr.Row():
+            run = gr.Dropdown(self.model_runs(), label="Model (run)", elem_id="explore-run", scale=2)
+            dataset = gr.Textbox(str(synth_dir(self.home)), label="Dataset", scale=3, elem_id="explore-dataset")
+            colour = gr.Radio(["class", "video", "split", "level"], value="class", label="Colour by", scale=2)
+            pair = gr.Radio(list(PAIRS), value=list(PAIRS)[0], label="Cross-level view", scale=2)
+            show = gr.Button("Show embeddings", variant="primary", scale=1, elem_id="explore-go")
+        message = gr.Markdown(elem_id="explore-message")
+        plot = scatter(thumbnail=self.thumbnail, elem_id="explore-scatter",
+                       empty_text="Pick a run and press Show embeddings.")
+        with gr.Row():
+            quality = gr.Dataframe(headers=list(QUALITY_COLUMNS), interactive=False, elem_id="explore-quality",
+                                   label="How well each layout keeps the embedding: of a frame's 10 nearest frames "
+                                         "from other clips, the share of its class in 2-D and in the embedding, the "
+                                         "share of the embedding's neighbours kept in 2-D, and the share of frames "
+                                         "with a position of their own")
+            cross = gr.Dataframe(headers=list(CROSS_COLUMNS), interactive=False, elem_id="explore-cross",
+                                 label="Cross-level view per class: mean line length (panel units; short: the levels "
+                                       "agree), and the share of a frame's 10 nearest frames from other clips at one "
+                                       "level that are also nearest at the other")
+        with gr.Row():
+            with gr.Column(scale=3):
+                selection_note = gr.Markdown()
+                gallery = gr.Gallery(label="Selected frames", columns=8, height=300, elem_id="explore-gallery")
+            with gr.Column(scale=2):
+                accuracy = gr.Dataframe(headers=list(ACCURACY_COLUMNS), interactive=False, elem_id="explore-accuracy",
+                                        label="Linear probe and kNN accuracy (frames, and videos by mean "
+                                              "probability; folds split by video)")
+        with gr.Row():
+            picked = gr.Image(label="Picked frame", interactive=False, height=200, scale=1)
+            with gr.Column(scale=4):
+                picked_note = gr.Markdown()
+                near = [gr.Gallery(label=f"Nearest at {name}", columns=8, height=130, scale=1)
+                        for name in LEVEL_PANELS]
+        gr.Markdown("### Over training\nThe run's projection at each validation: the same frames, laid out "
+                    "by PCA per snapshot and aligned so that points do not jump between steps.")
+        with gr.Row():
+            t_level = gr.Radio(list(TIMELINE_LEVELS), value="global", label="Level", scale=3,
+                               elem_id="timeline-level")
+            t_show = gr.Button("Show over training", scale=1, elem_id="timeline-go")
+        t_message = gr.Markdown(elem_id="timeline-message")
+        t_slider = gr.Slider(0, 1, value=0, step=1, label="Snapshot", interactive=False, elem_id="timeline-slider")
+        t_caption = gr.Markdown(elem_id="timeline-caption")
+        t_plot = scatter(elem_id="timeline-scatter", columns=1, panel_height=520,
+                         empty_text="Pick a run and press Show over training.")
+        t_show.click(self.show_timeline, [run, t_level], [t_message, t_slider, t_plot, t_caption],
+                     api_visibility="private")
+        t_level.change(self.show_timeline, [run, t_level], [t_message, t_slider, t_plot, t_caption],
+                       api_visibility="private", show_progress="hidden")
+        t_slider.input(self.timeline_step, [run, t_level, t_slider], [t_plot, t_caption, t_slider],
+                       api_visibility="private", show_progress="hidden", trigger_mode="always_last")
+        shown = gr.State(None)
+        inputs = [run, dataset, colour, pair]
+        outputs = [message, plot, accuracy, quality, cross, shown]
+        show.click(self.explore, inputs, outputs, api_visibility="private")
+        colour.change(self.explore, inputs, outputs, api_visibility="private", show_progress="hidden")
+        pair.change(self.explore, inputs, outputs, api_visibility="private", show_progress="hidden")
+        gr.Timer(3.0).tick(self.explore_tick, [*inputs, shown], outputs, api_visibility="private",
+                           show_progress="hidden")
+        plot.select(self.selected_frames, [run, dataset], [gallery, selection_note], api_visibility="private")
+        plot.click(self.neighbours, [run, dataset], [picked, picked_note, *near], api_visibility="private")
+        run.focus(self.refresh_choices, None, run, api_visibility="private")
+        return run
+
+
+def _row_ids(evt: gr.EventData, rows: int) -> list[int]:
+    """The row ids an event from the page names, keeping only whole numbers within the table."""
+    ids = getattr(evt, "ids", None)
+    if not isinstance(ids, list):
+        return []
+    return [int(i) for i in ids if isinstance(i, int) and not isinstance(i, bool) and 0 <= i < rows]

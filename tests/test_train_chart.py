@@ -1,0 +1,134 @@
+"""The Train tab's chart on constructed metrics: the run's curves, held-out accuracy per level of
+several runs overlaid, and a refresh that reads (and redraws) only what changed."""
+
+import json
+
+import gradio as gr
+import pytest
+
+from app import train_tab
+from app.access import Access
+from app.figures import ACCURACY_LEVELS, training_figure
+from app.run_metrics import MetricsCache
+
+
+def _rows(knn: float, probe: float | None, steps=(1, 2, 3, 4), every: int = 2) -> list[dict]:
+    """Loss lines at `steps`; every `every`-th a validation with kNN (and probe) accuracy
+    knn + level index / 10 (probe + level index / 10) at step s, plus s / 100."""
+    rows = []
+    for step in steps:
+        row = {"step": step, "total": 5.0 - step, "peer_global": 1.0, "lr": 1e-3, "images_per_s": 10.0}
+        if step % every == 0:
+            row["val_contrastive"] = 4.0 - step
+            for i, level in enumerate(ACCURACY_LEVELS):
+                row[f"val_knn_acc_{level}"] = knn + i / 10 + step / 100
+                if probe is not None and level != "backbone":
+                    row[f"val_probe_acc_{level}"] = probe + i / 10 + step / 100
+        rows.append(row)
+    return rows
+
+
+def _accuracy(fig) -> dict[tuple[str, str, str], tuple[list, list]]:
+    return {(t.meta["run"], t.meta["level"], t.meta["kind"]): (list(t.x), list(t.y)) for t in fig.data if t.meta}
+
+
+def test_accuracy_panels_overlay_every_run_by_colour_and_kind():
+    fig = training_figure(_rows(0.5, 0.4), {"simclr": _rows(0.2, None, steps=(2, 4, 6)), "live": _rows(0, 0)},
+                          name="live")
+    lines = _accuracy(fig)
+    # the shown run (named once even if picked again), then simclr: kNN at every level, probe at three
+    assert set(lines) == {("live", v, "knn") for v in ACCURACY_LEVELS} | {
+        ("live", v, "probe") for v in ("local", "medium", "global")} | {("simclr", v, "knn") for v in ACCURACY_LEVELS}
+    assert lines[("live", "local", "knn")] == ([2, 4], pytest.approx([0.52, 0.54]))
+    assert lines[("live", "global", "probe")] == ([2, 4], pytest.approx([0.62, 0.64]))
+    assert lines[("simclr", "backbone", "knn")] == ([2, 4, 6], pytest.approx([0.52, 0.54, 0.56]))
+    by_meta = {(t.meta["run"], t.meta["level"], t.meta["kind"]): t for t in fig.data if t.meta}
+    live, simclr = by_meta[("live", "medium", "knn")], by_meta[("simclr", "medium", "knn")]
+    assert live.line.color != simclr.line.color  # a colour per run ...
+    assert live.line.dash == "solid" and by_meta[("live", "medium", "probe")].line.dash == "dot"  # ... kNN vs probe
+    assert by_meta[("live", "medium", "probe")].line.color == live.line.color
+    # each level in its own panel, the same panel for every run
+    assert live.xaxis == simclr.xaxis and live.xaxis != by_meta[("live", "local", "knn")].xaxis
+    legend = [t.name for t in fig.data if t.legend == "legend2" and t.showlegend is not False]
+    assert legend[:2] == ["live", "simclr"] and set(legend[2:]) == {"kNN", "linear probe"}
+    # the loss panel shows the run itself only
+    names = [t.name for t in fig.data if not t.meta and t.legend != "legend2"]
+    assert "total" in names and "held-out contrastive" in names and names.count("total") == 1
+    total = next(t for t in fig.data if t.name == "total")
+    assert list(total.x) == [1, 2, 3, 4] and list(total.y) == [4.0, 3.0, 2.0, 1.0]
+
+
+def test_a_run_without_accuracy_says_so():
+    plain = [{"step": 1, "total": 1.0, "lr": 1e-3, "images_per_s": 5.0}]
+    fig = training_figure(plain, {"other": _rows(0.5, None)}, name="old")
+    legend = [t.name for t in fig.data if t.legend == "legend2" and t.showlegend is not False]
+    assert legend == ["old (none logged)", "other", "kNN"]
+    empty = training_figure(plain)
+    assert not _accuracy(empty) and not any(t.legend == "legend2" for t in empty.data)
+    assert any("held-out accuracy comes with each validation" in a.text for a in empty.layout.annotations)
+
+
+def test_metrics_are_read_again_only_when_the_file_changed(tmp_path):
+    run = tmp_path / "r"
+    run.mkdir()
+    cache = MetricsCache(keep=2)
+    assert cache.rows(run) == [] and cache.reads == 0  # no file yet
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1}) + "\n")
+    assert cache.rows(run) == [{"step": 1}] and cache.reads == 1
+    assert cache.rows(run) == [{"step": 1}] and cache.reads == 1  # unchanged: no read
+    with open(run / "metrics.jsonl", "a") as handle:
+        handle.write(json.dumps({"step": 2}) + "\n")
+    assert [r["step"] for r in cache.rows(run)] == [1, 2] and cache.reads == 2
+    for other in ("a", "b"):  # a third run pushes out the least recently asked
+        (tmp_path / other).mkdir()
+        cache.rows(tmp_path / other)
+    cache.rows(run)
+    assert cache.reads == 3
+
+
+def test_the_chart_is_redrawn_only_when_a_run_it_shows_changed(tmp_path):
+    access = Access(tmp_path)
+    for name in ("live", "peer"):
+        folder = tmp_path / "runs" / name
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text("{}\n")
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in _rows(0.3, 0.3)))
+    status = {"run": {"name": "live", "folder": str(tmp_path / "runs" / "live")}}
+    assert train_tab.compared_runs(access, ["peer", "live", "nope", "../x", "peer"], "live") == {
+        "peer": tmp_path / "runs" / "peer"}
+    fig, key = train_tab.chart_update(status, access, ["peer"], None)
+    assert {t.meta["run"] for t in fig.data if t.meta} == {"live", "peer"}
+    again, same = train_tab.chart_update(status, access, ["peer"], key)
+    assert same == key and isinstance(again, type(gr.skip()))
+    with open(tmp_path / "runs" / "peer" / "metrics.jsonl", "a") as handle:  # the overlaid run logs a line
+        handle.write(json.dumps({"step": 5, "total": 0.5, "val_knn_acc_local": 0.9}) + "\n")
+    fig, newer = train_tab.chart_update(status, access, ["peer"], key)
+    assert newer != key and _accuracy(fig)[("peer", "local", "knn")][1][-1] == 0.9
+    fewer, _ = train_tab.chart_update(status, access, [], newer)  # unpicking a run redraws
+    assert {t.meta["run"] for t in fewer.data if t.meta} == {"live"}
+    nothing, _ = train_tab.chart_update({"run": None}, access, [], None)
+    assert not _accuracy(nothing)
+
+
+def test_compare_endpoint_gives_each_runs_held_out_accuracy(tmp_path):
+    access = Access(tmp_path)
+    lines = {"hico-s0": [{"step": 5, "total": 1.0}, {"step": 10, "total": 0.9, "val_knn_acc_local": 0.5,
+                                                     "val_probe_acc_global": 0.25, "val_contrastive": 3.0},
+                         {"step": 20, "total": 0.8, "val_knn_acc_local": 0.75, "val_probe_acc_global": 0.5}],
+             "simclr-s0": [{"step": 10, "total": 2.0}]}
+    for name, rows in lines.items():
+        folder = tmp_path / "runs" / name
+        folder.mkdir(parents=True)
+        mode = name.split("-")[0]
+        (folder / "config.yaml").write_text(f"loss: {{mode: {mode}}}\ntrain: {{seed: 0}}\n")
+        (folder / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    out = train_tab.run_comparison(access, " hico-s0, simclr-s0,../etc, hico-s0 ")
+    assert out["ok"] and out["message"] == "2 runs; not runs here: '../etc'."
+    hico, simclr = out["runs"]
+    assert (hico["run"], hico["mode"], hico["seed"]) == ("hico-s0", "hico", 0)
+    assert hico["latest"] == {"val_knn_acc_local": 0.75, "val_probe_acc_global": 0.5}
+    assert hico["series"]["val_knn_acc_local"] == [[10, 0.5], [20, 0.75]]
+    assert simclr["mode"] == "simclr" and simclr["latest"] == {} and simclr["series"] == {}
+    empty = train_tab.run_comparison(access, " , ")
+    assert not empty["ok"] and empty["runs"] == []
+    assert not train_tab.run_comparison(access, "nope")["ok"]
