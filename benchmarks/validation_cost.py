@@ -8,6 +8,8 @@ For each input size and `train.val_frames` it alternates two training steps and 
 `--rounds` times, and prints the medians: wall and CPU seconds (time.process_time, every thread of
 the process) of a step and of a validation, and the validation in steps by CPU time. On a shared
 machine the wall times follow the load; the ratio by CPU time is the figure to quote.
+`--frames 0` (set here directly; a config refuses it) times the held-out contrastive loss alone,
+the validation as it was before held-out accuracy.
 """
 
 from __future__ import annotations

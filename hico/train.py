@@ -48,9 +48,6 @@ METRIC_TERMS = (*TERMS, "probe")
 # data.cache_on=auto keeps the decoded frames on the GPU when they take at most this share of its
 # free memory; the rest is for the model, its activations and the optimizer.
 CACHE_SHARE = 0.5
-# train.val_frames when the config has no such key: evenly spaced frames per video embedded at each
-# validation (held-out accuracy and the timeline)
-VAL_FRAMES = 4
 EMBED_CHUNK = 256  # watched frames gathered from the cache at a time
 
 
@@ -319,8 +316,7 @@ class Trainer:
         training and held-out video. {rows: M cache rows, frame: M, video_id: M, label: M class names
         ("" for none), classes: M class indices (-1 for none), held_out: M bool}."""
         if self._watched is None:
-            per_video = getattr(self.cfg.train, "val_frames", VAL_FRAMES)
-            videos, frames = spaced_frames(self.cache.lengths, per_video)
+            videos, frames = spaced_frames(self.cache.lengths, self.cfg.train.val_frames)
             order = np.concatenate([self.data.train_idx, self.data.val_idx])
             clips = [self.data.dataset.clips[i] for i in order[videos]]
             self._watched = {"rows": self.cache.offsets[videos] + frames, "frame": frames,
