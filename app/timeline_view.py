@@ -14,9 +14,8 @@ after alignment, in units of the layout's RMS radius) and the kNN class agreemen
 embedding (as `hico.neighbours.projection_scores`'s `class_embedding`: of a frame's 10 nearest
 frames from other clips, cosine, the share with its class), so the slider shows structure forming.
 
-PCA here takes only the top two eigenvectors of the smaller Gram matrix rather than a full SVD
-(`hico.embed.project`): 32 snapshots of 800 frames at the 512-wide backbone took 7 s by SVD on
-two shared cores.
+PCA is `hico.embed.principal_axes` (the PCA of `hico.embed.project`): the top two eigenvectors
+of the smaller Gram matrix, not a full SVD.
 
 `TimelineViews` caches built views per (run folder, level, snapshot steps), bounded and guarded by
 a lock: the app serves many sessions at once.
@@ -30,16 +29,15 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from scipy.linalg import eigh, orthogonal_procrustes
-from scipy.sparse.linalg import eigsh
+from scipy.linalg import orthogonal_procrustes
 
 from hico import timeline
 from hico.errors import HiCoError
-from hico.neighbours import SCORE_K, knn
+from hico.embed import principal_axes
+from hico.neighbours import SCORE_K, other_neighbours
 
 LEVELS = timeline.COLUMNS
 KEEP_VIEWS = 8  # views cached (each ~32 snapshots x ~800 points x 2 floats: small)
-DENSE_EIGH_MAX = 64  # Gram matrices up to this size get a dense eigensolver
 MARGIN = 0.05  # share of the extent added around the fixed axis range
 
 
@@ -88,36 +86,17 @@ def fix_sign(xy: np.ndarray) -> np.ndarray:
     return xy
 
 
-def pca2(x: np.ndarray) -> np.ndarray:
-    """N x d -> N x 2: the rows' coordinates on the first two principal axes (signs arbitrary)."""
-    centred = np.asarray(x, dtype=np.float64)
-    centred = centred - centred.mean(axis=0)
-    n, d = centred.shape
-    gram = centred.T @ centred if d <= n else centred @ centred.T
-    size = gram.shape[0]
-    if size > DENSE_EIGH_MAX:  # Lanczos for the top two: 4x faster than a dense solver at 512
-        start = np.random.default_rng(0).normal(size=size)  # fixed: the same answer every time
-        values, vectors = eigsh(gram, k=2, which="LA", v0=start)
-    else:
-        top = min(2, size)
-        values, vectors = eigh(gram, subset_by_index=[size - top, size - 1])
-    order = np.argsort(values)[::-1]
-    vectors, values = vectors[:, order], values[order]
-    out = centred @ vectors if d <= n else vectors * np.sqrt(np.maximum(values, 0.0))
-    return np.pad(out, ((0, 0), (0, 2 - out.shape[1])))
-
-
 def class_agreement(x: np.ndarray, labels, groups, k: int = SCORE_K) -> float | None:
     """Of each labelled row's k nearest rows (cosine) outside its own group, the mean share with its
     label; None when no row is labelled or no row lies outside a group."""
     names = np.asarray(labels, dtype=str)
-    _, codes = np.unique(np.asarray(groups, dtype=str), return_inverse=True)
-    k = min(k, x.shape[0] - int(np.bincount(codes.ravel()).max()))
-    labelled = names != ""
-    if k < 1 or not labelled.any():
+    labelled = np.flatnonzero(names != "")
+    if not len(labelled):
         return None
-    indices, _ = knn(x, k + 1, "cosine", groups, 0, np.flatnonzero(labelled))
-    return float((names[indices[:, 1:]] == names[labelled, None]).mean())
+    near = other_neighbours(x, k, "cosine", groups, labelled)
+    if near.shape[1] == 0:
+        return None
+    return float((names[near] == names[labelled, None]).mean())
 
 
 def align(xy: np.ndarray, reference: np.ndarray) -> np.ndarray:
@@ -170,7 +149,7 @@ def build(run_dir: str | Path, level: str, steps: list[int] | None = None) -> Ti
         keep = rows >= 0
         xy = np.full((n, 2), np.nan)
         if keep.sum() >= 2:
-            xy[rows[keep]] = pca2(x[keep])
+            xy[rows[keep]] = principal_axes(x[keep])
             agreement.append(class_agreement(x[keep], snap.label[keep], snap.video_id[keep]))
         else:
             agreement.append(None)

@@ -112,7 +112,7 @@ def sample_rows(n: int, size: int = SCORE_SAMPLE) -> np.ndarray:
     return np.unique(np.linspace(0, n - 1, size).round().astype(np.int64))
 
 
-def _other_neighbours(x: np.ndarray, k: int, metric: str, groups, queries: np.ndarray) -> np.ndarray:
+def other_neighbours(x: np.ndarray, k: int, metric: str, groups, queries: np.ndarray) -> np.ndarray:
     """Q x k' indices of each query's nearest rows outside its group (k' = k, fewer for tiny sets)."""
     codes = _codes(groups, x.shape[0])
     allowed = x.shape[0] - 1
@@ -158,8 +158,8 @@ def projection_scores(x: np.ndarray, xy: np.ndarray, labels=None, groups=None, k
     if x.shape[0] != xy.shape[0] or xy.ndim != 2 or xy.shape[1] != 2:
         raise ValueError(f"projection_scores needs N x d and N x 2, got {x.shape} and {xy.shape}")
     queries = sample_rows(x.shape[0], sample)
-    high = _other_neighbours(x, k, "cosine", groups, queries)
-    low = _other_neighbours(np.nan_to_num(xy, nan=1e9), k, "euclidean", groups, queries)
+    high = other_neighbours(x, k, "cosine", groups, queries)
+    low = other_neighbours(np.nan_to_num(xy, nan=1e9), k, "euclidean", groups, queries)
     out = {"overlap": None, "class_2d": None, "class_embedding": None, "distinct": distinct_fraction(xy)}
     if high.shape[1] == 0:
         return out
@@ -188,8 +188,8 @@ def cross_level_agreement(a: np.ndarray, b: np.ndarray, groups=None, k: int = SC
     if a.shape[0] != b.shape[0]:
         raise ValueError(f"cross_level_agreement needs the same rows at both levels, got {a.shape[0]} and {b.shape[0]}")
     queries = np.arange(a.shape[0]) if queries is None else np.asarray(queries, dtype=np.int64)
-    near_a = _other_neighbours(a, k, "cosine", groups, queries)
-    near_b = _other_neighbours(b, k, "cosine", groups, queries)
+    near_a = other_neighbours(a, k, "cosine", groups, queries)
+    near_b = other_neighbours(b, k, "cosine", groups, queries)
     if near_a.shape[1] == 0:
         return np.full(len(queries), np.nan)
     return np.array([len(np.intersect1d(p, q)) for p, q in zip(near_a, near_b)], dtype=np.float64) / near_a.shape[1]
