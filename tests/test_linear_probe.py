@@ -8,6 +8,7 @@ import pytest
 from scipy.special import log_softmax
 from sklearn.linear_model import LogisticRegression
 
+from hico import linear_probe
 from hico.linear_probe import LinearProbe, fit_logistic
 
 
@@ -76,3 +77,39 @@ def test_arguments_are_checked():
         fit_logistic(x[0], y, 4)
     with pytest.raises(ValueError, match="C must be positive"):
         fit_logistic(x, y, 4, C=0)
+
+
+def two_loop(g, pairs):
+    """The textbook L-BFGS recursion (Nocedal and Wright, algorithm 7.4): the reference for the
+    compact form the probe uses."""
+    q, alphas = g.copy(), []
+    for s, y in reversed(pairs):
+        alpha = (s @ q) / (s @ y)
+        q -= alpha * y
+        alphas.append(alpha)
+    s, y = pairs[-1]
+    q *= (s @ y) / (y @ y)
+    for (s, y), alpha in zip(pairs, reversed(alphas)):
+        q += (alpha - (y @ q) / (s @ y)) * s
+    return q
+
+
+@pytest.mark.parametrize("pairs", [1, 7, linear_probe.MEMORY + 13])
+def test_the_compact_inverse_hessian_equals_the_two_loop_recursion(pairs):
+    """Pairs from a convex quadratic (y = A s); past MEMORY pairs the ring drops the oldest, as the
+    recursion's window does."""
+    rng = np.random.default_rng(pairs)
+    size = 30
+    a = rng.normal(size=(size, size))
+    a = a @ a.T + 0.1 * np.eye(size)
+    memory = linear_probe._Memory(size)
+    kept = []
+    for _ in range(pairs):
+        s = rng.normal(size=size)
+        memory.add(s, a @ s)
+        kept = (kept + [(s, a @ s)])[-linear_probe.MEMORY:]
+    g = rng.normal(size=size)
+    np.testing.assert_allclose(memory.apply(g), two_loop(g, kept), rtol=1e-8, atol=1e-10)
+    memory.clear()
+    np.testing.assert_array_equal(memory.apply(g), g)
+
