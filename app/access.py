@@ -18,6 +18,7 @@ from pathlib import Path
 from gradio.utils import get_upload_folder
 
 from hico import runs
+from hico.archive import training_path
 from hico.data.dataset import manifest_paths
 from hico.errors import HiCoError
 from hico.paths import expand_path
@@ -63,6 +64,14 @@ class Access:
                                     f"({clip}); list only clips inside {self.describe_roots()}.")
         return path
 
+    def datasets(self) -> list[tuple[str, str]]:
+        """(name, path to train on) for every dataset in $HICO_HOME/datasets, by name."""
+        try:
+            folders = sorted(p for p in self.datasets_dir.iterdir() if p.is_dir() and not p.name.startswith("."))
+        except OSError:
+            return []
+        return [(folder.name, str(training_path(folder))) for folder in folders]
+
     def allowed(self, path: Path) -> bool:
         return any(path == root or path.is_relative_to(root) for root in self.roots)
 
@@ -70,17 +79,17 @@ class Access:
         return ", ".join(str(root) for root in self.roots)
 
     # ---- uploads --------------------------------------------------------------------------
-    def uploaded(self, value) -> Path:
-        """The path of a clip in a request: a file Gradio received (in its upload folder) or an
+    def uploaded(self, value, what: str = "a clip (a video, DICOM or image)") -> Path:
+        """The path of a file in a request: one Gradio received (in its upload folder) or an
         example of this app. `value` is a path (from a file component) or a FileData dict (API)."""
         raw = value.get("path") if isinstance(value, dict) else getattr(value, "path", value)
         if not isinstance(raw, (str, os.PathLike)) or not str(raw).strip():
-            raise HiCoError("Upload a clip (a video, DICOM or image) first.")
+            raise HiCoError(f"Upload {what} first.")
         path = _resolved(Path(raw))
         if path in self.examples:
             return path
         if not path.is_relative_to(_resolved(Path(get_upload_folder()))):
-            raise HiCoError("Only a file uploaded to this app can be diagnosed; send the clip itself "
+            raise HiCoError("Only a file uploaded to this app is accepted; send the file itself "
                             "(gradio_client: handle_file(path)).")
         if not path.is_file():
             raise HiCoError("The uploaded file is gone from the server; upload it again.")

@@ -11,6 +11,7 @@ from pathlib import Path
 import gradio as gr
 import torch
 
+from hico.archive import import_dataset
 from hico.errors import HiCoError
 from hico.runs import list_runs, read_run
 
@@ -76,6 +77,15 @@ def start_training(jobs: Jobs, access: Access, resume: str, *form) -> tuple[Path
         return run_dir, f"Resumed **{run_dir.name}**."
     run_dir = jobs.start(form_values(access, *form))
     return run_dir, f"Started **{run_dir.name}**."
+
+
+def upload_dataset(access: Access, archive, name: str = "") -> tuple[str, str]:
+    """Import an uploaded .zip as $HICO_HOME/datasets/<name> (hico.archive); returns (the path to
+    train on, a sentence describing what was found)."""
+    path = access.uploaded(archive, "a .zip of class folders, or of clips and a CSV manifest,")
+    original = archive.get("orig_name") if isinstance(archive, dict) else getattr(archive, "orig_name", None)
+    result = import_dataset(path, access.datasets_dir, name or "", shown_name=original or path.name)
+    return str(result.dataset), result.message()
 
 
 def training_status(jobs: Jobs) -> dict:
@@ -236,6 +246,26 @@ class TrainTab:
     def stop(self):
         return self.jobs.stop(timeout=30)[1]
 
+    def add_dataset(self, archive, name):
+        """An uploaded .zip becomes a dataset and the Train form's choice."""
+        if not archive:
+            return gr.update(), gr.update()
+        try:
+            dataset, message = upload_dataset(self.access, archive, name)
+        except HiCoError as exc:
+            return f"⚠️ {exc}", gr.update(choices=self.access.datasets())
+        return message, gr.update(choices=self.access.datasets(), value=dataset)
+
+    def api_upload_dataset(self, archive: gr.FileData, name: str = "") -> dict:
+        """Add a dataset from a .zip (class folders, or clips and a CSV manifest) as
+        $HICO_HOME/datasets/<name> (default: the file's name); returns {ok, message, dataset}: the path
+        to pass to /start_training, and what was found (clips, classes, files set aside)."""
+        try:
+            dataset, message = upload_dataset(self.access, archive, name)
+        except HiCoError as exc:
+            return {"ok": False, "message": str(exc), "dataset": None}
+        return {"ok": True, "message": message, "dataset": dataset}
+
     def refresh_training(self, compare=None, drawn=None):
         """Every 2 s and when the overlaid runs change: progress, chart (redrawn only when a metrics
         file it shows changed), run list, error, and the key of the chart now on the page."""
@@ -281,9 +311,17 @@ class TrainTab:
         """The tab's components and events."""
         with gr.Row():
             with gr.Column(scale=2, min_width=320):
-                dataset = gr.Textbox(str(synth_dir(self.home)), label="Dataset folder or CSV manifest",
-                                     info="The embedded synthetic set is filled in; any folder of clips works.",
-                                     elem_id="train-dataset")
+                dataset = gr.Dropdown(self.access.datasets(), value=str(synth_dir(self.home)), allow_custom_value=True,
+                                      label="Dataset", elem_id="train-dataset",
+                                      info="One of the app's datasets, one you add below, or the path of a folder "
+                                           "of clips or a CSV manifest on the server.")
+                with gr.Accordion("Add a dataset from this computer", open=False):
+                    gr.Markdown("A **.zip** of class folders (`<class>/<clip>`), or of clips and a CSV manifest "
+                                "(`path,label[,split]`). Unreadable files are set aside and listed.")
+                    new_name = gr.Textbox(label="Name (default: the file's name)", max_length=64,
+                                          elem_id="dataset-name")
+                    archive = gr.File(label="Dataset (.zip)", file_types=[".zip"], type="filepath",
+                                      elem_id="dataset-upload")
                 with gr.Row():
                     size = gr.Number(96, label="Input size (px)", precision=0, minimum=32, maximum=1024,
                                      elem_id="train-size")
@@ -316,6 +354,8 @@ class TrainTab:
         form = [dataset, size, batch, epochs, lr, mode, peer, cross, sup, label_fraction, device]
         start.click(self.start, [resume, *form], [message, resume], api_visibility="private")
         stop.click(self.stop, None, message, api_visibility="private")
+        archive.upload(self.add_dataset, [archive, new_name], [message, dataset], api_visibility="private")
+        dataset.focus(lambda: gr.update(choices=self.access.datasets()), None, dataset, api_visibility="private")
         resume.focus(lambda: gr.update(choices=resume_choices(self.jobs)), None, resume, api_visibility="private")
         compare.focus(lambda: gr.update(choices=run_names(self.jobs)), None, compare, api_visibility="private")
         drawn = gr.State(None)  # the key of the chart on this page (chart_update)

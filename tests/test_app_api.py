@@ -23,7 +23,7 @@ def client(live_app):  # noqa: F811
 def test_api_names_are_published(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {"/start_training", "/training_status", "/stop_training", "/embeddings", "/predict", "/timeline",
-            "/compare"} <= names
+            "/compare", "/upload_dataset"} <= names
 
 
 def test_training_through_the_api(client, live_app):  # noqa: F811
@@ -83,6 +83,38 @@ def test_explore_tables_say_how_well_each_layout_keeps_the_embedding(live_app): 
     assert 0 <= cross["shared neighbours"].min() and cross["shared neighbours"].max() <= 1
     (panel,) = [p for p in value["panels"] if p["wide"]]
     assert len(panel["links"]["x"]) == 3 * 48  # 48 frames: under MAX_LINKS, every frame has its line
+
+
+def test_a_zip_uploaded_through_the_api_becomes_a_dataset_the_app_can_use(client, live_app, tmp_path):
+    """/upload_dataset unpacks the archive under $HICO_HOME/datasets, says what it found, and the
+    returned dataset works in the other endpoints; a second upload of the name, a bad name and an
+    archive with a path outside itself get a sentence and change nothing."""
+    import zipfile
+
+    _, home, data, _ = live_app
+    archive = tmp_path / "ward 3 scans.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for clip in sorted(data.rglob("*.mp4")):
+            zf.write(clip, "scans/" + clip.relative_to(data).as_posix())
+        zf.writestr("scans/dark/truncated.mp4", b"\x00\x00\x00\x18ftypmp42")
+    out = client.predict(archive=handle_file(str(archive)), name="ward3", api_name="/upload_dataset")
+    assert out["ok"] is True, out
+    assert out["dataset"] == str(home / "datasets" / "ward3")
+    assert out["message"].startswith("Dataset ward3: 8 clips in 2 classes (bright 4, dark 4). 1 file(s) could not")
+    assert "dark/truncated.mp4" in out["message"]
+    again = client.predict(archive=handle_file(str(archive)), name="ward3", api_name="/upload_dataset")
+    assert again == {"ok": False, "message": "A dataset called ward3 exists already; give the upload another name.",
+                     "dataset": None}
+    default_name = client.predict(archive=handle_file(str(archive)), api_name="/upload_dataset")
+    assert default_name["ok"] is False and "'ward 3 scans' is not allowed" in default_name["message"]
+    evil = tmp_path / "evil.zip"
+    with zipfile.ZipFile(evil, "w") as zf:
+        zf.writestr("../../runs/tiny/config.yaml", b"x")
+    refused = client.predict(archive=handle_file(str(evil)), name="evil", api_name="/upload_dataset")
+    assert refused["ok"] is False and refused["message"].startswith("Archive evil.zip has an entry outside")
+    assert sorted(p.name for p in (home / "datasets").iterdir()) == ["ward3"]
+    embedded = client.predict(run="tiny", dataset="ward3", method="pca", api_name="/embeddings")
+    assert embedded["ok"] and embedded["frames"] == 8 * 6
 
 
 def test_predict_endpoint_returns_probabilities_and_files(client):

@@ -53,15 +53,29 @@ def _choose(page, elem_id: str, option: str) -> None:
     raise AssertionError(f"could not choose {option!r} in #{elem_id}: it shows {box.input_value()!r}")
 
 
-def test_a_training_run_shows_live_progress_and_curves(page, live_app):  # noqa: F811
-    _, _, data, _ = live_app
-    _fill(page, "train-dataset", str(data))
+def test_a_zip_uploaded_in_the_train_tab_trains_with_live_progress_and_curves(page, live_app, tmp_path):  # noqa: F811
+    import zipfile
+
+    from hico.runs import read_run
+
+    _, home, data, _ = live_app
+    archive = tmp_path / "scans.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for clip in sorted(data.rglob("*.mp4")):
+            zf.write(clip, "scans/" + clip.relative_to(data).as_posix())
+    page.get_by_text("Add a dataset from this computer").click()
+    _fill(page, "dataset-name", "upload1")
+    page.locator("#dataset-upload input[type=file]").set_input_files(str(archive))
+    page.wait_for_function("document.querySelector('#train-message').innerText"
+                           ".includes('Dataset upload1: 8 clips in 2 classes (bright 4, dark 4).')", timeout=30000)
+    assert page.locator("#train-dataset input").first.input_value() == "upload1"
     _fill(page, "train-size", "32")
     _fill(page, "train-batch", "4")
     _fill(page, "train-epochs", "3")
     page.click("#start-training")
     page.wait_for_function("document.querySelector('#train-message').innerText.includes('Started')", timeout=20000)
     run_name = page.inner_text("#train-message").split("Started")[1].strip(" .")
+    assert read_run(home / "runs" / run_name).config["data"]["root"] == str(home / "datasets" / "upload1")
     # a second browser window (a reopened browser) shows the same live run
     other = page.context.browser.new_page()
     other.goto(page.url)
