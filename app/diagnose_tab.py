@@ -33,6 +33,12 @@ class DiagnoseTab:
         message = (f"**{pred.label}** ({pred.clip_probs[top]:.0%}) over {len(pred.frame_probs)} frames"
                    + (f" · per level — {levels}" if levels else "")
                    + (f" · screen mask: {pred.mask.method}" if pred.mask is not None else ""))
+        if pred.familiarity is not None and pred.familiarity.unfamiliar:
+            message = f"⚠️ This clip is {pred.familiarity.sentence()}.\n\n" + message
+        elif pred.familiarity is not None:
+            message += f"\n\nThe clip is {pred.familiarity.sentence()}."
+        elif pred.familiarity_note:
+            message += f"\n\n{pred.familiarity_note}"
         return (message, probability_bars(pred.classes, pred.clip_probs),
                 frame_probabilities(pred.classes, pred.frame_probs, 0), str(result.video),
                 gr.update(maximum=max(result.frames - 1, 1), value=0, step=1), result.overlay[0], result.mask_image,
@@ -57,7 +63,10 @@ class DiagnoseTab:
 
     def api_predict(self, clip: gr.FileData, run: str = "", level: str = "all") -> dict:
         """Predict a clip (video, DICOM or image) with a run: class probabilities per clip and per frame,
-        and the saliency overlay video and per-frame CSV as files."""
+        the saliency overlay video and per-frame CSV as files, and whether the clip is unlike the
+        run's training data (unfamiliar: true/false, null when that cannot be told; unfamiliar_score:
+        its distance to the training data over that of 95% of held-out training clips; above 1.5
+        is unfamiliar)."""
         try:
             run = run or (self.model_runs() or [""])[0]
             result = self._diagnose(clip, run, level)
@@ -69,6 +78,9 @@ class DiagnoseTab:
                 "frame_probs": pred.frame_probs.round(6).tolist(),
                 "level_predictions": {k: pred.classes[int(v.mean(0).argmax())] for k, v in pred.level_probs.items()},
                 "mask_method": getattr(pred.mask, "method", None),
+                "unfamiliar": getattr(pred.familiarity, "unfamiliar", None),
+                "unfamiliar_score": getattr(pred.familiarity, "score", None),
+                "familiarity_note": pred.familiarity.sentence() if pred.familiarity else pred.familiarity_note,
                 "overlay_video": gr.FileData(path=str(result.video)), "frames_csv": gr.FileData(path=str(result.csv))}
 
     def diagnose_tab(self) -> gr.Dropdown:

@@ -10,7 +10,9 @@ trains at a time under this HICO_HOME, whichever process started it.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
+import uuid
 import sys
 import time
 from pathlib import Path
@@ -60,17 +62,53 @@ class Jobs:
             self._spawn(run_dir, ["--config", str(run_dir / runs.CONFIG), "--run-dir", str(run_dir)])
         return run_dir
 
-    def resume(self, run_dir: Path) -> Path:
-        """Continue a stopped or failed run from its last checkpoint in a child process."""
+    def resume(self, run_dir: Path, epochs: int | None = None) -> Path:
+        """Continue a stopped or failed run from its last checkpoint in a child process; with
+        `epochs` other than the run's, train it to that many epochs instead (a finished run too:
+        the learning-rate schedule is then stretched to the new length from where it is)."""
         run_dir = Path(run_dir)
+        if not (run_dir / runs.CONFIG).is_file():
+            raise HiCoError(f"There is no run called {run_dir.name}.")
         with runs.serialised(self.runs_dir / ".jobs.lock"):
             self._refuse_if_busy()
             info = runs.read_run(run_dir)
-            if not info.resumable:
-                why = "has no checkpoint yet" if "last" not in info.checkpoints else f"is {info.state}"
-                raise HiCoError(f"Run {run_dir.name} cannot be resumed: it {why}.")
-            self._spawn(run_dir, ["--resume", str(run_dir)])
+            extra = self._length_change(info, epochs)
+            if "last" not in info.checkpoints:
+                raise HiCoError(f"Run {info.name} has no checkpoint to continue from yet; start a new run instead.")
+            if not extra and not info.resumable:
+                epochs = info.config.get("train", {}).get("epochs")
+                raise HiCoError(f"Run {info.name} is {info.state} at epoch {info.epoch:.1f} of {epochs}; give more "
+                                f"epochs than {epochs} to train it longer.")
+            self._spawn(run_dir, ["--resume", str(run_dir), *extra])
         return run_dir
+
+    @staticmethod
+    def _length_change(info: runs.RunInfo, epochs: int | None) -> list[str]:
+        """The override that trains a run to `epochs` epochs ([] to keep its length)."""
+        train = info.config.get("train", {})
+        if not epochs or int(epochs) == int(train.get("epochs", 0)):
+            return []
+        if train.get("max_steps"):
+            raise HiCoError(f"Run {info.name} is set to stop at step {train['max_steps']} (train.max_steps), "
+                            f"not by epochs; its length cannot be changed here.")
+        if int(epochs) <= info.epoch:
+            raise HiCoError(f"Run {info.name} has trained {info.epoch:.1f} epochs already; give more epochs than "
+                            f"that to continue it.")
+        return [f"train.epochs={int(epochs)}"]
+
+    def delete(self, run_dir: Path) -> str:
+        """Remove a run folder that is not training: renamed to a hidden sibling first (so it leaves
+        every list at once, whole), then removed. Returns a sentence."""
+        run_dir = Path(run_dir)
+        with runs.serialised(self.runs_dir / ".jobs.lock"):
+            if not (run_dir / runs.CONFIG).is_file():
+                raise HiCoError(f"There is no run called {run_dir.name}.")
+            if runs.is_alive(run_dir):
+                raise HiCoError(f"Run {run_dir.name} is training; stop it before deleting it.")
+            aside = run_dir.with_name(f".deleted-{run_dir.name}-{uuid.uuid4().hex[:8]}")
+            os.rename(run_dir, aside)
+        shutil.rmtree(aside, ignore_errors=True)
+        return f"Deleted run {run_dir.name}."
 
     def _refuse_if_busy(self) -> None:
         active = self.active()

@@ -70,13 +70,26 @@ def _int(name: str, value) -> int:
 
 
 def start_training(jobs: Jobs, access: Access, resume: str, *form) -> tuple[Path, str]:
-    """Start a new run from the form, or resume the chosen run by name; returns (its folder, a
-    sentence for the page)."""
+    """Start a new run from the form, or resume the chosen run by name, to the form's epochs when
+    they differ from the run's (a finished run continues then); returns (its folder, a sentence
+    for the page)."""
     if resume and resume != NEW_RUN:
-        run_dir = jobs.resume(access.run(resume))
-        return run_dir, f"Resumed **{run_dir.name}**."
+        epochs = form[3]
+        run_dir = jobs.resume(access.run(resume), epochs=_int("epochs", epochs) if epochs else None)
+        info = read_run(run_dir)
+        return run_dir, f"Resumed **{run_dir.name}** at epoch {info.epoch:.1f} of {info.config['train']['epochs']}."
     run_dir = jobs.start(form_values(access, *form))
     return run_dir, f"Started **{run_dir.name}**."
+
+
+def run_epochs(access: Access, name: str):
+    """The epochs a run is set to (for the form when it is chosen to resume), or no change."""
+    if not name or name == NEW_RUN:
+        return gr.update()
+    try:
+        return read_run(access.run(name)).config.get("train", {}).get("epochs", gr.update())
+    except HiCoError:
+        return gr.update()
 
 
 def upload_dataset(access: Access, archive, name: str = "") -> tuple[str, str]:
@@ -161,7 +174,10 @@ def error_text(status: dict) -> str:
 
 
 def resume_choices(jobs: Jobs) -> list[str]:
-    return [NEW_RUN] + [r.name for r in list_runs(jobs.runs_dir) if r.resumable]
+    """A new run, then the runs that can continue: stopped or failed ones, and finished ones (for
+    more epochs)."""
+    return [NEW_RUN] + [r.name for r in list_runs(jobs.runs_dir)
+                        if r.resumable or (r.state == "finished" and "last" in r.checkpoints)]
 
 
 def run_names(jobs: Jobs) -> list[str]:
@@ -275,11 +291,15 @@ class TrainTab:
         chart, drawn = chart_update(status, self.access, compare, drawn)
         return progress_html(status), chart, runs, gr.update(value=error, visible=bool(error)), drawn
 
-    def api_start_training(self, dataset: str = "", size: int = 96, batch_size: int = 16, epochs: int = 12,
+    def api_start_training(self, dataset: str = "", size: int = 96, batch_size: int = 16, epochs: int = 0,
                            lr: float = 3e-4, mode: str = "hico", peer_weight: float = 0.5, cross_weight: float = 0.5,
                            sup_weight: float = 0.2, label_fraction: float = 1.0, device: str = "auto",
                            resume: str = "") -> dict:
-        """Start a training run (or resume one by name); returns {ok, message, run}."""
+        """Start a training run, or resume one by name; returns {ok, message, run}. epochs: 0 means 12
+        for a new run and the run's own for a resume; more than a resumed run's continues it (a
+        finished one too) to that many epochs."""
+        if not resume and not epochs:
+            epochs = 12
         try:
             run_dir, message = start_training(
                 self.jobs, self.access, resume, dataset or str(synth_dir(self.home)), size, batch_size, epochs, lr,
@@ -295,6 +315,20 @@ class TrainTab:
         status.pop("metrics", None)
         status["runs"] = [dict(zip(RUN_COLUMNS, row)) for row in status["runs"]]
         return status
+
+    def delete_run(self, name):
+        try:
+            message = self.jobs.delete(self.access.run(name))
+        except HiCoError as exc:
+            message = f"⚠️ {exc}"
+        return message, gr.update(choices=run_names(self.jobs), value=None)
+
+    def api_delete_run(self, run: str = "") -> dict:
+        """Delete a run (its folder under $HICO_HOME/runs) that is not training; returns {ok, message}."""
+        try:
+            return {"ok": True, "message": self.jobs.delete(self.access.run(run))}
+        except HiCoError as exc:
+            return {"ok": False, "message": str(exc)}
 
     def api_compare(self, runs: str = "") -> dict:
         """Held-out accuracy per level of several runs (comma-separated names), latest and over
@@ -336,8 +370,8 @@ class TrainTab:
                     sup = gr.Number(0.2, label="Supervised weight", minimum=0)
                 label_fraction = gr.Slider(0, 1, value=1.0, step=0.05, label="Labelled fraction of videos")
                 device = gr.Dropdown(device_choices(), value="auto", label="Device", info=device_summary())
-                resume = gr.Dropdown(resume_choices(self.jobs), value=NEW_RUN,
-                                     label="Start a new run or resume an earlier one")
+                resume = gr.Dropdown(resume_choices(self.jobs), value=NEW_RUN, elem_id="train-resume",
+                                     label="Start a new run, or continue one (more epochs continue a finished run)")
                 with gr.Row():
                     start = gr.Button("Start", variant="primary", elem_id="start-training")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop-training")
@@ -351,9 +385,17 @@ class TrainTab:
                 error = gr.Textbox(label="Error (last lines of the log)", lines=8, visible=False,
                                    elem_classes=["hico-error"])
                 runs = gr.Dataframe(headers=RUN_COLUMNS, label="Runs", interactive=False, elem_id="run-list")
+                with gr.Row():
+                    doomed = gr.Dropdown(run_names(self.jobs), value=None, label="Run to delete", scale=3,
+                                         elem_id="delete-run-name")
+                    delete = gr.Button("Delete run", variant="stop", scale=1, elem_id="delete-run")
         form = [dataset, size, batch, epochs, lr, mode, peer, cross, sup, label_fraction, device]
         start.click(self.start, [resume, *form], [message, resume], api_visibility="private")
         stop.click(self.stop, None, message, api_visibility="private")
+        delete.click(self.delete_run, doomed, [message, doomed], api_visibility="private",
+                     js="(name) => (name && confirm(`Delete run ${name} and everything in its folder?`)) ? name : null")
+        doomed.focus(lambda: gr.update(choices=run_names(self.jobs)), None, doomed, api_visibility="private")
+        resume.change(lambda name: run_epochs(self.access, name), resume, epochs, api_visibility="private")
         archive.upload(self.add_dataset, [archive, new_name], [message, dataset], api_visibility="private")
         dataset.focus(lambda: gr.update(choices=self.access.datasets()), None, dataset, api_visibility="private")
         resume.focus(lambda: gr.update(choices=resume_choices(self.jobs)), None, resume, api_visibility="private")

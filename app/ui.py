@@ -95,6 +95,7 @@ class HiCoApp(TrainTab, ExploreTab, DiagnoseTab):
             gr.api(self.api_training_status, api_name="training_status")
             gr.api(self.api_stop_training, api_name="stop_training")
             gr.api(self.api_upload_dataset, api_name="upload_dataset")
+            gr.api(self.api_delete_run, api_name="delete_run")
             gr.api(self.api_embeddings, api_name="embeddings")
             gr.api(self.api_timeline, api_name="timeline")
             gr.api(self.api_compare, api_name="compare")

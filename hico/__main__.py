@@ -114,6 +114,10 @@ def cmd_predict(args) -> None:
         print(table.to_string(index=False) if len(table) <= 40 else table)
     print("clip: " + "  ".join(f"{c} {p:.3f}" for c, p in zip(pred.classes, pred.clip_probs)))
     print(f"prediction: {pred.label}")
+    if pred.familiarity is not None:
+        print(f"the clip is {pred.familiarity.sentence()}")
+    elif pred.familiarity_note:
+        print(pred.familiarity_note)
     if args.saliency and not args.out:
         args.out = str(Path(args.run_dir) / "predictions" / Path(args.clip).stem)
     if args.out:
@@ -121,7 +125,9 @@ def cmd_predict(args) -> None:
         out.mkdir(parents=True, exist_ok=True)
         table.to_csv(out / "frames.csv", index=False)
         clip = {"clip": str(pred.path), "prediction": pred.label,
-                "probabilities": dict(zip(pred.classes, map(float, pred.clip_probs)))}
+                "probabilities": dict(zip(pred.classes, map(float, pred.clip_probs))),
+                "unfamiliar": getattr(pred.familiarity, "unfamiliar", None),
+                "unfamiliar_score": getattr(pred.familiarity, "score", None)}
         (out / "clip.json").write_text(json.dumps(clip, indent=2))
         if args.saliency:
             from PIL import Image

@@ -16,6 +16,7 @@ import pandas as pd
 import torch
 
 from hico.errors import HiCoError
+from hico.familiarity import Familiarity, run_reference
 from hico.inference import LoadedRun, embed_frames, frames_for_model, load_run, resolve_device
 from hico.io import ClipLimits, clip_kind, read_clip, read_clip_meta
 from hico.model import LEVELS
@@ -27,7 +28,9 @@ class Prediction:
 
     classes: K names; frame_probs: T x K; clip_probs: K; frames: T x C x S x S uint8 (model input,
     masked); original: T x H x W x C uint8 as read; mask: the hico.screen.ScreenMask used (None if
-    masking was off); level_probs: per level (local, medium, global) T x K from the level probes.
+    masking was off); level_probs: per level (local, medium, global) T x K from the level probes;
+    familiarity: how like the run's training data the clip is (hico.familiarity), None when that
+    could not be told, and then familiarity_note says why.
     """
 
     path: Path
@@ -38,6 +41,8 @@ class Prediction:
     original: np.ndarray | None = None
     mask: object | None = None
     level_probs: dict[str, np.ndarray] = field(default_factory=dict)
+    familiarity: Familiarity | None = None
+    familiarity_note: str = ""
 
     @property
     def label(self) -> str:
@@ -68,11 +73,12 @@ def read_for_prediction(clip: Path, max_clip_frames: int, max_frames: int | None
 
 
 def predict_clip(run: str | Path | LoadedRun, clip: str | Path, device: str = "auto", max_frames: int | None = None,
-                 batch_size: int = 64, mask_screen: bool = True) -> Prediction:
+                 batch_size: int = 64, mask_screen: bool = True, familiarity: bool = True) -> Prediction:
     """Classify every frame of `clip` with a run's classifier (and its level probes).
 
     `run` is a run folder, or a `LoadedRun` (hico.inference.load_run) to skip reloading the model
-    on repeated calls; a LoadedRun is only read, so threads may share one.
+    on repeated calls; a LoadedRun is only read, so threads may share one. With `familiarity`, the
+    clip is compared with the run's training data (hico.familiarity).
     Raises HiCoError when the clip cannot be read, is too long, or the run has no classifier.
     """
     clip = Path(clip).expanduser()
@@ -93,7 +99,14 @@ def predict_clip(run: str | Path | LoadedRun, clip: str | Path, device: str = "a
     softmax = lambda logits: torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()  # noqa: E731
     probs = softmax(out["logits"])
     levels = {name: softmax(out[f"probe_{name}"]) for name in LEVELS if f"probe_{name}" in out}
-    return Prediction(clip, loaded.classes, probs, probs.mean(axis=0), frames, original, mask, levels)
+    prediction = Prediction(clip, loaded.classes, probs, probs.mean(axis=0), frames, original, mask, levels)
+    if familiarity:
+        try:
+            reference = run_reference(loaded.run_dir, loaded.checkpoint, loaded.step, cfg.data.root, str(loaded.device))
+            prediction.familiarity = reference.judge(out["backbone"])
+        except HiCoError as exc:
+            prediction.familiarity_note = str(exc)
+    return prediction
 
 
 def saliency_video(prediction: Prediction, model, level: str = "all", alpha: float = 0.45) -> np.ndarray:

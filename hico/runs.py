@@ -393,11 +393,13 @@ def read_run(run_dir: str | Path) -> RunInfo:
 
 
 def list_runs(runs_dir: str | Path) -> list[RunInfo]:
-    """Every run folder under runs_dir (those with a config.yaml), newest first."""
+    """Every run folder under runs_dir (those with a config.yaml; hidden ones, such as a run being
+    deleted, are not runs), newest first."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         return []
-    runs = [read_run(p) for p in runs_dir.iterdir() if p.is_dir() and (p / CONFIG).is_file()]
+    runs = [read_run(p) for p in runs_dir.iterdir()
+            if p.is_dir() and not p.name.startswith(".") and (p / CONFIG).is_file()]
     return sorted(runs, key=lambda r: r.started, reverse=True)
 
 

@@ -129,6 +129,24 @@ def test_predict_endpoint_returns_probabilities_and_files(client):
     assert str(path).endswith(".mp4")
 
 
+def test_predict_says_whether_a_clip_is_like_the_training_data(client, tmp_path):
+    """A new clip made like the tiny run's training clips (bright squares) is familiar; an
+    ultrasound example, unlike anything the run saw, scores further from its training data."""
+    from hico.familiarity import LIMIT
+    from hico.io import write_mp4
+    from tests.conftest import moving_square_clip
+
+    write_mp4(tmp_path / "new_square.mp4", moving_square_clip(6, 48, seed=100), fps=10)
+    near = client.predict(clip=handle_file(str(tmp_path / "new_square.mp4")), run="tiny", api_name="/predict")
+    far = client.predict(clip=handle_file(str(EXAMPLES / "lung_b_lines.mp4")), run="tiny", api_name="/predict")
+    for out in (near, far):
+        assert out["ok"], out
+        assert isinstance(out["unfamiliar"], bool) and out["unfamiliar"] == (out["unfamiliar_score"] > LIMIT)
+    assert near["unfamiliar"] is False and near["unfamiliar_score"] < 1.0
+    assert "like the model's training data" in near["familiarity_note"]
+    assert far["unfamiliar_score"] > near["unfamiliar_score"] + 0.1
+
+
 def test_a_file_that_is_not_a_clip_gets_a_sentence(client, tmp_path):
     junk = tmp_path / "notes.mp4"
     junk.write_bytes(b"not a video at all" * 20)
@@ -192,3 +210,38 @@ def test_stop_ends_a_live_run_with_a_checkpoint(tmp_path, monkeypatch):
     sidecar = json.loads((run / "checkpoints" / "last.json").read_text())
     assert sidecar["step"] == info.step
     assert train_tab.resume_choices(jobs) == [train_tab.NEW_RUN, run.name]
+
+
+def test_a_finished_run_continues_for_more_epochs_and_a_run_can_be_deleted(tmp_path, monkeypatch):
+    from hico import runs
+    from tests.conftest import write_class_dataset
+
+    monkeypatch.setenv("HICO_HOME", str(tmp_path / "home"))
+    data = write_class_dataset(tmp_path / "data", per_class=3, frames=4)
+    jobs = Jobs(tmp_path / "runs")
+    run = jobs.start({"data": {"root": str(data), "size": 32, "val_fraction": 0},
+                      "train": {"batch_size": 2, "epochs": 1, "warmup_epochs": 0, "log_every": 1}, "device": "cpu"})
+    wait_for(lambda: read_run(run).state == "finished" and jobs.active() is None, timeout=120)
+    first = read_run(run).step
+    assert first == read_run(run).total_steps > 0
+    with pytest.raises(HiCoError, match=rf"^Run {run.name} is finished at epoch 1.0 of 1; give more epochs than 1"):
+        jobs.resume(run)
+    with pytest.raises(HiCoError, match="^There is no run called nope.$"):
+        jobs.resume(tmp_path / "runs" / "nope")
+    assert run.name in train_tab.resume_choices(jobs)
+    jobs.resume(run, epochs=2)
+    wait_for(lambda: read_run(run).state == "finished" and jobs.active() is None, timeout=120)
+    info = read_run(run)
+    assert info.config["train"]["epochs"] == 2 and info.step == info.total_steps == 2 * first
+    steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 2 * first + 1))  # one line per step, continuing where it ended
+    with pytest.raises(HiCoError, match="has trained 2.0 epochs already"):
+        jobs.resume(run, epochs=1)
+    monkeypatch.setattr(runs, "is_alive", lambda path: True)
+    with pytest.raises(HiCoError, match="is training; stop it before deleting it"):
+        jobs.delete(run)
+    monkeypatch.undo()
+    assert jobs.delete(run) == f"Deleted run {run.name}."
+    assert not list((tmp_path / "runs").glob("*" + run.name + "*")) and list_runs(tmp_path / "runs") == []
+    with pytest.raises(HiCoError, match="There is no run called"):
+        jobs.delete(run)
