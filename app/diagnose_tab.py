@@ -68,7 +68,7 @@ class DiagnoseTab:
         its distance to the training data over that of 95% of held-out training clips; above 1.5
         is unfamiliar)."""
         try:
-            run = run or (self.model_runs() or [""])[0]
+            run = run or self.default_run() or ""
             result = self._diagnose(clip, run, level)
         except HiCoError as exc:
             return {"ok": False, "message": str(exc)}

@@ -53,6 +53,7 @@ class Embedded:
     agreement: dict[str, np.ndarray] = field(default_factory=dict)  # pair -> per linked row, cross_level_agreement
     accuracy: pd.DataFrame | None = None
     accuracy_error: str | None = None
+    evaluated: threading.Event = field(default_factory=threading.Event)  # set once accuracy or its error is in
     umap_done: bool = False
 
     def matrix(self, column: str) -> np.ndarray:
@@ -200,6 +201,8 @@ class Explorer:
             item.accuracy, _ = evaluate_table(item.table, item.path)
         except HiCoError as exc:
             item.accuracy_error = str(exc)
+        finally:
+            item.evaluated.set()
 
     @staticmethod
     def umap_ready(item: Embedded, views) -> list[str]:

@@ -14,7 +14,7 @@ from hico.errors import HiCoError
 
 from app.default import synth_dir
 from app.explore import PAIRS, cross_summary, linked_rows
-from app.scatter import panels_value, scatter, table_value
+from app.scatter import palette, panels_value, scatter, table_value
 from app.timeline_view import LEVELS as TIMELINE_LEVELS
 from app.timeline_view import TimelineViews, api_payload
 
@@ -53,7 +53,8 @@ class ExploreTab:
         else:
             note = "PCA (UMAP still running)"
         value = table_value(item.table, coords, column, view=f"umap{len(umap_done)}", show=list(LEVEL_PANELS),
-                            cross=(a, b), cross_rows=rows, source=item.source)
+                            cross=(a, b), cross_rows=rows, source=item.source,
+                            layer_colors=level_colours())
         return value, note, len(umap_done)
 
     def explore(self, run, dataset, colour, pair, progress=gr.Progress(track_tqdm=True)):
@@ -160,11 +161,14 @@ class ExploreTab:
             return None
         return self.explorer.thumbnail(item, row_id)
 
-    def api_embeddings(self, run: str = "", dataset: str = "", method: str = "pca") -> dict:
+    def api_embeddings(self, run: str = "", dataset: str = "", method: str = "pca", wait_s: float = 0) -> dict:
         """Per-frame 2-D projections of every level (local, medium, global, backbone) for a run and dataset,
-        with video id, frame, label and split per frame, and the linear-probe / kNN accuracy per level."""
+        with video id, frame, label and split per frame, and the linear-probe / kNN accuracy per level.
+        The accuracy is computed in the background after the projections: accuracy_state says
+        ready, pending (accuracy null; call again, or pass wait_s to wait up to that many seconds,
+        300 at most) or failed (accuracy_message says why)."""
         try:
-            run = run or (self.model_runs() or [""])[0]
+            run = run or self.default_run() or ""
             item = self._item(run, dataset)
         except HiCoError as exc:
             return {"ok": False, "message": str(exc)}
@@ -173,8 +177,12 @@ class ExploreTab:
             if method == "umap" and ("umap", column) not in item.projections:
                 item.projections[("umap", column)] = self.explorer.umap(item, column)
             coords[column] = item.projections[(method if method == "umap" else "pca", column)].round(5).tolist()
+        if wait_s and wait_s > 0:
+            item.evaluated.wait(min(float(wait_s), 300.0))
         table = item.table
+        state = "ready" if item.accuracy is not None else ("failed" if item.accuracy_error else "pending")
         return {"ok": True, "run": run, "method": method, "frames": len(table),
+                "accuracy_state": state, "accuracy_message": item.accuracy_error or "",
                 "video_id": table["video_id"].tolist(), "frame": table["frame"].astype(int).tolist(),
                 "label": [None if lab is None else str(lab) for lab in table["label"]],
                 "split": table["split"].tolist(), "coords": coords,
@@ -310,6 +318,13 @@ class ExploreTab:
         run.focus(self.refresh_choices, None, run, api_visibility="private")
         dataset.focus(lambda: gr.update(choices=self.access.datasets()), None, dataset, api_visibility="private")
         return run
+
+
+def level_colours() -> dict[str, str]:
+    """A colour per level for "colour by level": its pooled map and its projection-head embedding
+    (the cross-level view's points) share it."""
+    colours = dict(zip(LEVEL_PANELS, palette(len(LEVEL_PANELS))))
+    return {**colours, **{f"z_{level}": colour for level, colour in colours.items()}}
 
 
 def _row_ids(evt: gr.EventData, rows: int) -> list[int]:

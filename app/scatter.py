@@ -254,7 +254,8 @@ def panels_value(coords: Mapping[str, Any], color: Any = None, *, ids: Sequence[
                  cross: tuple[str, str] | None = None, cross_rows: Sequence[int] | None = None,
                  link_limit: int = MAX_LINKS,
                  ranges: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
-                 size: float | None = None, source: str = "") -> dict:
+                 size: float | None = None, source: str = "",
+                 layer_colors: Mapping[str, str] | None = None) -> dict:
     """The scatter value for N frames projected at several levels.
 
     coords: level name -> N x 2 array (same N, same row order for every level), in panel order.
@@ -269,6 +270,8 @@ def panels_value(coords: Mapping[str, Any], color: Any = None, *, ids: Sequence[
     ranges: panel title -> (xrange, yrange) to fix its axes instead of autoscaling.
     size: marker size in pixels (default from N, see `marker_size`).
     source: a name for the table the ids index, handed back to the thumbnail function.
+    layer_colors: level name -> css colour for its points, when `color` is None (colour by level:
+    on the cross-level panel a frame's two points then differ in colour as well as in symbol).
     """
     arrays = {name: np.asarray(xy, dtype=np.float64) for name, xy in coords.items()}
     if not arrays:
@@ -295,6 +298,9 @@ def panels_value(coords: Mapping[str, Any], color: Any = None, *, ids: Sequence[
         xr, yr = ranges[title]
         return {"xrange": [float(xr[0]), float(xr[1])], "yrange": [float(yr[0]), float(yr[1])]}
 
+    def tint(name: str) -> dict:
+        return {"color": layer_colors[name]} if color is None and layer_colors and name in layer_colors else {}
+
     panels = []
     for name in (list(arrays) if show is None else list(show)):
         if name not in arrays:
@@ -302,7 +308,7 @@ def panels_value(coords: Mapping[str, Any], color: Any = None, *, ids: Sequence[
         xy = arrays[name]
         panels.append({"title": name, "wide": False,
                        "layers": [{"name": name, "symbol": "circle", "x": rounded(xy[:, 0]),
-                                   "y": rounded(xy[:, 1])}], **limits(name)})
+                                   "y": rounded(xy[:, 1]), **tint(name)}], **limits(name)})
     if cross is not None:
         a_name, b_name = cross
         for name in cross:
@@ -315,8 +321,10 @@ def panels_value(coords: Mapping[str, Any], color: Any = None, *, ids: Sequence[
         linked = spread(np.arange(len(rows)), link_limit)
         title = f"{a_name} \u2194 {b_name}"
         panel = {"title": title, "wide": True,
-                 "layers": [{"name": a_name, "symbol": CROSS_SYMBOLS[0], "x": rounded(a[:, 0]), "y": rounded(a[:, 1])},
-                            {"name": b_name, "symbol": CROSS_SYMBOLS[1], "x": rounded(b[:, 0]), "y": rounded(b[:, 1])}],
+                 "layers": [{"name": a_name, "symbol": CROSS_SYMBOLS[0], "x": rounded(a[:, 0]), "y": rounded(a[:, 1]),
+                             **tint(a_name)},
+                            {"name": b_name, "symbol": CROSS_SYMBOLS[1], "x": rounded(b[:, 0]), "y": rounded(b[:, 1]),
+                             **tint(b_name)}],
                  "links": link_segments(a[linked], b[linked]), "link_limit": int(link_limit), **limits(title)}
         if cross_rows is not None:
             panel["rows"] = rows.tolist()

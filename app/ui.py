@@ -21,7 +21,7 @@ from hico.paths import hico_home
 from hico.runs import list_runs
 
 from app.access import Access
-from app.default import REPO, ensure_demo
+from app.default import DEMO_RUN, REPO, ensure_demo
 from app.diagnose import Diagnoser
 from app.diagnose_tab import DiagnoseTab
 from app.explore import Explorer
@@ -67,10 +67,20 @@ class HiCoApp(TrainTab, ExploreTab, DiagnoseTab):
             raise HiCoError("Pick a run (a trained checkpoint) first.")
         return self.access.run(name)
 
+    def default_run(self) -> str | None:
+        """The run a model choice starts on: the user's newest finished run, else the demo once it
+        has a checkpoint, else the newest run with one (a short stopped run only as a last resort)."""
+        with_checkpoint = [r for r in list_runs(self.jobs.runs_dir) if r.checkpoints]
+        finished = [r.name for r in with_checkpoint if r.state == "finished" and r.name != DEMO_RUN]
+        names = [r.name for r in with_checkpoint]
+        if finished:
+            return finished[0]
+        return DEMO_RUN if DEMO_RUN in names else (names[0] if names else None)
+
     def refresh_runs(self, current):
-        """On page load: the runs with a checkpoint, keeping the choice or taking the newest."""
+        """On page load: the runs with a checkpoint, keeping the choice or taking default_run."""
         choices = self.model_runs()
-        value = current if current in choices else (choices[0] if choices else None)
+        value = current if current in choices else self.default_run()
         return gr.update(choices=choices, value=value)
 
     def refresh_choices(self):

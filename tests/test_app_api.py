@@ -53,6 +53,9 @@ def test_embeddings_endpoint(client, live_app):  # noqa: F811
     assert set(out["coords"]) == {"local", "medium", "global", "backbone"}
     assert len(out["coords"]["global"]) == 48 and len(out["coords"]["global"][0]) == 2
     assert set(out["label"]) == {"bright", "dark"} and set(out["split"]) == {"train", "val"}
+    waited = client.predict(run="tiny", dataset=str(data), wait_s=240, api_name="/embeddings")
+    assert waited["accuracy_state"] == "ready" and waited["accuracy_message"] == ""
+    assert [row["feature"] for row in waited["accuracy"]] == ["local", "medium", "global", "backbone", "concat"]
     bad = client.predict(run="nope", dataset=str(data), api_name="/embeddings")
     assert bad["ok"] is False and "nope" in bad["message"]
 

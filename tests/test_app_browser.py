@@ -121,6 +121,17 @@ def test_explore_selection_fills_the_gallery(page, live_app):  # noqa: F811
     page.wait_for_function("document.querySelectorAll('#explore-gallery img').length > 0", timeout=30000)
     assert page.locator("#explore-gallery img").count() == 48  # every frame of the dataset was inside
 
+    # colour by level: every panel in its level's colour, the cross-level panel's two levels apart
+    page.get_by_label("level", exact=True).check()
+    page.wait_for_function("!document.querySelector('#explore-scatter .hs-legend').innerText.includes('bright')",
+                           timeout=30000)
+    colours = page.evaluate("() => [...document.querySelectorAll('#explore-scatter .hs-plot')].map(p => "
+                            "[...new Set(p.data.filter(t => t.mode === 'markers').map(t => String(t.marker.color)))])")
+    assert [len(c) for c in colours] == [1, 1, 1, 1, 2]
+    assert len({c[0] for c in colours[:4]}) == 4 and set(colours[4]) <= {c[0] for c in colours[:4]}
+    legend = page.inner_text("#explore-scatter .hs-legend")
+    assert all(name in legend for name in ("local", "medium", "global")), legend
+
 
 def test_diagnose_upload_shows_prediction_and_overlay(page):
     page.get_by_role("tab", name="Diagnose").click()

@@ -121,7 +121,7 @@ function buildTraces(value, panel) {
       traceCodes.push(null);
     } else {
       traces.push({ ...common, x: layer.x, y: layer.y, name: layer.name || "",
-                    marker: { size, symbol, opacity, color: "#3b6ea8" } });
+                    marker: { size, symbol, opacity, color: layer.color || "#3b6ea8" } });
       traceRows.push(rows);
       traceCodes.push(null);
     }
@@ -359,6 +359,8 @@ function rebuildGrid(value) {
   st.structure = structureOf(value);
 }
 
+const MAX_LEGEND_ENTRIES = 20;
+
 function renderLegend(value) {
   legendEl.replaceChildren();
   const color = value.color;
@@ -371,9 +373,15 @@ function renderLegend(value) {
       t.textContent = color.title;
       legendEl.appendChild(t);
     }
+    if (color.names.length > MAX_LEGEND_ENTRIES) {  // e.g. one colour per video: a legend would fill the page
+      const n = document.createElement("span");
+      n.className = "hs-legend-note";
+      n.textContent = `${color.names.length} values, one colour each (hover a point to see its own)`;
+      legendEl.appendChild(n);
+    }
     const counts = new Array(color.names.length).fill(0);
     for (const c of color.codes) counts[c] += 1;
-    color.names.forEach((name, c) => {
+    if (color.names.length <= MAX_LEGEND_ENTRIES) color.names.forEach((name, c) => {
       const b = document.createElement("button");
       b.type = "button";
       b.className = `hs-legend-item${st.hidden.has(c) ? " hs-off" : ""}`;
@@ -399,14 +407,19 @@ function renderLegend(value) {
     hi.textContent = String(color.max);
     legendEl.append(t, lo, ramp, hi);
   }
-  const layers = new Map();
+  const layers = new Map();  // a layer's marker in the legend: its symbol, and its colour when it has one
   for (const p of value.panels || []) {
-    if (p.layers.length > 1) for (const l of p.layers) layers.set(l.name, l.symbol || "circle");
+    for (const l of p.layers) {
+      if (p.layers.length > 1 || l.color) layers.set(l.name, [l.symbol || "circle", l.color || null]);
+    }
   }
-  for (const [name, symbol] of layers) {
+  for (const [name, [symbol, colour]] of layers) {
     const s = document.createElement("span");
     s.className = "hs-layer";
-    s.textContent = `${SYMBOL_GLYPHS[symbol] || "\u25CF"} ${name}`;
+    const glyph = document.createElement("span");
+    glyph.textContent = SYMBOL_GLYPHS[symbol] || "\u25CF";
+    if (colour) glyph.style.color = colour;
+    s.append(glyph, document.createTextNode(` ${name}`));
     legendEl.appendChild(s);
   }
 }
