@@ -458,8 +458,9 @@ def test_legend_toggles_categories_and_redraws_keep_the_zoom_of_the_same_view(br
     zoomed = page.evaluate(x_range)
     _click_and_wait_redraw(page, "#recolour", "small")
     assert page.evaluate(x_range) == zoomed
-    names = page.eval_on_selector_all("#small .hs-legend-item", "els => els.map(e => e.textContent)")
-    assert len(names) == 30 and names[0] == "clip00 (10)"
+    # 30 clips: past 20 categories the legend is one line, not 30 entries
+    assert page.eval_on_selector_all("#small .hs-legend-item", "els => els.length") == 0
+    assert "30 values, one colour each" in page.inner_text("#small .hs-legend")
     _click_and_wait_redraw(page, "#new-view", "small")
     assert page.evaluate(x_range) == list(RANGE)   # same layout input, but a new view resets the zoom
 
