@@ -3,11 +3,16 @@
 Both live under $HICO_HOME: `datasets/synth` (written once, in seconds) and `runs/demo`
 (trained in the background through the same job runner as any run, so the Train tab shows it
 live; Explore and Diagnose can use its `last` checkpoint as soon as the first epoch ends).
+
+The demo gives way to a user: starting a run while the demo trains stops the demo at its current
+step with a checkpoint (`yield_demo`, which marks it), and `keep_demo` resumes a demo so marked
+once no run is training. A demo the user stopped with the Stop button stays stopped.
 """
 
 from __future__ import annotations
 
 import logging
+import threading
 from pathlib import Path
 
 from hico import config as config_mod
@@ -20,6 +25,8 @@ log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parent.parent
 DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 DEMO_RUN = "demo"
+YIELDED = ".yielded"  # in the demo's folder: it was stopped to make room for a user's run
+KEEP_EVERY_S = 20.0
 SYNTH_CLIPS, SYNTH_FRAMES, SYNTH_SIZE = 200, 16, 128
 
 
@@ -59,3 +66,48 @@ def ensure_demo(home: Path, jobs: Jobs) -> str:
         jobs.resume(run_dir)
         return f"resuming the demo model in {run_dir}"
     return f"demo run {run_dir} is {info.state}"
+
+
+def yield_demo(jobs: Jobs) -> bool:
+    """If the demo is training, stop it (checkpointed at its current step) and mark it to resume
+    later; True if it was training. HiCoError if it does not stop within a minute."""
+    from hico.errors import HiCoError
+
+    active = jobs.active()
+    if active is None or active.name != DEMO_RUN:
+        return False
+    (active / YIELDED).touch()
+    jobs.stop(timeout=60)
+    if jobs.active() is not None:
+        raise HiCoError("The demo model is still saving its checkpoint; start your run again in a moment.")
+    return True
+
+
+def resume_yielded_demo(jobs: Jobs) -> bool:
+    """Resume the demo if it gave way to a user's run and no run is training now; True if resumed."""
+    from hico.errors import HiCoError
+
+    run_dir = jobs.runs_dir / DEMO_RUN
+    if not (run_dir / YIELDED).exists() or jobs.active() is not None:
+        return False
+    info = read_run(run_dir)
+    if not info.resumable:
+        (run_dir / YIELDED).unlink(missing_ok=True)  # finished, or nothing to resume from
+        return False
+    try:
+        jobs.resume(run_dir)
+    except HiCoError as exc:  # another process started a run in between: try again later
+        log.info("demo not resumed yet: %s", exc)
+        return False
+    (run_dir / YIELDED).unlink(missing_ok=True)
+    log.info("resuming the demo model in %s", run_dir)
+    return True
+
+
+def keep_demo(jobs: Jobs, stop: threading.Event, every: float = KEEP_EVERY_S) -> None:
+    """Until `stop` is set: every `every` seconds, resume the demo if it gave way and the way is free."""
+    while not stop.wait(every):
+        try:
+            resume_yielded_demo(jobs)
+        except Exception:  # the keeper must not die on a surprise (a folder removed under it)
+            log.exception("checking the demo run failed")

@@ -16,7 +16,7 @@ from hico.errors import HiCoError
 from hico.runs import list_runs, read_run
 
 from app.access import Access
-from app.default import demo_values, synth_dir
+from app.default import DEMO_RUN, demo_values, synth_dir, yield_demo
 from app.figures import training_figure
 from app.jobs import Jobs
 from app.run_metrics import metrics_cache
@@ -75,11 +75,17 @@ def start_training(jobs: Jobs, access: Access, resume: str, *form) -> tuple[Path
     for the page)."""
     if resume and resume != NEW_RUN:
         epochs = form[3]
-        run_dir = jobs.resume(access.run(resume), epochs=_int("epochs", epochs) if epochs else None)
+        run_dir = access.run(resume)
+        if run_dir.name != DEMO_RUN:
+            yield_demo(jobs)
+        run_dir = jobs.resume(run_dir, epochs=_int("epochs", epochs) if epochs else None)
         info = read_run(run_dir)
         return run_dir, f"Resumed **{run_dir.name}** at epoch {info.epoch:.1f} of {info.config['train']['epochs']}."
-    run_dir = jobs.start(form_values(access, *form))
-    return run_dir, f"Started **{run_dir.name}**."
+    values = form_values(access, *form)
+    yielded = yield_demo(jobs)
+    run_dir = jobs.start(values)
+    note = " The demo model paused at its checkpoint and continues when no run is training." if yielded else ""
+    return run_dir, f"Started **{run_dir.name}**.{note}"
 
 
 def run_epochs(access: Access, name: str):

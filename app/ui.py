@@ -21,7 +21,7 @@ from hico.paths import hico_home
 from hico.runs import list_runs
 
 from app.access import Access
-from app.default import DEMO_RUN, REPO, ensure_demo
+from app.default import DEMO_RUN, REPO, ensure_demo, keep_demo
 from app.diagnose import Diagnoser
 from app.diagnose_tab import DiagnoseTab
 from app.explore import Explorer
@@ -124,6 +124,9 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth=
     hico = HiCoApp(home, data_dirs)
     if demo:
         threading.Thread(target=_start_demo, args=(hico,), daemon=True).start()
+        keeper_stop = threading.Event()
+        threading.Thread(target=keep_demo, args=(hico.jobs, keeper_stop), daemon=True).start()
+        atexit.register(keeper_stop.set)
     threading.Thread(target=_warm_up_umap, daemon=True).start()
     atexit.register(hico.jobs.shutdown)
     if threading.current_thread() is threading.main_thread():

@@ -248,3 +248,30 @@ def test_a_finished_run_continues_for_more_epochs_and_a_run_can_be_deleted(tmp_p
     assert not list((tmp_path / "runs").glob("*" + run.name + "*")) and list_runs(tmp_path / "runs") == []
     with pytest.raises(HiCoError, match="There is no run called"):
         jobs.delete(run)
+
+
+def test_the_demo_gives_way_to_a_users_run_and_resumes_after_it(tmp_path, monkeypatch):
+    """Starting a run while the demo trains stops the demo with a checkpoint and starts the user's
+    run; once nothing trains, the keeper resumes the demo. A demo stopped by hand stays stopped."""
+    from app import default
+    from tests.conftest import write_class_dataset
+
+    monkeypatch.setenv("HICO_HOME", str(tmp_path / "home"))
+    data = write_class_dataset(tmp_path / "data", per_class=3, frames=4)
+    jobs = Jobs(tmp_path / "runs")
+    access = Access(tmp_path / "home", data_dirs=[data])
+    base = {"data": {"root": str(data), "size": 32, "val_fraction": 0}, "device": "cpu",
+            "train": {"batch_size": 2, "warmup_epochs": 0, "log_every": 1}}
+    demo = jobs.start({**base, "train": {**base["train"], "max_steps": 400}}, name=default.DEMO_RUN)
+    wait_for(lambda: read_run(demo).step >= 1, timeout=120)
+    run_dir, message = train_tab.start_training(jobs, access, train_tab.NEW_RUN, str(data), 32, 2, 1, 3e-4, "hico",
+                                                0.5, 0.5, 0.2, 1.0, "cpu")
+    assert "The demo model paused" in message
+    paused = read_run(demo)
+    assert paused.state == "stopped" and paused.resumable and (demo / default.YIELDED).exists()
+    assert default.resume_yielded_demo(jobs) is False  # the user's run is training
+    wait_for(lambda: read_run(run_dir).state == "finished" and jobs.active() is None, timeout=120)
+    assert default.resume_yielded_demo(jobs) is True and not (demo / default.YIELDED).exists()
+    wait_for(lambda: read_run(demo).step > paused.step, timeout=120)
+    jobs.stop(timeout=60)  # stopped by hand: not resumed
+    assert read_run(demo).state == "stopped" and default.resume_yielded_demo(jobs) is False
