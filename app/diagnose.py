@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from PIL import Image
 
 from hico.checkpoint import find_checkpoint
 from hico.errors import HiCoError
@@ -85,7 +86,8 @@ class Diagnoser:
             return self._models[key]
 
     def diagnose(self, run_dir: Path, clip: Path, level: str = "all") -> Diagnosis:
-        """Predict, draw saliency, and write the overlay video and the per-frame CSV."""
+        """Predict, draw saliency, and write the overlay video (a PNG for a one-frame input) and the
+        per-frame CSV."""
         if level not in SALIENCY_CHOICES:
             raise HiCoError(f"Unknown saliency level {level!r}: choose one of {', '.join(SALIENCY_CHOICES)}.")
         loaded = self.model(run_dir)
@@ -94,7 +96,12 @@ class Diagnoser:
         result_id = uuid.uuid4().hex[:12]
         folder = self.out_dir / result_id
         folder.mkdir(parents=True, exist_ok=True)
-        video = write_overlay_video(folder / f"{Path(clip).stem}_saliency_{level}.mp4", overlay)
+        if len(overlay) == 1:  # a still: its overlay is an image, not a one-frame video a browser cannot play
+            video = folder / f"{Path(clip).stem}_saliency_{level}.png"
+            with atomic_path(video) as tmp:
+                Image.fromarray(overlay[0]).save(tmp, format="PNG")
+        else:
+            video = write_overlay_video(folder / f"{Path(clip).stem}_saliency_{level}.mp4", overlay)
         table = prediction.frame_table()
         for name, probs in prediction.level_probs.items():
             for k, cls in enumerate(prediction.classes):

@@ -12,15 +12,19 @@ import gradio as gr
 from hico.errors import HiCoError
 
 from app.diagnose import SALIENCY_CHOICES
-from app.figures import frame_probabilities, probability_bars
+from app.figures import frame_probabilities, level_bars, probability_bars
 
 
 class DiagnoseTab:
     """Diagnose: upload or pick a clip, get probabilities, per-frame curves and a saliency video."""
 
     def diagnose(self, clip, run, level):
-        """Upload or example -> (message, bars, per-frame chart, video, slider, frame, mask, csv, video file, id)."""
-        empty = (None, None, None, gr.update(maximum=1, value=0), None, None, None, None, None)
+        """Upload or example -> (message, bars, per-frame chart, video, slider, frame, mask, csv, video file, id).
+
+        A one-frame input (a still, a single-frame DICOM or clip) gets its overlay as a still and
+        a bar chart per level instead of a video, a slider and curves over frames."""
+        empty = (None, None, gr.update(value=None, visible=True), gr.update(maximum=1, value=0, visible=True), None,
+                 None, None, None, None)
         if not clip:
             return ("Upload a clip or pick an example.", *empty)
         try:
@@ -30,7 +34,9 @@ class DiagnoseTab:
         pred = result.prediction
         top = pred.clip_probs.argmax()
         levels = ", ".join(f"{name}: {pred.classes[int(p.mean(0).argmax())]}" for name, p in pred.level_probs.items())
-        message = (f"**{pred.label}** ({pred.clip_probs[top]:.0%}) over {len(pred.frame_probs)} frames"
+        frames = len(pred.frame_probs)
+        message = (f"**{pred.label}** ({pred.clip_probs[top]:.0%}) "
+                   + (f"over {frames} frames" if frames > 1 else "on a single frame")
                    + (f" · per level — {levels}" if levels else "")
                    + (f" · screen mask: {pred.mask.method}" if pred.mask is not None else ""))
         if pred.familiarity is not None and pred.familiarity.unfamiliar:
@@ -39,10 +45,18 @@ class DiagnoseTab:
             message += f"\n\nThe clip is {pred.familiarity.sentence()}."
         elif pred.familiarity_note:
             message += f"\n\n{pred.familiarity_note}"
-        return (message, probability_bars(pred.classes, pred.clip_probs),
-                frame_probabilities(pred.classes, pred.frame_probs, 0), str(result.video),
-                gr.update(maximum=max(result.frames - 1, 1), value=0, step=1), result.overlay[0], result.mask_image,
-                str(result.csv), str(result.video), result.id)
+        still = result.frames == 1
+        if still:
+            chart = level_bars(pred.classes, {"classifier": pred.frame_probs[0],
+                                              **{name: p[0] for name, p in pred.level_probs.items()}})
+        else:
+            chart = frame_probabilities(pred.classes, pred.frame_probs, 0)
+        return (message, probability_bars(pred.classes, pred.clip_probs), chart,
+                gr.update(value=None if still else str(result.video), visible=not still),
+                gr.update(maximum=max(result.frames - 1, 1), value=0, step=1, visible=not still), result.overlay[0],
+                result.mask_image, str(result.csv),
+                gr.update(value=str(result.video), label="Overlay image (png)" if still else "Overlay video (mp4)"),
+                result.id)
 
     def diagnose_frame(self, result_id, index):
         result = self.diagnoser.result(result_id) if result_id else None
@@ -81,7 +95,8 @@ class DiagnoseTab:
                 "unfamiliar": getattr(pred.familiarity, "unfamiliar", None),
                 "unfamiliar_score": getattr(pred.familiarity, "score", None),
                 "familiarity_note": pred.familiarity.sentence() if pred.familiarity else pred.familiarity_note,
-                "overlay_video": gr.FileData(path=str(result.video)), "frames_csv": gr.FileData(path=str(result.csv))}
+                "overlay_video": gr.FileData(path=str(result.video)),  # a png for a one-frame input
+                "frames_csv": gr.FileData(path=str(result.csv))}
 
     def diagnose_tab(self) -> gr.Dropdown:
         """The tab's components and events; returns its run dropdown (filled on page load)."""
@@ -109,7 +124,8 @@ class DiagnoseTab:
         result_id = gr.State(None)
         outputs = [message, bars, line, video, slider, frame, mask, csv, video_file, result_id]
         go.click(self.diagnose, [clip, run, level], outputs, api_visibility="private")
-        clip.upload(self.diagnose, [clip, run, level], outputs, api_visibility="private")
+        # change, not upload: picking an example runs it too (an upload is a change as well)
+        clip.change(self.diagnose, [clip, run, level], outputs, api_visibility="private")
         slider.change(self.diagnose_frame, [result_id, slider], [frame, line], api_visibility="private",
                       show_progress="hidden")
         run.focus(self.refresh_choices, None, run, api_visibility="private")

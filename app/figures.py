@@ -121,6 +121,17 @@ def probability_bars(classes: list[str], probs: np.ndarray, title: str = "clip p
     return fig
 
 
+def level_bars(classes: list[str], by_source: dict[str, np.ndarray]) -> go.Figure:
+    """Grouped bars of class probabilities, one group per class and one bar per source (the
+    classifier and each level's probe): what a one-frame input gets instead of curves over frames."""
+    fig = go.Figure()
+    for (name, probs), colour in zip(by_source.items(), PALETTE * 3):
+        fig.add_trace(go.Bar(x=list(classes), y=[float(p) for p in probs], name=name, marker_color=colour))
+    fig.update_layout(**_LAYOUT, title="probabilities by level (one frame)", height=320, barmode="group",
+                      yaxis=dict(range=[0, 1], title="probability"))
+    return fig
+
+
 def frame_probabilities(classes: list[str], frame_probs: np.ndarray, current: int | None = None) -> go.Figure:
     """One line per class over the clip's frames; a vertical marker at the current frame."""
     fig = go.Figure()

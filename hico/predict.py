@@ -62,6 +62,8 @@ def read_for_prediction(clip: Path, max_clip_frames: int, max_frames: int | None
     one whose header says it decodes to more pixels than `limits` allow (before decoding it)."""
     if not clip.exists():
         raise HiCoError(f"Clip {clip} does not exist.")
+    if clip.is_file() and clip.stat().st_size == 0:
+        raise HiCoError(f"Clip {clip} is empty (0 bytes).")
     if clip_kind(clip) is None:
         raise HiCoError(f"Clip {clip} is not a video, DICOM, image or frame folder that HiCo can read.")
     if max_frames is None:

@@ -144,5 +144,27 @@ def test_diagnose_upload_shows_prediction_and_overlay(page):
     assert page.locator("#diagnose-bars .trace.bars").count() == 1
 
 
+def test_a_still_image_gets_a_still_overlay_and_bars_and_an_example_click_runs(page):
+    page.get_by_role("tab", name="Diagnose").click()
+    _choose(page, "diagnose-run", "tiny")
+    page.locator("#diagnose-upload button[aria-label='Clear'], #diagnose-upload button[aria-label='Remove file']"
+                 ).first.click()  # the clip of the test before
+    page.wait_for_function("document.querySelector('#diagnose-message').innerText.includes('Upload a clip')")
+    page.locator("#diagnose-upload input[type=file]").set_input_files(str(EXAMPLES / "lung_effusion_still.png"))
+    page.wait_for_function("document.querySelector('#diagnose-message').innerText.includes('on a single frame')",
+                           timeout=120000)
+    page.wait_for_selector("#diagnose-frame img", timeout=30000)
+    assert page.locator("#diagnose-video").is_hidden() and page.locator("#diagnose-slider").is_hidden()
+    bars = page.evaluate("() => document.querySelector('#diagnose-line .js-plotly-plot').data.map(t => t.type)")
+    assert set(bars) == {"bar"} and len(bars) == 4  # the classifier and the three levels' probes
+    assert "Overlay image (png)" in page.inner_text("#download-video")
+    # an example clip runs when clicked, as an upload does
+    page.get_by_text("liver_f3_cine.dcm").first.click()
+    page.wait_for_function("document.querySelector('#diagnose-message').innerText.includes('over 24 frames')",
+                           timeout=120000)
+    page.wait_for_selector("#diagnose-video video[src]", timeout=30000)
+    assert page.locator("#diagnose-slider").is_visible()
+
+
 def test_the_page_loaded_nothing_from_the_internet(page):
     assert page.outside == []

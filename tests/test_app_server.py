@@ -101,6 +101,10 @@ def test_errors_name_the_users_file_not_the_servers_upload_path(client, tmp_path
     junk.write_bytes(b"\x00" * 1000)
     out = client.predict(clip=handle_file(str(junk)), run="tiny", api_name="/predict")
     assert out["ok"] is False and "my clip.mp4" in out["message"] and "/gradio" not in out["message"], out
+    empty = tmp_path / "empty.dcm"
+    empty.write_bytes(b"")
+    out = client.predict(clip=handle_file(str(empty)), run="tiny", api_name="/predict")
+    assert out == {"ok": False, "message": "Clip empty.dcm is empty (0 bytes)."}
 
 
 def test_a_decompression_bomb_upload_is_refused_from_its_header(client, tmp_path):

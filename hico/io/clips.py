@@ -96,6 +96,8 @@ def read_clip_meta(path: str | os.PathLike) -> dict:
 def _require_kind(path: str | os.PathLike) -> str:
     if not Path(path).exists():
         raise HiCoError(f"Cannot read clip {path}: no such file or folder.")
+    if Path(path).is_file() and Path(path).stat().st_size == 0:
+        raise HiCoError(f"Cannot read clip {path}: the file is empty (0 bytes).")
     kind = clip_kind(path)
     if kind is None:
         raise HiCoError(f"Cannot read clip {path}: it is not {_KINDS}.")
