@@ -109,14 +109,18 @@ class DiagnoseTab:
                 level = gr.Radio(list(SALIENCY_CHOICES), value="all", label="Saliency (Grad-CAM) level",
                                  info="all = local, medium and global side by side; backbone = the classifier")
                 go = gr.Button("Diagnose", variant="primary", elem_id="diagnose-go")
-                mask = gr.Image(label="Screen mask (red: ignored text and border)", interactive=False,
-                                elem_id="diagnose-mask")
+                # labels as headings, not badges: a badge covers the top left of the picture
+                gr.Markdown("**Screen mask** (red: ignored text and border)")
+                mask = gr.Image(label="Screen mask", show_label=False, interactive=False, elem_id="diagnose-mask")
             with gr.Column(scale=3, min_width=420):
                 message = gr.Markdown(elem_id="diagnose-message")
                 bars = gr.Plot(label="Clip-level probabilities", elem_id="diagnose-bars")
-                video = gr.Video(label="Saliency overlay", autoplay=True, loop=True, elem_id="diagnose-video")
+                gr.Markdown("**Saliency overlay** (Grad-CAM)")
+                video = gr.Video(label="Saliency overlay", show_label=False, autoplay=True, loop=True,
+                                 elem_id="diagnose-video")
                 slider = gr.Slider(0, 1, value=0, step=1, label="Frame", elem_id="diagnose-slider")
-                frame = gr.Image(label="Overlay at this frame", interactive=False, elem_id="diagnose-frame")
+                frame = gr.Image(label="Overlay at this frame", show_label=False, interactive=False,
+                                 elem_id="diagnose-frame")
                 line = gr.Plot(label="Per-frame probabilities", elem_id="diagnose-line")
                 with gr.Row():
                     csv = gr.DownloadButton("Per-frame results (CSV)", elem_id="download-csv")

@@ -20,6 +20,7 @@ from app.timeline_view import TimelineViews, api_payload
 
 LEVEL_PANELS = ("local", "medium", "global", "backbone")
 ACCURACY_COLUMNS = ("feature", "linear_acc", "knn_acc", "linear_video_acc", "knn_video_acc")
+ACCURACY_HEADERS = ("level", "probe", "kNN", "probe, videos", "kNN, videos")  # short: the table fits its column
 QUALITY_COLUMNS = ("panel", "layout", "class 2-D", "class embedding", "neighbours kept", "own position")
 CROSS_COLUMNS = ("class", "frames", "line length", "shared neighbours")
 
@@ -117,7 +118,7 @@ class ExploreTab:
     @staticmethod
     def _accuracy(item):
         if item.accuracy is not None:
-            return item.accuracy[list(ACCURACY_COLUMNS)].round(3)
+            return item.accuracy[list(ACCURACY_COLUMNS)].round(3).set_axis(list(ACCURACY_HEADERS), axis=1)
         if item.accuracy_error:
             return [[item.accuracy_error, None, None, None, None]]
         return [["computing…", None, None, None, None]]
@@ -130,7 +131,9 @@ class ExploreTab:
             return [], "Nothing selected."
         ids = _row_ids(evt, len(item.table))
         rows = item.table.loc[ids]
-        gallery = [(self.explorer.frame(item, i), f"{r.video_id} · {r.frame} · {r.label}")
+        # the clip's own name and the frame: a gallery tile has room for a dozen characters, and the
+        # class folder in the id repeats the label
+        gallery = [(self.explorer.frame(item, i), f"{str(r.video_id).rsplit('/', 1)[-1]} #{r.frame}")
                    for i, r in zip(ids[:60], rows.head(60).itertuples())]
         return gallery, f"{len(ids)} frames selected" + (" (first 60 shown)" if len(ids) > 60 else "")
 
@@ -277,9 +280,10 @@ class ExploreTab:
         with gr.Row():
             with gr.Column(scale=3):
                 selection_note = gr.Markdown()
-                gallery = gr.Gallery(label="Selected frames", columns=8, height=300, elem_id="explore-gallery")
+                gallery = gr.Gallery(label="Selected frames", columns=6, height=320, elem_id="explore-gallery")
             with gr.Column(scale=2):
-                accuracy = gr.Dataframe(headers=list(ACCURACY_COLUMNS), interactive=False, elem_id="explore-accuracy",
+                accuracy = gr.Dataframe(headers=list(ACCURACY_HEADERS), interactive=False, elem_id="explore-accuracy",
+                                        wrap=True,
                                         label="Linear probe and kNN accuracy (frames, and videos by mean "
                                               "probability; folds split by video)")
         with gr.Row():

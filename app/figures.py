@@ -8,6 +8,11 @@ from plotly.subplots import make_subplots
 
 LOSS_TERMS = ("peer_local", "peer_medium", "peer_global", "cross_global_medium", "cross_global_local",
               "supervised", "total")
+# Terms often lie on one another (the three peer terms of a young run), so each has its own dash
+# and marker as well as its colour: overlapping lines stay tellable apart in the legend and plot.
+LOSS_STYLES = {"peer_local": ("solid", "circle"), "peer_medium": ("dash", "square"), "peer_global": ("dot", "diamond"),
+               "cross_global_medium": ("dashdot", "triangle-up"), "cross_global_local": ("longdash", "triangle-down"),
+               "supervised": ("solid", "x"), "total": ("solid", None)}
 PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#111111", "#e377c2",
            "#7f7f7f", "#bcbd22", "#17becf")
 _LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=40, b=40), font=dict(size=12))
@@ -33,34 +38,47 @@ def training_figure(rows: list[dict], others: dict[str, list[dict]] | None = Non
     different modes are not comparable, accuracies are. Accuracy traces carry
     meta = {"run", "level", "kind"} (kind: knn | probe); the runs' legend is `legend2`.
     """
+    gpu = bool(rows) and ("gpu_mem_gb" in rows[-1] or "gpu_util" in rows[-1])
     # the third row is an empty band that holds the loss legend between the two blocks
     fig = make_subplots(rows=4, cols=4, row_heights=[0.26, 0.26, 0.1, 0.38], vertical_spacing=0.06,
                         horizontal_spacing=0.05,
                         specs=[[{"rowspan": 2, "colspan": 2}, None, {"colspan": 2}, None],
                                [None, None, {"colspan": 2, "secondary_y": True}, None],
                                [None] * 4, [{}, {}, {}, {}]],
-                        subplot_titles=("loss terms", "learning rate", "throughput and GPU",
+                        subplot_titles=("loss terms", "learning rate", "throughput and GPU" if gpu else "throughput",
                                         *(f"held-out accuracy: {level}" if level == "local" else level
                                           for level in ACCURACY_LEVELS)))
     steps = [r["step"] for r in rows]
     for term, colour in zip(LOSS_TERMS, PALETTE):
         if rows and term in rows[0]:
-            fig.add_trace(go.Scatter(x=steps, y=[r.get(term) for r in rows], name=term, mode="lines",
-                                     line=dict(color=colour, width=3 if term == "total" else 1.6)), row=1, col=1)
+            dash, symbol = LOSS_STYLES[term]
+            fig.add_trace(go.Scatter(x=steps, y=[r.get(term) for r in rows], name=term,
+                                     mode="lines+markers" if symbol else "lines",
+                                     marker=dict(symbol=symbol, size=6, maxdisplayed=12) if symbol else None,
+                                     line=dict(color=colour, dash=dash, width=3 if term == "total" else 1.6)),
+                          row=1, col=1)
     val = [(r["step"], r["val_contrastive"]) for r in rows if "val_contrastive" in r]
     if val:
         fig.add_trace(go.Scatter(x=[v[0] for v in val], y=[v[1] for v in val], name="held-out contrastive",
                                  mode="lines+markers", line=dict(color="#e377c2", dash="dot")), row=1, col=1)
     fig.add_trace(go.Scatter(x=steps, y=[r.get("lr") for r in rows], name="lr", mode="lines",
                              line=dict(color="#17becf"), showlegend=False), row=1, col=3)
+    # throughput and GPU curves are named by their axes, not in the loss terms' legend
     fig.add_trace(go.Scatter(x=steps, y=[r.get("images_per_s") for r in rows], name="images/s", mode="lines",
-                             line=dict(color="#2ca02c")), row=2, col=3)
+                             line=dict(color="#2ca02c"), showlegend=False), row=2, col=3)
+    fig.update_yaxes(title_text="images/s", title_font=dict(size=10), row=2, col=3)
     if rows and "gpu_mem_gb" in rows[-1]:
         fig.add_trace(go.Scatter(x=steps, y=[r.get("gpu_mem_gb") for r in rows], name="GPU memory (GB)",
-                                 mode="lines", line=dict(color="#9467bd")), row=2, col=3, secondary_y=True)
+                                 mode="lines", line=dict(color="#9467bd"), showlegend=False),
+                      row=2, col=3, secondary_y=True)
     if rows and "gpu_util" in rows[-1]:
         fig.add_trace(go.Scatter(x=steps, y=[r.get("gpu_util") for r in rows], name="GPU utilisation (%)",
-                                 mode="lines", line=dict(color="#bcbd22", dash="dot")), row=2, col=3, secondary_y=True)
+                                 mode="lines", line=dict(color="#bcbd22", dash="dot"), showlegend=False),
+                      row=2, col=3, secondary_y=True)
+    if gpu:
+        fig.update_yaxes(title_text="GPU GB (solid), % (dotted)", title_font=dict(size=10), row=2, col=3,
+                         secondary_y=True)
+    fig.update_yaxes(tickformat=".1e", row=1, col=3)  # 1.5e-04, not plotly's "150μ"
     any_accuracy = _accuracy_traces(fig, {name: rows, **{k: v for k, v in (others or {}).items() if k != name}})
     for col in range(1, 5):
         fig.update_xaxes(title_text="step", row=4, col=col)
@@ -141,6 +159,8 @@ def frame_probabilities(classes: list[str], frame_probs: np.ndarray, current: in
                                  line=dict(color=colour), marker=dict(size=4)))
     if current is not None:
         fig.add_vline(x=current, line=dict(color="#444", dash="dot"))
-    fig.update_layout(**_LAYOUT, title="per-frame probabilities", height=300,
-                      xaxis=dict(title="frame"), yaxis=dict(range=[0, 1], title="probability"))
+    # the legend goes below the plot, in rows: beside it, eight class names overflowed into a scrollbar
+    fig.update_layout(**_LAYOUT, title="per-frame probabilities", height=300 + 22 * ((len(classes) + 3) // 4),
+                      xaxis=dict(title="frame"), yaxis=dict(range=[0, 1], title="probability"),
+                      legend=dict(orientation="h", x=0, y=-0.22, yanchor="top"))
     return fig

@@ -156,7 +156,9 @@ def progress_html(status: dict) -> str:
     epoch = f"epoch {run['epoch']:.2f}" + (f" of {run['epochs']}" if run.get("epochs") else "")
     colour = {"running": "#2563eb", "finished": "#16a34a", "stopped": "#d97706", "failed": "#dc2626"}[run["state"]]
     parts = [f"<b>{html.escape(run['name'])}</b> — {run['state']}", epoch, f"step {run['step']}/{run['total_steps']}"]
-    if run["state"] == "running":
+    if run["state"] == "running" and not run["total_steps"]:  # the process is starting: no step count yet
+        parts = [f"<b>{html.escape(run['name'])}</b> — starting: loading the model and reading the clips"]
+    elif run["state"] == "running":
         parts += [speed] + ([f"ETA {eta}"] if eta else [])
     return (f"<div class='hico-progress' data-state='{run['state']}' data-step='{run['step']}'>"
             f"<div class='hico-bar'><div style='width:{pct:.1f}%;background:{colour}'></div></div>"
@@ -363,17 +365,19 @@ class TrainTab:
                     archive = gr.File(label="Dataset (.zip)", file_types=[".zip"], type="filepath",
                                       elem_id="dataset-upload")
                 with gr.Row():
-                    size = gr.Number(96, label="Input size (px)", precision=0, minimum=32, maximum=1024,
+                    size = gr.Number(96, label="Input size (px)", precision=0,
                                      elem_id="train-size")
-                    batch = gr.Number(16, label="Batch size (videos)", precision=0, minimum=1, elem_id="train-batch")
+                    # no `minimum`: the browser's own check shows a toast and red pills beside our
+                    # message; the config check says what is wrong, in the message, in one place
+                    batch = gr.Number(16, label="Batch size (videos)", precision=0, elem_id="train-batch")
                 with gr.Row():
-                    epochs = gr.Number(12, label="Epochs", precision=0, minimum=1, elem_id="train-epochs")
-                    lr = gr.Number(3e-4, label="Learning rate", minimum=0)
+                    epochs = gr.Number(12, label="Epochs", precision=0, elem_id="train-epochs")
+                    lr = gr.Number(3e-4, label="Learning rate")
                 mode = gr.Radio(["hico", "simclr", "peer", "supervised"], value="hico", label="Loss mode")
                 with gr.Row():
-                    peer = gr.Number(0.5, label="Peer weight", minimum=0)
-                    cross = gr.Number(0.5, label="Cross weight", minimum=0)
-                    sup = gr.Number(0.2, label="Supervised weight", minimum=0)
+                    peer = gr.Number(0.5, label="Peer weight")
+                    cross = gr.Number(0.5, label="Cross weight")
+                    sup = gr.Number(0.2, label="Supervised weight")
                 label_fraction = gr.Slider(0, 1, value=1.0, step=0.05, label="Labelled fraction of videos")
                 device = gr.Dropdown(device_choices(), value="auto", label="Device", info=device_summary())
                 resume = gr.Dropdown(resume_choices(self.jobs), value=NEW_RUN, elem_id="train-resume",

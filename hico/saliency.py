@@ -190,8 +190,9 @@ def _channels_last(frames: np.ndarray) -> np.ndarray:
 def side_by_side(panels: list[np.ndarray], labels: list[str]) -> np.ndarray:
     """uint8 T x H x W_i x 3 panels -> one uint8 T x (strip + H) x (sum W_i + gaps) x 3 video.
 
-    Each panel gets its label in a caption strip above it (Pillow's built-in font, cut short to
-    fit); panels are separated by PANEL_GAP-pixel gaps. All panels need the same T and H.
+    Each panel gets its label centred in a caption strip above it (Pillow's built-in font, cut
+    short to fit; centred, so a viewer's corner badge does not hide it); panels are separated by
+    PANEL_GAP-pixel gaps. All panels need the same T and H.
     """
     if not panels or len(panels) != len(labels):
         raise ValueError(f"side_by_side needs one label per panel, got {len(panels)} panels and {len(labels)} labels")
@@ -207,7 +208,9 @@ def side_by_side(panels: list[np.ndarray], labels: list[str]) -> np.ndarray:
     caption = Image.new("RGB", (width, strip), (CAPTION_BACKGROUND,) * 3)
     draw = ImageDraw.Draw(caption)
     for x, panel, label in zip(lefts, panels, labels):
-        draw.text((int(x) + 3, 2), _fit(str(label), font, panel.shape[2] - 6), fill=(235, 235, 235), font=font)
+        text = _fit(str(label), font, panel.shape[2] - 6)
+        left = int(x) + max(3, int((panel.shape[2] - font.getlength(text)) / 2))
+        draw.text((left, 2), text, fill=(235, 235, 235), font=font)
     out = np.full((t, strip + h, width, 3), CAPTION_BACKGROUND, dtype=np.uint8)
     out[:, :strip] = np.asarray(caption)
     for x, panel in zip(lefts, panels):

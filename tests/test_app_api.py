@@ -225,7 +225,7 @@ def test_a_finished_run_continues_for_more_epochs_and_a_run_can_be_deleted(tmp_p
     run = jobs.start({"data": {"root": str(data), "size": 32, "val_fraction": 0},
                       "train": {"batch_size": 2, "epochs": 1, "warmup_epochs": 0, "log_every": 1}, "device": "cpu"})
     wait_for(lambda: read_run(run).state == "finished" and jobs.active() is None, timeout=120)
-    first = read_run(run).step
+    first, started = read_run(run).step, read_run(run).started
     assert first == read_run(run).total_steps > 0
     with pytest.raises(HiCoError, match=rf"^Run {run.name} is finished at epoch 1.0 of 1; give more epochs than 1"):
         jobs.resume(run)
@@ -236,6 +236,7 @@ def test_a_finished_run_continues_for_more_epochs_and_a_run_can_be_deleted(tmp_p
     wait_for(lambda: read_run(run).state == "finished" and jobs.active() is None, timeout=120)
     info = read_run(run)
     assert info.config["train"]["epochs"] == 2 and info.step == info.total_steps == 2 * first
+    assert info.started == started  # the run list's "started" stays the first start
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 2 * first + 1))  # one line per step, continuing where it ended
     with pytest.raises(HiCoError, match="has trained 2.0 epochs already"):

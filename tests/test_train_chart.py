@@ -58,6 +58,32 @@ def test_accuracy_panels_overlay_every_run_by_colour_and_kind():
     assert list(total.x) == [1, 2, 3, 4] and list(total.y) == [4.0, 3.0, 2.0, 1.0]
 
 
+def test_the_loss_panel_tells_overlapping_terms_apart_and_names_axes_not_legend_entries():
+    """Equal peer terms (a young run) differ in dash and marker; throughput is an axis, not a loss
+    legend entry; the panel says GPU only on a GPU; the learning rate reads 1.5e-04."""
+    rows = [{"step": s, "total": 3.0, "peer_local": 1.0, "peer_medium": 1.0, "peer_global": 1.0, "lr": 1.5e-4,
+             "images_per_s": 12.0} for s in (1, 2, 3)]
+    fig = training_figure(rows)
+    peers = [t for t in fig.data if t.name in ("peer_local", "peer_medium", "peer_global")]
+    assert len({t.line.dash for t in peers}) == 3 and len({t.marker.symbol for t in peers}) == 3
+    legend = [t.name for t in fig.data if t.showlegend is not False and t.legend != "legend2"]
+    assert "images/s" not in legend and "peer_medium" in legend
+    titles = [a.text for a in fig.layout.annotations]
+    assert "throughput" in titles and "throughput and GPU" not in titles
+    lr = next(t for t in fig.data if t.name == "lr")
+    assert getattr(fig.layout, lr.yaxis.replace("y", "yaxis")).tickformat == ".1e"
+    gpu = training_figure([{**r, "gpu_mem_gb": 3.0, "gpu_util": 80.0} for r in rows])
+    assert "throughput and GPU" in [a.text for a in gpu.layout.annotations]
+    assert not [t.name for t in gpu.data if t.name.startswith("GPU") and t.showlegend is not False]
+
+
+def test_progress_says_a_starting_run_is_starting():
+    status = {"run": {"name": "r1", "state": "running", "step": 0, "total_steps": 0, "epoch": 0.0, "epochs": 4,
+                      "images_per_s": None, "eta_s": None}}
+    text = train_tab.progress_html(status)
+    assert "starting: loading the model and reading the clips" in text and "0/0" not in text
+
+
 def test_a_run_without_accuracy_says_so():
     plain = [{"step": 1, "total": 1.0, "lr": 1e-3, "images_per_s": 5.0}]
     fig = training_figure(plain, {"other": _rows(0.5, None)}, name="old")
