@@ -15,6 +15,8 @@ How, in short:
    the image they touch.
 2. The sector is fitted as a shape, not taken pixel by pixel, because fluid, rib shadows
    and effusions are as black as the frame around the image and may reach its edges.
+   A screen with two or four images side by side or stacked (dual and quad views) is cut
+   into one region per image along the empty bands between them, and each is fitted alone.
    A linear image is the bounding rectangle of the signal. A convex fan is the annular
    sector, symmetric about the vertical through its apex, whose outline best explains
    the signal's outline (the skin arc, the straight sides, the deep arc). The far end of
@@ -51,6 +53,9 @@ _RECT_FLAT = 0.7  # share of columns whose top is level for the sector to be a r
 _FIT_POINTS = 500  # outline pixels a fan is fitted to (a sample of them in large images)
 _FIT_HEIGHTS = 160  # trial apex heights above the image, spaced geometrically
 _FAINT_DENSITY = 0.05  # share of faint pixels in a row (or arc) that still counts as image
+_VIEW_AREA = 0.3  # a view of a dual or quad screen holds at least this share of the largest view's image,
+_VIEW_ASPECT = 0.5  # is at least half as wide as tall (strips between rib shadows are narrower)
+_VIEW_DEPTH = 0.6  # and reaches at least this share of the deepest view's height
 
 
 @dataclass(frozen=True)
@@ -180,12 +185,13 @@ def _levels(high: np.ndarray) -> tuple[float, float, bool]:
     return threshold, faint, framed
 
 
-def _find_sector(signal: np.ndarray) -> np.ndarray | None:
+def _find_sector(signal: np.ndarray, split: bool = True) -> np.ndarray | None:
     """The imaging sector, bool (H, W), or None if there is none.
 
     ``signal``: bool (H, W), pixels above the noise of the black frame that are not known
     overlays. Deep, dim tissue is only partly above it: its dark specks are filled to find
-    the image's shape, and its density decides how far the image reaches.
+    the image's shape, and its density decides how far the image reaches. With ``split``, a
+    screen of several images (dual, quad) gets a sector per image (:func:`_view_regions`).
     """
     h, w = signal.shape
     size = 2 * max(1, round(min(h, w) / 64)) + 1
@@ -196,6 +202,14 @@ def _find_sector(signal: np.ndarray) -> np.ndarray | None:
     core = _image_components(core)
     if core is None or core.sum() < _MIN_SECTOR * signal.size:
         return None
+    regions = _view_regions(core) if split else []
+    if len(regions) > 1:
+        sector = np.zeros(signal.shape, bool)
+        for rows, cols in regions:
+            part = _find_sector(signal[rows, cols], split=False)
+            if part is not None:
+                sector[rows, cols] = part
+        return sector if sector.any() else None
     gap = max(2, size // 2)
     box = _rectangle(core)
     if box is not None:
@@ -206,6 +220,54 @@ def _find_sector(signal: np.ndarray) -> np.ndarray | None:
     if sector.mean() > 0.98:
         return None  # no frame around the image after all
     return sector
+
+
+def _view_regions(core: np.ndarray) -> list[tuple[slice, slice]]:
+    """The regions of a dual or quad screen, one per image, or [] for one image.
+
+    ``core`` (bool (H, W)) is cut at the middle of the one empty band of columns between its
+    parts (a dual view), and each half at the middle of an empty band of rows when both halves
+    have one at about the same height (a quad view). A cut by rows alone is not taken (fluid splits one image that way: the body wall above an effusion,
+    the lung below), nor are parts unlike views of one screen (one much smaller or shallower than
+    another, or narrow strips between rib shadows)."""
+    def gaps(occupied: np.ndarray) -> list[tuple[int, int]]:
+        """(first, last + 1) of each empty band between occupied entries."""
+        filled = np.flatnonzero(occupied)
+        return [(left + 1, right) for left, right in zip(filled[:-1], filled[1:]) if right - left > 1]
+
+    height, width = core.shape
+    between = gaps(core.any(axis=0))
+    if len(between) != 1:
+        return []
+    middle = sum(between[0]) // 2
+    columns = [(0, middle), (middle, width)]
+    # a quad screen: an empty band of rows in each half at about the same height (the widest such
+    # pair: fluid inside one image makes bands of its own, at a height the other half does not share)
+    left, right = (gaps(core[:, x0:x1].any(axis=1)) for x0, x1 in columns)
+    pairs = [(min(a[1] - a[0], b[1] - b[0]), sum(a) // 2, sum(b) // 2) for a in left for b in right
+             if abs(sum(a) - sum(b)) / 2 < 0.1 * height]
+    layouts = [[[(0, height)], [(0, height)]]]  # dual
+    if pairs:
+        _, cut_left, cut_right = max(pairs)
+        layouts.insert(0, [[(0, cut_left), (cut_left, height)], [(0, cut_right), (cut_right, height)]])
+    for rows in layouts:  # quad first; a quad whose parts are unlike views may still be a dual
+        regions = [(slice(y0, y1), slice(x0, x1)) for (x0, x1), bands in zip(columns, rows) for y0, y1 in bands]
+        if _like_views(core, regions):
+            return regions
+    return []
+
+
+def _like_views(core: np.ndarray, regions: list[tuple[slice, slice]]) -> bool:
+    """Whether the parts of ``core`` in these regions look like the images of one screen."""
+    sizes = []
+    for region in regions:
+        ys, xs = np.nonzero(core[region])
+        if ys.size == 0:
+            return False
+        sizes.append((ys.size, np.ptp(xs) + 1, np.ptp(ys) + 1))  # pixels, width, height
+    area, wide, deep = (np.array(v, float) for v in zip(*sizes))
+    return bool(area.min() >= _VIEW_AREA * area.max() and (wide / deep).min() >= _VIEW_ASPECT
+                and deep.min() >= _VIEW_DEPTH * deep.max())
 
 
 def _fill_specks(signal: np.ndarray, max_area: int) -> np.ndarray:

@@ -253,3 +253,23 @@ def test_applying_a_mask_to_frames_of_another_size_is_a_user_error(liver):
     mask = detect_screen(liver.frames)
     with pytest.raises(HiCoError, match="detect the mask on the same clip"):
         mask.apply(np.zeros((2, 64, 64), np.uint8))
+
+
+@pytest.mark.parametrize("layout", ["dual", "quad"])
+def test_dual_and_quad_view_screens_get_a_sector_per_image(layout):
+    """Two (four) synthetic screens side by side (in a 2 x 2 grid), as scanners show dual and quad
+    views: every image is fitted alone, in clips and in stills, and the text around each is masked.
+    Measured IoU 0.98 to 0.999; a hull over the whole screen gave 0.47 to 0.65."""
+    labels = [("liver_f1", "lung_b_lines", "lung_effusion", "liver_f2"), ("lung_a_lines", "liver_f3", "liver_f0",
+                                                                          "lung_consolidation")]
+    for seed, names in enumerate(labels):
+        parts = [render_sample(name, frames=16, size=128, seed=seed + 5 * i) for i, name in enumerate(names)]
+        grid = [parts[:2]] if layout == "dual" else [parts[:2], parts[2:]]
+        frames = np.concatenate([np.concatenate([p.frames for p in row], axis=2) for row in grid], axis=1)
+        fan = np.concatenate([np.concatenate([p.fan_mask for p in row], axis=1) for row in grid], axis=0)
+        overlay = np.concatenate([np.concatenate([p.overlay_mask for p in row], axis=1) for row in grid], axis=0)
+        for clip in (frames, frames[:1]):
+            mask = detect_screen(clip)
+            assert mask.method == ("temporal" if len(clip) > 1 else "single-frame")
+            assert _iou(mask.sector, fan) >= 0.97, (layout, names, len(clip))
+            assert (overlay & mask.tissue).sum() < 0.05 * overlay.sum()
