@@ -11,6 +11,7 @@ import gradio as gr
 
 from hico.errors import HiCoError
 
+from app.api_types import PredictReply
 from app.diagnose import SALIENCY_CHOICES
 from app.figures import frame_probabilities, level_bars, probability_bars
 
@@ -75,7 +76,7 @@ class DiagnoseTab:
         except HiCoError as exc:
             raise HiCoError(str(exc).replace(str(path), path.name)) from None
 
-    def api_predict(self, clip: gr.FileData, run: str = "", level: str = "all") -> dict:
+    def api_predict(self, clip: gr.FileData, run: str = "", level: str = "all") -> PredictReply:
         """Predict a clip (video, DICOM or image) with a run: class probabilities per clip and per frame,
         the saliency overlay video and per-frame CSV as files, and whether the clip is unlike the
         run's training data (unfamiliar: true/false, null when that cannot be told; unfamiliar_score:

@@ -12,6 +12,7 @@ import numpy as np
 
 from hico.errors import HiCoError
 
+from app.api_types import EmbeddingsReply, TimelineReply
 from app.default import synth_dir
 from app.explore import PAIRS, cross_summary, linked_rows
 from app.scatter import palette, panels_value, scatter, table_value
@@ -164,7 +165,8 @@ class ExploreTab:
             return None
         return self.explorer.thumbnail(item, row_id)
 
-    def api_embeddings(self, run: str = "", dataset: str = "", method: str = "pca", wait_s: float = 0) -> dict:
+    def api_embeddings(self, run: str = "", dataset: str = "", method: str = "pca",
+                       wait_s: float = 0) -> EmbeddingsReply:
         """Per-frame 2-D projections of every level (local, medium, global, backbone) for a run and dataset,
         with video id, frame, label and split per frame, and the linear-probe / kNN accuracy per level.
         The accuracy is computed in the background after the projections: accuracy_state says
@@ -241,7 +243,7 @@ class ExploreTab:
         return (self.timeline_value(view, index, run), self.timeline_caption(view, index),
                 gr.update(label=f"Snapshot (step {view.steps[index]:,})"))
 
-    def api_timeline(self, run: str, level: str = "global") -> dict:
+    def api_timeline(self, run: str, level: str = "global") -> TimelineReply:
         """A run's timeline snapshots at one level projected to 2-D and aligned across steps: steps,
         points [{step, x, y}] (the same frames in the same order at every step), labels, video_id,
         frame, split, and per step the mean displacement since the previous step and the kNN class

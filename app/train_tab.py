@@ -16,6 +16,7 @@ from hico.errors import HiCoError
 from hico.runs import list_runs, read_run
 
 from app.access import Access
+from app.api_types import CompareReply, Reply, StartReply, StatusReply, UploadReply
 from app.default import DEMO_RUN, demo_values, synth_dir, yield_demo
 from app.figures import training_figure
 from app.jobs import Jobs
@@ -280,7 +281,7 @@ class TrainTab:
             return f"⚠️ {exc}", gr.update(choices=self.access.datasets())
         return message, gr.update(choices=self.access.datasets(), value=dataset)
 
-    def api_upload_dataset(self, archive: gr.FileData, name: str = "") -> dict:
+    def api_upload_dataset(self, archive: gr.FileData, name: str = "") -> UploadReply:
         """Add a dataset from a .zip (class folders, or clips and a CSV manifest) as
         $HICO_HOME/datasets/<name> (default: the file's name); returns {ok, message, dataset}: the path
         to pass to /start_training, and what was found (clips, classes, files set aside)."""
@@ -302,7 +303,7 @@ class TrainTab:
     def api_start_training(self, dataset: str = "", size: int = 96, batch_size: int = 16, epochs: int = 0,
                            lr: float = 3e-4, mode: str = "hico", peer_weight: float = 0.5, cross_weight: float = 0.5,
                            sup_weight: float = 0.2, label_fraction: float = 1.0, device: str = "auto",
-                           resume: str = "") -> dict:
+                           resume: str = "") -> StartReply:
         """Start a training run, or resume one by name; returns {ok, message, run}. epochs: 0 means 12
         for a new run and the run's own for a resume; more than a resumed run's continues it (a
         finished one too) to that many epochs."""
@@ -316,7 +317,7 @@ class TrainTab:
             return {"ok": False, "message": str(exc), "run": None}
         return {"ok": True, "message": message.replace("**", ""), "run": run_dir.name}
 
-    def api_training_status(self) -> dict:
+    def api_training_status(self) -> StatusReply:
         """The live or latest run's state, step, total_steps, epoch, images_per_s, eta_s, last metrics,
         and the list of runs."""
         status = training_status(self.jobs)
@@ -324,26 +325,26 @@ class TrainTab:
         status["runs"] = [dict(zip(RUN_COLUMNS, row)) for row in status["runs"]]
         return status
 
-    def delete_run(self, name):
+    def delete_chosen_run(self, name):
         try:
             message = self.jobs.delete(self.access.run(name))
         except HiCoError as exc:
             message = f"⚠️ {exc}"
         return message, gr.update(choices=run_names(self.jobs), value=None)
 
-    def api_delete_run(self, run: str = "") -> dict:
+    def api_delete_run(self, run: str = "") -> Reply:
         """Delete a run (its folder under $HICO_HOME/runs) that is not training; returns {ok, message}."""
         try:
             return {"ok": True, "message": self.jobs.delete(self.access.run(run))}
         except HiCoError as exc:
             return {"ok": False, "message": str(exc)}
 
-    def api_compare(self, runs: str = "") -> dict:
+    def api_compare(self, runs: str = "") -> CompareReply:
         """Held-out accuracy per level of several runs (comma-separated names), latest and over
         steps: {ok, message, runs: [{run, mode, seed, state, step, latest, series}]}."""
         return run_comparison(self.access, runs)
 
-    def api_stop_training(self) -> dict:
+    def api_stop_training(self) -> Reply:
         """Stop the live run after its current step, with a checkpoint; returns {ok, message}
         (ok is false when no run was training)."""
         ok, message = self.jobs.stop(timeout=60)
@@ -402,7 +403,7 @@ class TrainTab:
         form = [dataset, size, batch, epochs, lr, mode, peer, cross, sup, label_fraction, device]
         start.click(self.start, [resume, *form], [message, resume], api_visibility="private")
         stop.click(self.stop, None, message, api_visibility="private")
-        delete.click(self.delete_run, doomed, [message, doomed], api_visibility="private",
+        delete.click(self.delete_chosen_run, doomed, [message, doomed], api_visibility="private",
                      js="(name) => (name && confirm(`Delete run ${name} and everything in its folder?`)) ? name : null")
         doomed.focus(lambda: gr.update(choices=run_names(self.jobs)), None, doomed, api_visibility="private")
         resume.change(lambda name: run_epochs(self.access, name), resume, epochs, api_visibility="private")

@@ -11,6 +11,7 @@ import atexit
 import logging
 import signal
 import threading
+import typing
 from pathlib import Path
 
 import gradio as gr
@@ -32,6 +33,9 @@ from app.train_tab import TrainTab
 log = logging.getLogger(__name__)
 
 EXAMPLES = REPO / "assets" / "examples"
+# the API: each name's handler is HiCoApp.api_<name>; what it returns is declared in app.api_types
+ENDPOINTS = ("start_training", "training_status", "stop_training", "upload_dataset", "delete_run", "embeddings",
+             "timeline", "compare", "predict")
 # Gradio keeps a copy of every file it serves; files older than a day go, checked hourly.
 GRADIO_CACHE_CLEANUP = (3600, 86400)
 CSS = """
@@ -101,16 +105,17 @@ class HiCoApp(TrainTab, ExploreTab, DiagnoseTab):
                     diagnose_run = self.diagnose_tab()
             demo.load(self.refresh_runs, explore_run, explore_run, api_visibility="private")
             demo.load(self.refresh_runs, diagnose_run, diagnose_run, api_visibility="private")
-            gr.api(self.api_start_training, api_name="start_training")
-            gr.api(self.api_training_status, api_name="training_status")
-            gr.api(self.api_stop_training, api_name="stop_training")
-            gr.api(self.api_upload_dataset, api_name="upload_dataset")
-            gr.api(self.api_delete_run, api_name="delete_run")
-            gr.api(self.api_embeddings, api_name="embeddings")
-            gr.api(self.api_timeline, api_name="timeline")
-            gr.api(self.api_compare, api_name="compare")
-            gr.api(self.api_predict, api_name="predict")
+            for name in ENDPOINTS:
+                gr.api(_typed(getattr(self, f"api_{name}")), api_name=name)
         return demo
+
+
+def _typed(method):
+    """The endpoint with its annotations as types, not the strings `from __future__ import
+    annotations` leaves: Gradio reads them as they are to describe the API (app.api_types)."""
+    function = method.__func__
+    function.__annotations__ = typing.get_type_hints(function)
+    return method
 
 
 def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth=None, max_upload_mb: float = 500,

@@ -21,9 +21,15 @@ def client(live_app):  # noqa: F811
 
 
 def test_api_names_are_published(client):
-    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/start_training", "/training_status", "/stop_training", "/embeddings", "/predict", "/timeline",
-            "/compare", "/upload_dataset"} <= names
+            "/compare", "/upload_dataset", "/delete_run"} <= set(endpoints)
+    # every endpoint says what it returns, field by field (app.api_types), not Any
+    returns = {name: ep["returns"][0]["python_type"]["type"] for name, ep in endpoints.items()}
+    assert all(kind.startswith("dict(") for kind in returns.values()), returns
+    assert returns["/stop_training"] == "dict(ok: bool, message: str)"
+    assert returns["/upload_dataset"] == "dict(ok: bool, message: str, dataset: None | str)"
+    assert "unfamiliar: None | bool" in returns["/predict"] and "accuracy_state: str" in returns["/embeddings"]
 
 
 def test_training_through_the_api(client, live_app):  # noqa: F811
