@@ -1,0 +1,89 @@
+"""Take the README's screenshots of the three tabs in headless Chromium.
+
+    python docs/screenshots.py --home ~/.hico [--out docs] [--clip assets/examples/lung_b_lines.mp4]
+
+The app is launched on `--home` (a HICO_HOME whose demo run has finished, so the pictures show a
+trained model) without starting any training, and Debian's chromium is driven by Playwright:
+Train shows the latest run's curves, Explore the demo run's UMAP panels coloured by class with
+the accuracy table, Diagnose the example clip's prediction and saliency overlay. Look at every
+picture before committing it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CHROMIUM = Path("/usr/bin/chromium")
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--home", required=True, help="HICO_HOME with a finished demo run")
+    parser.add_argument("--out", default=str(REPO / "docs"))
+    parser.add_argument("--run", default="demo")
+    parser.add_argument("--clip", default=str(REPO / "assets" / "examples" / "lung_b_lines.mp4"))
+    args = parser.parse_args()
+    os.environ["HICO_HOME"] = str(Path(args.home).expanduser())
+    sys.path.insert(0, str(REPO))
+    from playwright.sync_api import sync_playwright
+
+    from app.ui import launch
+
+    port = free_port()
+    blocks, hico_app = launch(port=port, demo=False, prevent_thread_lock=True, home=Path(os.environ["HICO_HOME"]))
+    out = Path(args.out)
+    try:
+        with sync_playwright() as pw:
+            browser = pw.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+            page = browser.new_page(viewport={"width": 1440, "height": 1000})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.wait_for_selector("#train-progress [data-state]", timeout=60000)
+            page.wait_for_timeout(3000)  # the chart's first draw
+            page.screenshot(path=str(out / "train.png"), full_page=True)
+
+            page.get_by_role("tab", name="Explore").click()
+            box = page.locator("#explore-run input").first
+            box.click()
+            box.fill(args.run)
+            page.get_by_role("option", name=args.run, exact=True).click()
+            page.click("#explore-go")
+            try:
+                page.wait_for_function("document.querySelector('#explore-message').innerText.includes('· UMAP')",
+                                       timeout=int(os.environ.get("SHOT_TIMEOUT_MS", 600000)))
+            except Exception:
+                page.screenshot(path=str(out / "explore-timeout.png"), full_page=True)
+                raise
+            page.wait_for_function("document.querySelector('#explore-accuracy').innerText.includes('concat')",
+                                   timeout=600000)
+            page.wait_for_timeout(2000)
+            page.screenshot(path=str(out / "explore.png"), full_page=True)
+
+            page.get_by_role("tab", name="Diagnose").click()
+            box = page.locator("#diagnose-run input").first
+            box.click()
+            box.fill(args.run)
+            page.get_by_role("option", name=args.run, exact=True).click()
+            page.locator("#diagnose-upload input[type=file]").set_input_files(args.clip)
+            page.wait_for_selector("#diagnose-video video[src]", timeout=300000)
+            page.wait_for_timeout(2000)
+            page.screenshot(path=str(out / "diagnose.png"), full_page=True)
+            browser.close()
+    finally:
+        blocks.close()
+    print(f"wrote {out / 'train.png'}, {out / 'explore.png'}, {out / 'diagnose.png'}")
+
+
+if __name__ == "__main__":
+    main()
