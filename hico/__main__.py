@@ -149,7 +149,7 @@ def cmd_bench(args) -> None:
         raise HiCoError("--compile needs --settings: compiling takes a minute or more per setting.")
     report = run_bench(cpu=args.cpu, out=args.out, warmup=args.warmup, steps=args.steps, settings=settings,
                        data_dir=Path(args.data).expanduser() if args.data else None,
-                       app_paths=False if args.no_app_paths else None)
+                       app_paths=False if args.no_app_paths else None, profile=args.profile)
     print(table(report))
     print(f"report -> {report['path']}")
 
@@ -228,6 +228,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--compile", default="none", choices=("none", "default", "reduce-overhead", "max-autotune"),
                    help="time the --settings with torch.compile in this mode (GPU only)")
     p.add_argument("--no-app-paths", action="store_true", help="with --cpu: skip timing the app's CPU paths")
+    p.add_argument("--profile", action="store_true", help="also profile each setting's step: host enqueue time, "
+                   "device kernel time, copies and the top kernels per step")
     p.set_defaults(func=cmd_bench)
     return parser
 

@@ -112,8 +112,10 @@ def step_flops(trainer: Trainer, v1: torch.Tensor, v2: torch.Tensor) -> float:
     return float(counter.get_total_flops())
 
 
-def bench_setting(setting: Setting, data_dir: Path, device: str, warmup: int, steps: int) -> dict:
-    """Model-only and end-to-end timings of one setting on the given dataset folder."""
+def bench_setting(setting: Setting, data_dir: Path, device: str, warmup: int, steps: int,
+                  profile: bool = False) -> dict:
+    """Model-only and end-to-end timings of one setting on the given dataset folder; with
+    `profile`, where each step's time goes too (hico.step_profile, under "profile")."""
     cfg = config_mod.load(None, [f"data.root={data_dir}", f"data.size={setting.size}", f"model.heads={setting.heads}",
                                  f"train.batch_size={setting.batch}", "data.val_fraction=0",
                                  f"train.max_steps={warmup + steps + 10}", "train.warmup_epochs=0",
@@ -147,6 +149,11 @@ def bench_setting(setting: Setting, data_dir: Path, device: str, warmup: int, st
               "end_to_end_over_model_only": model_s / end_s, "step_flops": flops,
               "mfu": None if peak is None else flops / end_s / peak,
               "peak_memory_gb": torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else None}
+    if profile:
+        from hico.step_profile import profile_step
+
+        result["profile"] = {"model-only": profile_step(model_only, dev, steps=min(steps, 10)),
+                             "end-to-end": profile_step(trainer.train_step, dev, steps=min(steps, 10))}
     trainer = None  # free the model and its cache before the next setting
     if dev.type == "cuda":
         torch.cuda.empty_cache()
@@ -269,9 +276,9 @@ def _cpu_paths(folder: Path, data: dict, clips: tuple[dict, ...], from_scratch: 
 
 def run_bench(cpu: bool = False, out: str | Path | None = None, warmup: int | None = None,
               steps: int | None = None, settings: list[Setting] | None = None, data_dir: Path | None = None,
-              app_paths: bool | None = None) -> dict:
-    """Time every setting (and, on the CPU unless app_paths=False, the app's CPU paths); write the
-    JSON report and return it."""
+              app_paths: bool | None = None, profile: bool = False) -> dict:
+    """Time every setting (and, on the CPU unless app_paths=False, the app's CPU paths; with
+    `profile`, profile each setting's steps); write the JSON report and return it."""
     device = "cpu" if cpu or not torch.cuda.is_available() else "cuda"
     settings = settings or (CPU_SETTINGS if device == "cpu" else GPU_SETTINGS)
     warmup = warmup if warmup is not None else (2 if device == "cpu" else 10)
@@ -283,7 +290,7 @@ def run_bench(cpu: bool = False, out: str | Path | None = None, warmup: int | No
     for setting in settings:
         log.info("timing %s", setting.name)
         try:
-            report["results"].append(bench_setting(setting, data_dir, device, warmup, steps))
+            report["results"].append(bench_setting(setting, data_dir, device, warmup, steps, profile))
         except Exception as exc:  # a compiler failure is a finding to report, not the end of the benchmark
             if setting.compile == "none":
                 raise
@@ -313,6 +320,12 @@ def table(report: dict) -> str:
         mem = "-" if r["peak_memory_gb"] is None else f"{r['peak_memory_gb']:.1f}"
         lines.append(f"{r['setting']:<36} {r['model_only_images_per_s']:>12.1f} {r['end_to_end_images_per_s']:>10.1f} "
                      f"{r['end_to_end_over_model_only']:>6.2f} {mfu:>6} {mem:>7}")
+    profiled = [r for r in report["results"] if "profile" in r]
+    if profiled:
+        from hico.step_profile import table as profile_table
+
+        lines += ["", "Where a step's time goes (median per step; host = until the call returns):"]
+        lines += [profile_table(r["setting"], r["profile"]) for r in profiled]
     paths = report.get("cpu_paths")
     if paths:
         lines += ["", f"CPU paths (demo model, {paths['input_size']} px input):"]

@@ -97,6 +97,11 @@ class ResNet(nn.Module):
             x = F.conv2d(x, self.conv1.weight.sum(1, keepdim=True), stride=2, padding=3)
         else:
             x = self.conv1(x)
+        if self.conv1.weight.is_contiguous(memory_format=torch.channels_last):
+            # A 1-channel input is NCHW and channels_last at once, and the convolution then returns
+            # NCHW: bn1, the max-pool and their backward would run the slow layout (10 of 46 ms of a
+            # b128 step on an H200). The model is in channels_last: keep the stem's output there too.
+            x = x.contiguous(memory_format=torch.channels_last)
         x = F.max_pool2d(F.relu(self.bn1(x), inplace=True), 3, 2, 1)
         c2 = self.layer1(x)
         c3 = self.layer2(c2)

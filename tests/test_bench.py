@@ -25,6 +25,35 @@ def test_bench_times_model_only_and_end_to_end(class_dataset, tmp_path):
     assert "pooled heads, batch 4, 32 px" in text and "model img/s" in text
 
 
+def test_profile_says_where_a_step_goes(class_dataset, tmp_path):
+    """--profile: host and wall time per step, copies, and the top operations (host time on a CPU,
+    where there is no device time), in the report and its table."""
+    report = run_bench(cpu=True, out=tmp_path / "bench.json", warmup=1, steps=2, data_dir=class_dataset,
+                       app_paths=False, settings=[Setting("pooled", 4, 32)], profile=True)
+    profiles = json.loads((tmp_path / "bench.json").read_text())["results"][0]["profile"]
+    assert set(profiles) == {"model-only", "end-to-end"}
+    for p in profiles.values():
+        assert 0 < p["host_ms"] <= p["wall_ms"] * 1.5 and p["device_ms"] is None and p["steps"] == 2
+        assert p["copies"] > 0 and 0 < len(p["top"]) <= 10
+        assert all(t["ms"] > 0 and t["calls"] > 0 for t in p["top"])
+        assert [t["ms"] for t in p["top"]] == sorted((t["ms"] for t in p["top"]), reverse=True)
+        assert any(t["name"].startswith(("aten::convolution", "aten::mkldnn", "aten::conv", "aten::_convolution",
+                                         "aten::thnn", "aten::native_batch_norm", "aten::addmm", "aten::mm"))
+                   for t in p["top"])
+    text = table(report)
+    assert "Where a step's time goes" in text and "model-only" in text and "(top by host time (no device))" in text
+
+
+def test_step_profile_refuses_no_steps():
+    import pytest
+    import torch
+
+    from hico.step_profile import profile_step
+
+    with pytest.raises(ValueError, match="steps must be at least 1"):
+        profile_step(lambda: None, torch.device("cpu"), steps=0)
+
+
 def test_cpu_paths_time_predict_embed_and_umap(tmp_path):
     from hico.bench import bench_cpu_paths, table
 

@@ -37,6 +37,23 @@ def test_gray_input_equals_replicated_rgb():
         torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=1e-4)
 
 
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_channels_last_model_keeps_its_stem_channels_last(channels):
+    """A 1-channel input is NCHW and channels_last at once, and a convolution of it returns NCHW;
+    a channels_last model makes its stem's output channels_last so that bn1 and the max-pool (and
+    their backward) run the fast layout. The numbers do not change."""
+    model = HiCoModel(input_size=32).eval()
+    x = torch.randn(2, channels, 32, 32)
+    plain = model(x)
+    seen = []
+    model.trunk.bn1.register_forward_pre_hook(lambda module, args: seen.append(args[0]))
+    model.to(memory_format=torch.channels_last)
+    fast = model(x.contiguous(memory_format=torch.channels_last))
+    assert seen[-1].is_contiguous(memory_format=torch.channels_last) and not seen[-1].is_contiguous()
+    for key in ("local", "medium", "global"):
+        torch.testing.assert_close(fast[key], plain[key], atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("size", [32, 33, 50, 224])
 def test_feature_size_matches_the_network(size):
     model = HiCoModel(input_size=size, heads="flatten").eval()
