@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from pathlib import Path
 
 from hico import config as config_mod
@@ -27,6 +28,7 @@ DEMO_CONFIG = REPO / "configs" / "demo.yaml"
 DEMO_RUN = "demo"
 YIELDED = ".yielded"  # in the demo's folder: it was stopped to make room for a user's run
 KEEP_EVERY_S = 20.0
+GRACE_S = 30.0  # a yielded demo waits this long: the user's run it made room for starts meanwhile
 SYNTH_CLIPS, SYNTH_FRAMES, SYNTH_SIZE = 200, 16, 128
 
 
@@ -88,7 +90,12 @@ def resume_yielded_demo(jobs: Jobs) -> bool:
     from hico.errors import HiCoError
 
     run_dir = jobs.runs_dir / DEMO_RUN
-    if not (run_dir / YIELDED).exists() or jobs.active() is not None:
+    marker = run_dir / YIELDED
+    try:
+        waited = time.time() - marker.stat().st_mtime
+    except FileNotFoundError:
+        return False
+    if waited < GRACE_S or jobs.active() is not None:
         return False
     info = read_run(run_dir)
     if not info.resumable:

@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import uuid
 import sys
 import time
+import uuid
 from pathlib import Path
 
 from hico import config as config_mod

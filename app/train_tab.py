@@ -17,7 +17,7 @@ from hico.runs import list_runs, read_run
 
 from app.access import Access
 from app.api_types import CompareReply, Reply, StartReply, StatusReply, UploadReply
-from app.default import DEMO_RUN, demo_values, synth_dir, yield_demo
+from app.default import DEMO_RUN, YIELDED, demo_values, synth_dir, yield_demo
 from app.figures import training_figure
 from app.jobs import Jobs
 from app.run_metrics import metrics_cache
@@ -79,6 +79,8 @@ def start_training(jobs: Jobs, access: Access, resume: str, *form) -> tuple[Path
         run_dir = access.run(resume)
         if run_dir.name != DEMO_RUN:
             yield_demo(jobs)
+        else:  # the user resumes the demo: from now on it is theirs to stop
+            (run_dir / YIELDED).unlink(missing_ok=True)
         run_dir = jobs.resume(run_dir, epochs=_int("epochs", epochs) if epochs else None)
         info = read_run(run_dir)
         return run_dir, f"Resumed **{run_dir.name}** at epoch {info.epoch:.1f} of {info.config['train']['epochs']}."

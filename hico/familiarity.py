@@ -116,7 +116,8 @@ def build_reference(features: np.ndarray, videos: np.ndarray, split: np.ndarray)
 
 
 _lock = threading.Lock()
-_cache: dict[tuple, Reference] = {}
+_cache: dict[tuple, Reference] = {}  # the last CACHED references (up to 8 MB each), oldest first
+CACHED = 8
 
 
 def run_reference(run_dir: str | Path, checkpoint: str, step: int, data_root: str, device: str = "auto") -> Reference:
@@ -146,6 +147,8 @@ def run_reference(run_dir: str | Path, checkpoint: str, step: int, data_root: st
             np.savez(fh, mean=reference.mean, vectors=reference.vectors, threshold=reference.threshold)
     with _lock:
         _cache[key] = reference
+        while len(_cache) > CACHED:
+            _cache.pop(next(iter(_cache)))
     return reference
 
 

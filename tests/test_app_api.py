@@ -278,6 +278,8 @@ def test_the_demo_gives_way_to_a_users_run_and_resumes_after_it(tmp_path, monkey
     assert paused.state == "stopped" and paused.resumable and (demo / default.YIELDED).exists()
     assert default.resume_yielded_demo(jobs) is False  # the user's run is training
     wait_for(lambda: read_run(run_dir).state == "finished" and jobs.active() is None, timeout=120)
+    assert default.resume_yielded_demo(jobs) is False  # within the grace: the user's next start may come
+    monkeypatch.setattr(default, "GRACE_S", 0.0)
     assert default.resume_yielded_demo(jobs) is True and not (demo / default.YIELDED).exists()
     wait_for(lambda: read_run(demo).step > paused.step, timeout=120)
     jobs.stop(timeout=60)  # stopped by hand: not resumed
