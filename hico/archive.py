@@ -175,8 +175,8 @@ def _extract(zf: zipfile.ZipFile, members, folder: Path, label: str, limits: Arc
     written = 0
     for info, path in members:
         out = folder.joinpath(*path.parts)
-        out.parent.mkdir(parents=True, exist_ok=True)
         try:
+            out.parent.mkdir(parents=True, exist_ok=True)
             with zf.open(info) as src, open(out, "xb") as dst:
                 while chunk := src.read(CHUNK):
                     written += len(chunk)
@@ -184,12 +184,15 @@ def _extract(zf: zipfile.ZipFile, members, folder: Path, label: str, limits: Arc
                         raise HiCoError(f"Archive {label} unpacks to more than the "
                                         f"{limits.max_bytes / 2**30:.1f} GiB allowed.")
                     dst.write(chunk)
-        except FileExistsError:
+        except (FileExistsError, NotADirectoryError):  # twice, or as a file and as a folder
             raise HiCoError(f"Archive {label} lists {info.filename} twice.") from None
         # RuntimeError: an encrypted member; NotImplementedError: a compression zipfile lacks
         except (zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError, EOFError, ValueError,
                 RuntimeError) as exc:
             raise HiCoError(f"Archive {label} cannot be unpacked ({info.filename}: {short_reason(exc)}).") from None
+        except OSError as exc:  # the datasets folder's disk, not the archive
+            raise HiCoError(f"Archive {label} could not be written to the server's datasets folder "
+                            f"({exc.strerror or exc}).") from None
 
 
 def _check_clips(folder: Path, name: str, label: str, clip_limits: ClipLimits) -> ImportedDataset:

@@ -81,6 +81,7 @@ def _member(name, data=b"x", mode=stat.S_IFREG | 0o644):
     ([_member("a/big.mp4", bytes(3000))], ArchiveLimits(max_bytes=2000), "unpacks to 0.0 GiB, more than"),
     ([_member("a/")], ArchiveLimits(), "holds no files"),
     ([_member("a/notes.txt", b"hello")], ArchiveLimits(), "holds no clips"),
+    ([_member("a/x"), _member("a/x/y.mp4")], ArchiveLimits(), "lists a/x/y.mp4 twice"),
     ([_member("a/x.mp4", b"junk"), _member("a/y.png", b"junk")], ArchiveLimits(), "holds no clip that can be read"),
 ])
 def test_unsafe_or_oversized_archives_are_refused_and_leave_nothing(tmp_path, members, limits, expected):
