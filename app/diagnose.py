@@ -60,6 +60,24 @@ def mask_preview(frame: np.ndarray, tissue: np.ndarray | None) -> np.ndarray:
     return out.round().astype(np.uint8)
 
 
+def summary(pred: Prediction) -> str:
+    """The page's sentence on a prediction: the class and its probability over the frames, each
+    level's own call, the screen mask, and how like the training data the clip is (a warning on
+    top when it is unlike)."""
+    top = pred.clip_probs.argmax()
+    levels = ", ".join(f"{name}: {pred.classes[int(p.mean(0).argmax())]}" for name, p in pred.level_probs.items())
+    frames = len(pred.frame_probs)
+    message = (f"**{pred.label}** ({pred.clip_probs[top]:.0%}) "
+               + (f"over {frames} frames" if frames > 1 else "on a single frame")
+               + (f" · per level — {levels}" if levels else "")
+               + (f" · screen mask: {pred.mask.method}" if pred.mask is not None else ""))
+    if pred.familiarity is not None and pred.familiarity.unfamiliar:
+        return f"⚠️ This clip is {pred.familiarity.sentence()}.\n\n" + message
+    if pred.familiarity is not None:
+        return message + f"\n\nThe clip is {pred.familiarity.sentence()}."
+    return message + (f"\n\n{pred.familiarity_note}" if pred.familiarity_note else "")
+
+
 class Diagnoser:
     """Runs predictions with a cached model per checkpoint and keeps the last few results.
 

@@ -12,7 +12,7 @@ import gradio as gr
 from hico.errors import HiCoError
 
 from app.api_types import PredictReply
-from app.diagnose import SALIENCY_CHOICES
+from app.diagnose import SALIENCY_CHOICES, summary
 from app.figures import frame_probabilities, level_bars, probability_bars
 
 
@@ -33,26 +33,13 @@ class DiagnoseTab:
         except HiCoError as exc:
             return (f"⚠️ {exc}", *empty)
         pred = result.prediction
-        top = pred.clip_probs.argmax()
-        levels = ", ".join(f"{name}: {pred.classes[int(p.mean(0).argmax())]}" for name, p in pred.level_probs.items())
-        frames = len(pred.frame_probs)
-        message = (f"**{pred.label}** ({pred.clip_probs[top]:.0%}) "
-                   + (f"over {frames} frames" if frames > 1 else "on a single frame")
-                   + (f" · per level — {levels}" if levels else "")
-                   + (f" · screen mask: {pred.mask.method}" if pred.mask is not None else ""))
-        if pred.familiarity is not None and pred.familiarity.unfamiliar:
-            message = f"⚠️ This clip is {pred.familiarity.sentence()}.\n\n" + message
-        elif pred.familiarity is not None:
-            message += f"\n\nThe clip is {pred.familiarity.sentence()}."
-        elif pred.familiarity_note:
-            message += f"\n\n{pred.familiarity_note}"
         still = result.frames == 1
         if still:
             chart = level_bars(pred.classes, {"classifier": pred.frame_probs[0],
                                               **{name: p[0] for name, p in pred.level_probs.items()}})
         else:
             chart = frame_probabilities(pred.classes, pred.frame_probs, 0)
-        return (message, probability_bars(pred.classes, pred.clip_probs), chart,
+        return (summary(pred), probability_bars(pred.classes, pred.clip_probs), chart,
                 gr.update(value=None if still else str(result.video), visible=not still),
                 gr.update(maximum=max(result.frames - 1, 1), value=0, step=1, visible=not still), result.overlay[0],
                 result.mask_image, str(result.csv),

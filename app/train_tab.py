@@ -11,6 +11,7 @@ from pathlib import Path
 import gradio as gr
 import torch
 
+from hico import config as config_mod
 from hico.archive import import_dataset
 from hico.errors import HiCoError
 from hico.runs import list_runs, read_run
@@ -85,6 +86,7 @@ def start_training(jobs: Jobs, access: Access, resume: str, *form) -> tuple[Path
         info = read_run(run_dir)
         return run_dir, f"Resumed **{run_dir.name}** at epoch {info.epoch:.1f} of {info.config['train']['epochs']}."
     values = form_values(access, *form)
+    config_mod.from_dict(values)  # a bad value is refused before the demo is asked to make room
     yielded = yield_demo(jobs)
     run_dir = jobs.start(values)
     note = " The demo model paused at its checkpoint and continues when no run is training." if yielded else ""
@@ -328,6 +330,8 @@ class TrainTab:
         return status
 
     def delete_chosen_run(self, name):
+        if not name:  # nothing chosen, or the confirmation was cancelled
+            return gr.update(), gr.update()
         try:
             message = self.jobs.delete(self.access.run(name))
         except HiCoError as exc:

@@ -271,6 +271,10 @@ def test_the_demo_gives_way_to_a_users_run_and_resumes_after_it(tmp_path, monkey
             "train": {"batch_size": 2, "warmup_epochs": 0, "log_every": 1}}
     demo = jobs.start({**base, "train": {**base["train"], "max_steps": 400}}, name=default.DEMO_RUN)
     wait_for(lambda: read_run(demo).step >= 1, timeout=120)
+    with pytest.raises(HiCoError, match="batch_size must be at least 1"):  # refused before the demo is touched
+        train_tab.start_training(jobs, access, train_tab.NEW_RUN, str(data), 32, 0, 1, 3e-4, "hico", 0.5, 0.5, 0.2,
+                                 1.0, "cpu")
+    assert jobs.active() == demo and not (demo / default.YIELDED).exists()
     run_dir, message = train_tab.start_training(jobs, access, train_tab.NEW_RUN, str(data), 32, 2, 1, 3e-4, "hico",
                                                 0.5, 0.5, 0.2, 1.0, "cpu")
     assert "The demo model paused" in message
