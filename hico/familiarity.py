@@ -79,7 +79,12 @@ class Reference:
             similarity = np.where(exclude, -np.inf, similarity)
         k = min(K, self.vectors.shape[0])
         nearest = -np.partition(-similarity, k - 1, axis=1)[:, :k]
-        return 1.0 - nearest.mean(axis=1)
+        if exclude is None:
+            return 1.0 - nearest.mean(axis=1)
+        # a frame with fewer than k frames it may use averages those it has (none: as far as can be)
+        usable = np.isfinite(nearest)
+        total = np.where(usable, nearest, 0.0).sum(axis=1)
+        return np.where(usable.any(axis=1), 1.0 - total / np.maximum(usable.sum(axis=1), 1), 2.0)
 
     def judge(self, features: np.ndarray) -> Familiarity:
         """The familiarity of a clip from its frames' T x d backbone features."""

@@ -80,3 +80,13 @@ def test_a_run_reference_is_built_once_from_the_timeline_and_kept(tmp_path, monk
     assert again.threshold == first.threshold and np.array_equal(again.vectors, first.vectors)
     with pytest.raises(Exception, match="not on this server any more"):
         familiarity.run_reference(tmp_path, "last", 8, "/no/such/dataset")
+
+
+def test_a_tiny_training_set_still_gives_a_finite_calibration():
+    """Two training videos of two frames and no validation videos: leaving a video out leaves
+    fewer than K reference frames, which are averaged as they are."""
+    rng = np.random.default_rng(3)
+    features, videos = frames_of(2, 2, rng.normal(size=8), rng, "t")
+    reference = build_reference(features, videos, np.array(["train"] * 4))
+    assert np.isfinite(reference.threshold) and 0 < reference.threshold <= 2
+    assert np.isfinite(reference.judge(features[:2]).score)
