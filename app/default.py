@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 from hico import config as config_mod
+from hico.errors import HiCoError
 from hico.runs import read_run
 from hico.synth import write_dataset
 
@@ -73,8 +74,6 @@ def ensure_demo(home: Path, jobs: Jobs) -> str:
 def yield_demo(jobs: Jobs) -> bool:
     """If the demo is training, stop it (checkpointed at its current step) and mark it to resume
     later; True if it was training. HiCoError if it does not stop within a minute."""
-    from hico.errors import HiCoError
-
     active = jobs.active()
     if active is None or active.name != DEMO_RUN:
         return False
@@ -87,8 +86,6 @@ def yield_demo(jobs: Jobs) -> bool:
 
 def resume_yielded_demo(jobs: Jobs) -> bool:
     """Resume the demo if it gave way to a user's run and no run is training now; True if resumed."""
-    from hico.errors import HiCoError
-
     run_dir = jobs.runs_dir / DEMO_RUN
     marker = run_dir / YIELDED
     try:

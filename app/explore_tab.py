@@ -261,8 +261,7 @@ class ExploreTab:
         """The tab's components and events; returns its run dropdown (filled on page load)."""
         with gr.Row():
             run = gr.Dropdown(self.model_runs(), label="Model (run)", elem_id="explore-run", scale=2)
-            dataset = gr.Dropdown(self.access.datasets(), value=str(synth_dir(self.home)), allow_custom_value=True,
-                                  label="Dataset", scale=3, elem_id="explore-dataset")
+            dataset = self.dataset_dropdown(label="Dataset", scale=3, elem_id="explore-dataset")
             colour = gr.Radio(["class", "video", "split", "level"], value="class", label="Colour by", scale=2)
             pair = gr.Radio(list(PAIRS), value=list(PAIRS)[0], label="Cross-level view", scale=2)
             show = gr.Button("Show embeddings", variant="primary", scale=1, elem_id="explore-go")
@@ -322,7 +321,6 @@ class ExploreTab:
         plot.select(self.selected_frames, [run, dataset], [gallery, selection_note], api_visibility="private")
         plot.click(self.neighbours, [run, dataset], [picked, picked_note, *near], api_visibility="private")
         run.focus(self.refresh_choices, None, run, api_visibility="private")
-        dataset.focus(lambda: gr.update(choices=self.access.datasets()), None, dataset, api_visibility="private")
         return run
 
 

@@ -360,10 +360,9 @@ class TrainTab:
         """The tab's components and events."""
         with gr.Row():
             with gr.Column(scale=2, min_width=320):
-                dataset = gr.Dropdown(self.access.datasets(), value=str(synth_dir(self.home)), allow_custom_value=True,
-                                      label="Dataset", elem_id="train-dataset",
-                                      info="One of the app's datasets, one you add below, or the path of a folder "
-                                           "of clips or a CSV manifest on the server.")
+                dataset = self.dataset_dropdown(label="Dataset", elem_id="train-dataset",
+                                                info="One of the app's datasets, one you add below, or the path of "
+                                                     "a folder of clips or a CSV manifest on the server.")
                 with gr.Accordion("Add a dataset from this computer", open=False):
                     gr.Markdown("A **.zip** of class folders (`<class>/<clip>`), or of clips and a CSV manifest "
                                 "(`path,label[,split]`). Unreadable files are set aside and listed.")
@@ -414,7 +413,6 @@ class TrainTab:
         doomed.focus(lambda: gr.update(choices=run_names(self.jobs)), None, doomed, api_visibility="private")
         resume.change(lambda name: run_epochs(self.access, name), resume, epochs, api_visibility="private")
         archive.upload(self.add_dataset, [archive, new_name], [message, dataset], api_visibility="private")
-        dataset.focus(lambda: gr.update(choices=self.access.datasets()), None, dataset, api_visibility="private")
         resume.focus(lambda: gr.update(choices=resume_choices(self.jobs)), None, resume, api_visibility="private")
         compare.focus(lambda: gr.update(choices=run_names(self.jobs)), None, compare, api_visibility="private")
         drawn = gr.State(None)  # the key of the chart on this page (chart_update)

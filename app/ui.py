@@ -22,7 +22,7 @@ from hico.paths import hico_home
 from hico.runs import list_runs
 
 from app.access import Access
-from app.default import DEMO_RUN, REPO, ensure_demo, keep_demo
+from app.default import DEMO_RUN, REPO, ensure_demo, keep_demo, synth_dir
 from app.diagnose import Diagnoser
 from app.diagnose_tab import DiagnoseTab
 from app.explore import Explorer
@@ -90,6 +90,14 @@ class HiCoApp(TrainTab, ExploreTab, DiagnoseTab):
     def refresh_choices(self):
         """On focus: new runs appear in the list; the value is left alone (the user is choosing)."""
         return gr.update(choices=self.model_runs())
+
+    def dataset_dropdown(self, **kwargs) -> gr.Dropdown:
+        """A dataset choice: the app's datasets (listed again when it gets focus), the embedded
+        synthetic set chosen, and any path the app may read typed in."""
+        dropdown = gr.Dropdown(self.access.datasets(), value=str(synth_dir(self.home)), allow_custom_value=True,
+                               **kwargs)
+        dropdown.focus(lambda: gr.update(choices=self.access.datasets()), None, dropdown, api_visibility="private")
+        return dropdown
 
     def build(self) -> gr.Blocks:
         """The page: the three tabs (each tab's module holds its layout and handlers) and the API."""

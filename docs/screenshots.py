@@ -28,6 +28,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def choose(page, elem_id: str, option: str) -> None:
+    """Pick an option of a dropdown by typing it, as a keyboard user would."""
+    box = page.locator(f"#{elem_id} input").first
+    box.click()
+    box.fill(option)
+    page.get_by_role("option", name=option, exact=True).click()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--home", required=True, help="HICO_HOME with a finished demo run")
@@ -54,10 +62,7 @@ def main() -> None:
             page.screenshot(path=str(out / "train.png"), full_page=True)
 
             page.get_by_role("tab", name="Explore").click()
-            box = page.locator("#explore-run input").first
-            box.click()
-            box.fill(args.run)
-            page.get_by_role("option", name=args.run, exact=True).click()
+            choose(page, "explore-run", args.run)
             page.click("#explore-go")
             try:
                 page.wait_for_function("document.querySelector('#explore-message').innerText.includes('· UMAP')",
@@ -71,10 +76,7 @@ def main() -> None:
             page.screenshot(path=str(out / "explore.png"), full_page=True)
 
             page.get_by_role("tab", name="Diagnose").click()
-            box = page.locator("#diagnose-run input").first
-            box.click()
-            box.fill(args.run)
-            page.get_by_role("option", name=args.run, exact=True).click()
+            choose(page, "diagnose-run", args.run)
             page.locator("#diagnose-upload input[type=file]").set_input_files(args.clip)
             page.wait_for_selector("#diagnose-video video[src]", timeout=300000)
             page.wait_for_timeout(2000)

@@ -34,6 +34,7 @@ from hico import config as config_mod
 from hico.errors import HiCoError
 from hico.paths import hico_home
 from hico.inference import resolve_device
+from hico.inference import synchronize as _sync
 from hico.train import Trainer
 
 log = logging.getLogger(__name__)
@@ -80,11 +81,6 @@ def peak_flops(device: torch.device) -> float | None:
         return None
     name = torch.cuda.get_device_name(device)
     return next((v for k, v in PEAK_BF16.items() if k in name), None)
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _median_seconds(step, device: torch.device, warmup: int, steps: int) -> float:

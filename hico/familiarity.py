@@ -21,7 +21,6 @@ at hand to measure.
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,8 +33,6 @@ from hico.embed import embed_dataset, level_matrix
 from hico.errors import HiCoError
 from hico.files import atomic_path
 from hico.paths import expand_path
-
-log = logging.getLogger(__name__)
 
 FEATURE = "backbone"
 K = 5  # nearest training frames averaged per frame

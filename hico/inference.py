@@ -42,6 +42,12 @@ def resolve_device(name: str) -> torch.device:
         raise HiCoError(f"Config key device is {name!r}, which is not a device: use auto, cpu, cuda or cuda:N.") from None
 
 
+def synchronize(device: torch.device) -> None:
+    """Wait for the device's queued work (nothing to wait for on a CPU): for timing a step."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def bf16_inference(device: torch.device) -> bool:
     """Whether inference runs under bf16 autocast here: on CUDA, and on CPUs with native bf16
     (AVX512-BF16 or AMX), where it halves the time; embeddings then agree with float32 to a cosine

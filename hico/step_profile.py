@@ -21,12 +21,9 @@ from typing import Callable
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from hico.inference import synchronize as _sync
+
 TOP = 10
-
-
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _device_us(event, total: bool = False) -> float:
