@@ -144,12 +144,14 @@ def cmd_predict(args) -> None:
 def cmd_bench(args) -> None:
     from hico.bench import Setting, run_bench, table
 
-    settings = [Setting.parse(text, args.compile) for text in args.settings.split(",")] if args.settings else None
+    settings = ([Setting.parse(text, args.compile, not args.eager) for text in args.settings.split(",")]
+                if args.settings else None)
     if settings is None and args.compile != "none":
         raise HiCoError("--compile needs --settings: compiling takes a minute or more per setting.")
     report = run_bench(cpu=args.cpu, out=args.out, warmup=args.warmup, steps=args.steps, settings=settings,
                        data_dir=Path(args.data).expanduser() if args.data else None,
-                       app_paths=False if args.no_app_paths else None, profile=args.profile)
+                       app_paths=False if args.no_app_paths else None, profile=args.profile,
+                       cuda_graph=not args.eager)
     print(table(report))
     print(f"report -> {report['path']}")
 
@@ -227,6 +229,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "e.g. pooled:32,flatten:128:224")
     p.add_argument("--compile", default="none", choices=("none", "default", "reduce-overhead", "max-autotune"),
                    help="time the --settings with torch.compile in this mode (GPU only)")
+    p.add_argument("--eager", action="store_true", help="on a GPU, time the eager step rather than the step "
+                   "captured as a CUDA graph (train.cuda_graph=false)")
     p.add_argument("--no-app-paths", action="store_true", help="with --cpu: skip timing the app's CPU paths")
     p.add_argument("--profile", action="store_true", help="also profile each setting's step: host enqueue time, "
                    "device kernel time, copies and the top kernels per step")

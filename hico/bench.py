@@ -1,7 +1,9 @@
 """`python -m hico bench`: how fast training runs here, model-only and end to end.
 
-For each setting (heads, batch, size) it times, after warm-up steps, the median step of
-1. model-only: forward + loss + backward + optimizer step on views already on the device;
+For each setting (heads, batch, size; on a GPU the step captured as a CUDA graph unless
+`--eager`) it times, after warm-up steps, the median step of
+1. model-only: `Trainer.optimise` (forward + loss + backward + optimizer step) on views already
+   on the device;
 2. end-to-end: the real training step (frame sampling, mixup and augmentation from the decoded
    frame cache of a folder of encoded clips) of `hico.train.Trainer`;
 and reports images/s for each (two views per clip are two images), their ratio, peak device
@@ -24,7 +26,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -49,14 +51,15 @@ class Setting:
     batch: int
     size: int
     compile: str = "none"  # train.compile: none, or the torch.compile mode
+    cuda_graph: bool = True  # train.cuda_graph (a GPU only; compile=none only)
 
     @property
     def name(self) -> str:
-        compiled = "" if self.compile == "none" else f", compiled ({self.compile})"
-        return f"{self.heads} heads, batch {self.batch}, {self.size} px{compiled}"
+        how = f", compiled ({self.compile})" if self.compile != "none" else ("" if self.cuda_graph else ", eager")
+        return f"{self.heads} heads, batch {self.batch}, {self.size} px{how}"
 
     @classmethod
-    def parse(cls, text: str, compile: str = "none") -> "Setting":
+    def parse(cls, text: str, compile: str = "none", cuda_graph: bool = True) -> "Setting":
         """`heads:batch[:size]`, e.g. `pooled:32` or `flatten:128:224` (size 224 when left out)."""
         parts = text.strip().split(":")
         try:
@@ -68,7 +71,7 @@ class Setting:
         except ValueError:
             raise HiCoError(f"Benchmark setting {text!r} is not heads:batch[:size] with heads pooled or flatten, "
                             f"e.g. pooled:32 or flatten:128:224.") from None
-        return cls(parts[0], batch, size, compile)
+        return cls(parts[0], batch, size, compile, cuda_graph)
 
 
 GPU_SETTINGS = [Setting("pooled", 32, 224), Setting("pooled", 128, 224), Setting("flatten", 32, 224),
@@ -115,7 +118,8 @@ def bench_setting(setting: Setting, data_dir: Path, device: str, warmup: int, st
     cfg = config_mod.load(None, [f"data.root={data_dir}", f"data.size={setting.size}", f"model.heads={setting.heads}",
                                  f"train.batch_size={setting.batch}", "data.val_fraction=0",
                                  f"train.max_steps={warmup + steps + 10}", "train.warmup_epochs=0",
-                                 f"train.compile={setting.compile}", f"device={device}"])
+                                 f"train.compile={setting.compile}", f"train.cuda_graph={setting.cuda_graph}",
+                                 f"device={device}"])
     dev = resolve_device(device)
     if dev.type == "cuda":
         torch.cuda.reset_peak_memory_stats(dev)
@@ -129,10 +133,7 @@ def bench_setting(setting: Setting, data_dir: Path, device: str, warmup: int, st
     trainer.model.train()
 
     def model_only():
-        objective, _ = trainer._forward(v1, v2, labels)
-        trainer.optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        trainer.optimizer.step()
+        trainer.optimise(v1, v2, labels)
 
     model_s = _median_seconds(model_only, dev, warmup, steps)
     end_s = _median_seconds(trainer.train_step, dev, warmup, steps)
@@ -140,7 +141,7 @@ def bench_setting(setting: Setting, data_dir: Path, device: str, warmup: int, st
     peak = peak_flops(dev)
     images = 2 * batch
     result = {"setting": setting.name, "heads": setting.heads, "batch": batch, "size": setting.size,
-              "compile": setting.compile,
+              "compile": setting.compile, "cuda_graph": trainer.graphed,
               "model_only_images_per_s": images / model_s, "end_to_end_images_per_s": images / end_s,
               "end_to_end_over_model_only": model_s / end_s, "step_flops": flops,
               "mfu": None if peak is None else flops / end_s / peak,
@@ -272,11 +273,13 @@ def _cpu_paths(folder: Path, data: dict, clips: tuple[dict, ...], from_scratch: 
 
 def run_bench(cpu: bool = False, out: str | Path | None = None, warmup: int | None = None,
               steps: int | None = None, settings: list[Setting] | None = None, data_dir: Path | None = None,
-              app_paths: bool | None = None, profile: bool = False) -> dict:
-    """Time every setting (and, on the CPU unless app_paths=False, the app's CPU paths; with
-    `profile`, profile each setting's steps); write the JSON report and return it."""
+              app_paths: bool | None = None, profile: bool = False, cuda_graph: bool = True) -> dict:
+    """Time every setting (by default this device's, captured as CUDA graphs unless
+    cuda_graph=False; and, on the CPU unless app_paths=False, the app's CPU paths; with `profile`,
+    profile each setting's steps); write the JSON report and return it."""
     device = "cpu" if cpu or not torch.cuda.is_available() else "cuda"
-    settings = settings or (CPU_SETTINGS if device == "cpu" else GPU_SETTINGS)
+    settings = settings or [replace(s, cuda_graph=cuda_graph)
+                            for s in (CPU_SETTINGS if device == "cpu" else GPU_SETTINGS)]
     warmup = warmup if warmup is not None else (2 if device == "cpu" else 10)
     steps = steps if steps is not None else (5 if device == "cpu" else 30)
     data_dir = data_dir or bench_data(clips=max(64, max(s.batch for s in settings) + 32))
@@ -292,7 +295,7 @@ def run_bench(cpu: bool = False, out: str | Path | None = None, warmup: int | No
                 raise
             log.warning("%s failed: %s", setting.name, exc)
             report["results"].append({"setting": setting.name, "heads": setting.heads, "batch": setting.batch,
-                                      "size": setting.size, "compile": setting.compile,
+                                      "size": setting.size, "compile": setting.compile, "cuda_graph": False,
                                       "error": f"{type(exc).__name__}: {str(exc)[:500]}"})
     if app_paths if app_paths is not None else device == "cpu":
         log.info("timing the app's CPU paths")

@@ -4,7 +4,8 @@
                                                   epoch, metrics, and `files`, which names the step
                                                   folder holding this checkpoint's weights and state
     checkpoints/<name>-<step>-<tag>/model.safetensors   model weights (no pickle)
-    checkpoints/<name>-<step>-<tag>/state.pt      optimizer, scheduler and step (`last` only), read
+    checkpoints/<name>-<step>-<tag>/state.pt      optimizer state and step (`last` only; the
+                                                  learning rate follows from the step), read
                                                   with weights_only=True
     checkpoints/<name>.safetensors, <name>.state.pt     hard links to the current folder's files,
                                                   for readers that open the flat names
@@ -180,7 +181,7 @@ def fit_weights(model: HiCoModel, weights: dict[str, torch.Tensor], path: Path) 
 
 
 def load_state(folder: Path, name: str = "last") -> dict[str, Any]:
-    """The optimizer, scheduler and step saved with checkpoint `name`; HiCoError if missing or damaged."""
+    """The optimizer state and step saved with checkpoint `name`; HiCoError if missing or damaged."""
 
     def read(path, sidecar):
         if not path.is_file():

@@ -82,6 +82,7 @@ class TrainConfig:
     checkpoint_every: int = 0  # steps between `last` checkpoints; 0: once per epoch
     sync_bn: bool = False  # with several ranks (torchrun): batch statistics over all ranks
     compile: str = "none"  # none | default | reduce-overhead (CUDA graphs) | max-autotune: torch.compile the model
+    cuda_graph: bool = True  # on a CUDA GPU, one process, compile=none: each step is one captured CUDA graph
 
 
 @dataclass

@@ -68,7 +68,8 @@ def nt_xent_pairs(pairs: list[tuple[torch.Tensor, torch.Tensor]], temperature: f
     z = torch.stack([torch.cat([normalised(a), normalised(b)]) for a, b in pairs])  # P x 2N x d
     sim = torch.bmm(z, z.transpose(1, 2)) / temperature  # P x 2N x 2N
     sim = sim.masked_fill(torch.eye(2 * n, dtype=torch.bool, device=sim.device), float("-inf"))
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(sim.device).repeat(len(pairs))
+    # made on the device: a copy from the host would make the host wait for the GPU every step
+    target = ((torch.arange(2 * n, device=sim.device) + n) % (2 * n)).repeat(len(pairs))
     per_anchor = F.cross_entropy(sim.flatten(0, 1), target, reduction="none")
     return per_anchor.view(len(pairs), 2 * n).mean(dim=1)
 

@@ -30,9 +30,10 @@ from hico.checkpoint import (checkpoint_file, clean_checkpoints, load_init_weigh
 from hico.config import Config
 from hico.data import FrameCache, assign_splits, build_cache, find_clips, labelled_mask, sample_views
 from hico.data.dataset import Dataset
-from hico.data.views import gather_frames
+from hico.data.views import gather_frames, host_to_device
 from hico.errors import HiCoError
 from hico.files import write_json
+from hico.graph_step import CapturedStep
 from hico.inference import embed_frames, freeze, resolve_device
 from hico.io import ClipLimits
 from hico.losses import TERMS, HiCoLoss, probe_loss
@@ -175,10 +176,13 @@ class Trainer:
             self.model.to(memory_format=torch.channels_last)
         self.raw_model = self.model  # what checkpoints hold; self.model may be its DDP wrapper
         self.loss_fn = HiCoLoss.from_config(cfg)
-        self.optimizer = torch.optim.Adam(self.model.parameters(), lr=t.lr, weight_decay=t.weight_decay,
-                                          **({"fused": True} if self.cuda else {}))
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, self.total_steps, self.warmup_steps, t.warmup))
+        self.graphed = self._graphed()
+        # A captured step reads the learning rate from a device tensor that the host sets in place.
+        self.optimizer = torch.optim.Adam(
+            self.model.parameters(), lr=torch.tensor(t.lr, device=self.device) if self.graphed else t.lr,
+            weight_decay=t.weight_decay, **({"fused": True} if self.cuda else {}),
+            **({"capturable": True} if self.graphed else {}))
+        self.captured = CapturedStep(self._update, self.optimizer) if self.graphed else None
         self.cache = self.data.cache = self._place_cache(self.data.cache)  # no host copy kept once on the GPU
         self.labels = torch.from_numpy(self.data.labels[np.concatenate([self.data.train_idx, self.data.val_idx])])
         self.step, self.best_val, self.best_step, self.lr = 0, float("inf"), None, t.lr
@@ -194,6 +198,18 @@ class Trainer:
                 net, device_ids=[self.device.index] if self.cuda else None)
         if t.compile != "none":  # compiled on the first step; checkpoints keep holding raw_model's weights
             self.model = torch.compile(self.model, mode=None if t.compile == "default" else t.compile)
+
+    def _graphed(self) -> bool:
+        """Whether each step runs as a captured CUDA graph (train.cuda_graph, hico.graph_step): on
+        a CUDA GPU, in one process, without torch.compile (whose reduce-overhead mode captures
+        graphs of its own)."""
+        t = self.cfg.train
+        if not (t.cuda_graph and self.cuda):
+            return False
+        if self.world.size > 1 or t.compile != "none":
+            log.info("train.cuda_graph applies to one process without train.compile; this run steps eagerly")
+            return False
+        return True
 
     def _place_cache(self, cache: FrameCache) -> FrameCache:
         """The decoded frames on the GPU when data.cache_on says so, or (auto) when they take under
@@ -222,8 +238,7 @@ class Trainer:
         state = load_state(folder, "last")  # checked against the sidecar's step: a torn checkpoint is refused
         load_weights(self.raw_model, checkpoint_file(folder, "last", "weights", sidecar),
                      architecture(self.cfg, len(self.classes)), sidecar.get("architecture"))
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        self.optimizer.load_state_dict(portable_state(state["optimizer"], self.optimizer))
         self.step = int(state["step"])
         self.best_val = float(state.get("best_val", float("inf")))
         self.best_step = state.get("best_step")
@@ -231,7 +246,10 @@ class Trainer:
         log.info("resumed %s at step %d", self.run_dir, self.step)
 
     def _autocast(self):
-        return torch.autocast("cuda", dtype=torch.bfloat16) if self.cuda else torch.autocast("cpu", enabled=False)
+        if not self.cuda:
+            return torch.autocast("cpu", enabled=False)
+        # a CUDA graph cannot capture autocast's cache of cast weights
+        return torch.autocast("cuda", dtype=torch.bfloat16, cache_enabled=not self.graphed)
 
     def _forward(self, v1: torch.Tensor, v2: torch.Tensor, labels: torch.Tensor, model=None,
                  world: distributed.World | None = None):
@@ -257,15 +275,33 @@ class Trainer:
         rng = np.random.default_rng([t.seed, self.step, 11])
         v1, v2 = sample_views(self.cache, positions, rng, self.cfg.data, part=(self.world.rank, self.world.size),
                               device=self.device)
-        labels = self.labels[positions].to(self.device, non_blocking=True)
+        return self.optimise(v1, v2, host_to_device(self.labels[positions], self.device))
+
+    def optimise(self, v1: torch.Tensor, v2: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """One optimisation step on these views (B x C x S x S each) and labels (B, -1 for none):
+        the learning rate of the current step, forward, loss, backward, Adam; then step + 1.
+        Returns the loss terms as device scalars (on a captured step, tensors the next step rewrites)."""
+        t = self.cfg.train
+        self.lr = t.lr * lr_factor(self.step, self.total_steps, self.warmup_steps, t.warmup)
+        for group in self.optimizer.param_groups:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"].fill_(self.lr)  # in place: a captured step reads this tensor
+            else:
+                group["lr"] = self.lr
         self.model.train()
-        objective, terms = self._forward(v1, v2, labels)
-        self.optimizer.zero_grad(set_to_none=True)
-        objective.backward()
-        self.lr = self.optimizer.param_groups[0]["lr"]
-        self.optimizer.step()
-        self.scheduler.step()
+        if self.captured is not None:
+            terms = self.captured(v1, v2, labels)
+        else:
+            self.optimizer.zero_grad(set_to_none=True)
+            terms = self._update(v1, v2, labels)
         self.step += 1
+        return terms
+
+    def _update(self, v1: torch.Tensor, v2: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Forward, loss, backward and Adam's step, gradients already None: what a CUDA graph captures."""
+        objective, terms = self._forward(v1, v2, labels)
+        objective.backward()
+        self.optimizer.step()
         return terms
 
     @torch.no_grad()
@@ -356,8 +392,7 @@ class Trainer:
             return
         state = None
         if with_state:
-            state = {"optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
-                     "step": self.step, "best_val": self.best_val, "best_step": self.best_step}
+            state = {"optimizer": portable_state(self.optimizer.state_dict()), "step": self.step, "best_val": self.best_val, "best_step": self.best_step}
         save_checkpoint(self.run_dir / "checkpoints", name, self.raw_model, self.sidecar(metrics), state)
 
     def _line_fields(self) -> dict:
@@ -448,13 +483,30 @@ class Trainer:
                    "elapsed_s": elapsed, "images_per_s": 2 * self.global_batch * steps_done / max(elapsed, 1e-9),
                    "train_videos": self.n_train, "val_videos": len(self.data.val_idx),
                    "classes": self.classes, "best_val_contrastive": None if self.best_step is None else self.best_val,
-                   "best_step": self.best_step, "device": str(self.device), "final": self.last_metrics}
+                   "best_step": self.best_step, "device": str(self.device),
+                   "cuda_graph": bool(self.captured is not None and self.captured.captured), "final": self.last_metrics}
         if self.main:
             write_json(run_dir / runs.SUMMARY, summary)
             runs.write_status(run_dir, state=state, step=self.step)
             if state == "stopped":
                 runs.clear_stop(run_dir)  # the request is spent
         return summary
+
+
+def portable_state(state: dict, into: torch.optim.Optimizer | None = None) -> dict:
+    """An optimizer state dict that any of this project's Adam set-ups can load: the learning rate
+    as a float (a captured step keeps it in a device tensor; the loop sets it every step anyway).
+    Given `into`, the groups also take that optimizer's own implementation flags (fused,
+    capturable, foreach) and learning-rate object, so a run trained on a GPU resumes on a CPU and
+    the other way round, with Adam's step counts placed as `into` keeps them."""
+    groups = [dict(group) for group in state["param_groups"]]
+    for i, group in enumerate(groups):
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"] = float(group["lr"])
+        if into is not None:
+            own = into.param_groups[i]
+            group.update({k: own[k] for k in ("lr", "fused", "capturable", "foreach", "differentiable") if k in own})
+    return {**state, "param_groups": groups}
 
 
 def _gpu_utilisation(device: torch.device) -> dict:

@@ -1,6 +1,7 @@
 """What only a CUDA GPU runs: the deferred metric window, the pinned staging of a host frame cache,
-the device data path against the CPU's, whole runs with the cache on either side, torch.compile
-and the inference precision. Skipped without a GPU (CI has none); `benchmarks/gpu_check.sh` runs
+the device data path against the CPU's, whole runs with the cache on either side, torch.compile,
+the inference precision, a step that never makes the host wait, and the step captured as a CUDA
+graph against the eager one. Skipped without a GPU (CI has none); `benchmarks/gpu_check.sh` runs
 this file first on the GPU machine."""
 
 import json
@@ -18,7 +19,7 @@ from hico.data.views import gather_frames
 from hico.inference import embed_frames, freeze
 from hico.metrics import MetricWindow
 from hico.model import HiCoModel
-from hico.train import train
+from hico.train import Trainer, train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 CUDA = torch.device("cuda")
@@ -104,3 +105,51 @@ def test_gpu_embeddings_agree_with_float32():
     for key in ("local", "global", "backbone"):
         cos = torch.nn.functional.cosine_similarity(torch.from_numpy(out[key]), ref[key].float().cpu(), dim=1)
         assert cos.min() > 0.999, key
+
+
+def _losses(run) -> list[dict]:
+    return [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_captured_and_eager_steps_give_the_same_losses(class_dataset, tmp_path):
+    extra = ("train.max_steps=20", "train.val_every=0")
+    captured = train(_cfg(class_dataset, "train.cuda_graph=true", *extra), tmp_path / "graph", progress=False)
+    eager = train(_cfg(class_dataset, "train.cuda_graph=false", *extra), tmp_path / "eager", progress=False)
+    assert captured["cuda_graph"] and not eager["cuda_graph"]
+    a, b = _losses(tmp_path / "graph"), _losses(tmp_path / "eager")
+    assert [x["step"] for x in a] == [x["step"] for x in b] == list(range(1, 21))
+    assert [x["lr"] for x in a] == [x["lr"] for x in b]
+    for term in ("total", "contrastive", "supervised", "probe"):
+        np.testing.assert_allclose([x[term] for x in a], [x[term] for x in b], rtol=2e-2, err_msg=term)
+    assert a[-1]["total"] < a[0]["total"]  # and it learns: the graph's optimizer step is not frozen
+
+
+def test_resume_after_a_captured_run_continues_it(class_dataset, tmp_path):
+    extra = ("train.max_steps=10", "train.checkpoint_every=1", "train.val_every=0")
+    train(_cfg(class_dataset, *extra), tmp_path / "straight", progress=False)
+    stopped = train(_cfg(class_dataset, *extra), tmp_path / "resumed", stop_at_step=5, progress=False)
+    assert stopped["state"] == "stopped" and stopped["cuda_graph"]
+    resumed = train(config.load(tmp_path / "resumed" / "config.yaml"), tmp_path / "resumed", resume=True,
+                    progress=False)
+    assert resumed["step"] == 10 and resumed["steps_this_session"] == 5 and resumed["cuda_graph"]
+    a, b = _losses(tmp_path / "straight"), _losses(tmp_path / "resumed")
+    assert [x["step"] for x in b] == list(range(1, 11)) and [x["lr"] for x in a] == [x["lr"] for x in b]
+    np.testing.assert_allclose([x["total"] for x in a], [x["total"] for x in b], rtol=2e-2)
+
+
+@pytest.mark.parametrize("graph", [False, True])
+@pytest.mark.parametrize("cache_on", ["device", "host"])
+def test_a_training_step_never_makes_the_host_wait_for_the_gpu(class_dataset, tmp_path, graph, cache_on):
+    cfg = _cfg(class_dataset, f"train.cuda_graph={graph}", "train.max_steps=50", f"data.cache_on={cache_on}")
+    trainer = Trainer(cfg, tmp_path / "run", progress=False)
+    for _ in range(5):  # warm-up, and capture where captured (capture itself synchronises)
+        trainer.train_step()
+    assert (trainer.captured is not None and trainer.captured.captured) == graph
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
+    try:
+        for _ in range(3):
+            terms = trainer.train_step()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    assert torch.isfinite(terms["total"]).item()

@@ -14,7 +14,7 @@ from hico.embed import embed_dataset, level_matrix
 from hico.inference import load_run
 from hico.errors import HiCoError
 from hico.losses import TERMS
-from hico.train import batch_videos, lr_factor, train
+from hico.train import batch_videos, lr_factor, portable_state, train
 
 BASE = ["data.size=32", "train.batch_size=4", "train.log_every=1", "train.warmup_epochs=0", "device=cpu"]
 LEVELS = ("local", "medium", "global")
@@ -100,6 +100,10 @@ def test_resume_continues_exactly(class_dataset, tmp_path):
     strip = lambda s: {k: v for k, v in json.loads(s).items() if k not in ("images_per_s", "time", "val_s")}  # noqa: E731
     assert [strip(x) for x in la] == [strip(x) for x in lb]
     assert all(val_fields(json.loads(x)) == KNN_FIELDS | PROBE_FIELDS for x in lb)
+    # the learning rate each step used: cosine from 3e-4 over 4 steps, set by the loop, resumed or not
+    expected = [3e-4 * lr_factor(step, 4, 0, "constant") for step in range(4)]
+    assert [json.loads(x)["lr"] for x in lb] == pytest.approx(expected, rel=1e-12)
+    assert expected[1] < 3e-4 and expected[3] < expected[2]
     assert timeline.steps(tmp_path / "straight") == timeline.steps(tmp_path / "resumed") == [1, 2, 3, 4]
     for step in (1, 4):
         a, b = timeline.read(tmp_path / "straight", step), timeline.read(tmp_path / "resumed", step)
@@ -217,6 +221,32 @@ def test_refusals_name_the_problem(class_dataset, tmp_path):
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a CUDA GPU")
+def test_optimizer_state_moves_between_a_captured_gpu_set_up_and_the_cpu():
+    # A captured GPU step keeps Adam's learning rate in a device tensor, with capturable=True and
+    # fused=True; the CPU steps eagerly with a float. Each loads the other's state and keeps its own set-up.
+    torch.manual_seed(0)
+    gpu_like, cpu = torch.nn.Linear(3, 2), torch.nn.Linear(3, 2)
+    cpu.load_state_dict(gpu_like.state_dict())
+    saved_from = torch.optim.Adam(gpu_like.parameters(), lr=0.01)
+    gpu_like(torch.randn(5, 3)).sum().backward()
+    saved_from.step()
+    state = saved_from.state_dict()
+    state["param_groups"][0].update(lr=torch.tensor(0.01), capturable=True, fused=True)
+    portable = portable_state(state)
+    assert portable["param_groups"][0]["lr"] == pytest.approx(0.01) and isinstance(portable["param_groups"][0]["lr"], float)
+    assert isinstance(state["param_groups"][0]["lr"], torch.Tensor)  # the live state is left as it was
+    into = torch.optim.Adam(cpu.parameters(), lr=0.5)
+    into.load_state_dict(portable_state(state, into))
+    group = into.param_groups[0]
+    assert group["lr"] == 0.5 and not group["capturable"] and not group["fused"]
+    for p, q in zip(gpu_like.parameters(), cpu.parameters()):
+        assert torch.equal(into.state[q]["exp_avg"], saved_from.state[p]["exp_avg"])
+        assert into.state[q]["step"].device.type == "cpu" and float(into.state[q]["step"]) == 1.0
+    cpu(torch.randn(5, 3)).sum().backward()
+    into.step()  # steps as a plain CPU Adam
+    assert float(into.state[next(cpu.parameters())]["step"]) == 2.0
+
+
 def test_cuda_without_a_gpu_is_refused_before_a_folder_is_made(class_dataset, tmp_path):
     with pytest.raises(HiCoError, match="no CUDA GPU"):
         train(make_cfg(class_dataset, "device=cuda"), tmp_path / "gpu", progress=False)

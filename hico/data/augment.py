@@ -7,6 +7,7 @@ leave the device.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -18,6 +19,12 @@ from hico.config import DataConfig
 MEAN, STD = 0.5, 0.25  # per channel, as the published HiCo code normalises its input
 # RGB -> YIQ and back: hue jitter is a rotation of the chroma plane (I, Q).
 _YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+@functools.lru_cache(maxsize=8)
+def _yiq(device: torch.device, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(RGB -> YIQ, YIQ -> RGB) on a device, copied there once rather than every step."""
+    return _YIQ.to(device, dtype), torch.linalg.inv(_YIQ).to(device, dtype)
 
 
 def normalise(x: torch.Tensor) -> torch.Tensor:
@@ -81,12 +88,13 @@ def colour_jitter(x: torch.Tensor, p: torch.Tensor) -> torch.Tensor:
     if x.shape[1] == 3:
         g = _gray(x)
         x = ((x - g) * col(7) + g).clamp_(0, 1)
-        yiq = torch.einsum("ij,njhw->nihw", _YIQ.to(x), x)
+        to_yiq, to_rgb = _yiq(x.device, x.dtype)
+        yiq = torch.einsum("ij,njhw->nihw", to_yiq, x)
         angle = p[:, 8] * 2 * math.pi
         cos, sin = torch.cos(angle).view(-1, 1, 1), torch.sin(angle).view(-1, 1, 1)
         i, q = yiq[:, 1], yiq[:, 2]
         yiq = torch.stack([yiq[:, 0], cos * i - sin * q, sin * i + cos * q], dim=1)
-        x = torch.einsum("ij,njhw->nihw", torch.linalg.inv(_YIQ).to(x), yiq).clamp_(0, 1)
+        x = torch.einsum("ij,njhw->nihw", to_rgb, yiq).clamp_(0, 1)
     return x
 
 

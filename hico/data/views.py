@@ -50,10 +50,21 @@ def gather_frames(cache: FrameCache, rows: np.ndarray, device: torch.device) -> 
     frames, index = cache.frames, torch.from_numpy(np.ascontiguousarray(rows, dtype=np.int64))
     here = frames.device
     if here.type == device.type and (here.index is None or device.index is None or here.index == device.index):
-        return frames.index_select(0, index.to(here, non_blocking=True))
+        return frames.index_select(0, host_to_device(index, here))
     if here.type != "cpu":
-        return frames.index_select(0, index.to(here, non_blocking=True)).to(device)
+        return frames.index_select(0, host_to_device(index, here)).to(device)
     return stage_rows(frames, index, pinned=device.type == "cuda").to(device, non_blocking=True)
+
+
+def host_to_device(x: np.ndarray | torch.Tensor, device: torch.device | str) -> torch.Tensor:
+    """A small host array (indices, augmentation parameters, labels) on `device`, the host not kept
+    waiting: for a GPU it is staged through pinned memory, since a copy from pageable memory may
+    wait until the GPU has finished all the work queued before it."""
+    x = torch.from_numpy(np.ascontiguousarray(x)) if isinstance(x, np.ndarray) else x
+    device = torch.device(device)
+    if device.type != "cuda" or x.device.type != "cpu":
+        return x.to(device)
+    return x.pin_memory().to(device, non_blocking=True)
 
 
 def stage_rows(frames: torch.Tensor, index: torch.Tensor, pinned: bool) -> torch.Tensor:
@@ -88,9 +99,9 @@ def sample_views(cache: FrameCache, videos: np.ndarray, rng: np.random.Generator
     offsets = cache.offsets[videos]
     x = to_unit(gather_frames(cache, (offsets[:, None] + idx).T.reshape(-1), device))  # 3B: all a, then all b, then all c
     if augmented:
-        x = augment(x, torch.from_numpy(params).to(device, non_blocking=True))
+        x = augment(x, host_to_device(params, device))
     x = normalise(x)
     b = len(videos)
     fa, fb, fc = x[:b], x[b:2 * b], x[2 * b:]
-    w = torch.from_numpy(lam).to(device, non_blocking=True).view(-1, 1, 1, 1)
+    w = host_to_device(lam, device).view(-1, 1, 1, 1)
     return w * fa + (1 - w) * fb, w * fc + (1 - w) * fb
