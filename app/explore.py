@@ -54,6 +54,7 @@ class Embedded:
     accuracy: pd.DataFrame | None = None
     accuracy_error: str | None = None
     evaluated: threading.Event = field(default_factory=threading.Event)  # set once accuracy or its error is in
+    projected: threading.Event = field(default_factory=threading.Event)  # set once the UMAP stage is over
     umap_done: bool = False
 
     def matrix(self, column: str) -> np.ndarray:
@@ -187,6 +188,8 @@ class Explorer:
             item.umap_done = True
         except Exception:  # a projection failing must not take the app down; PCA stays
             log.exception("UMAP failed for %s", item.path)
+        finally:
+            item.projected.set()
         self._evaluate(item)
 
     @staticmethod

@@ -20,6 +20,7 @@ from app.timeline_view import LEVELS as TIMELINE_LEVELS
 from app.timeline_view import TimelineViews, api_payload
 
 LEVEL_PANELS = ("local", "medium", "global", "backbone")
+MAX_WAIT_S = 300.0  # the longest an /embeddings request waits for the background (UMAP, accuracy)
 ACCURACY_COLUMNS = ("feature", "linear_acc", "knn_acc", "linear_video_acc", "knn_video_acc")
 ACCURACY_HEADERS = ("level", "probe", "kNN", "probe, videos", "kNN, videos")  # short: the table fits its column
 QUALITY_COLUMNS = ("panel", "layout", "class 2-D", "class embedding", "neighbours kept", "own position")
@@ -171,19 +172,24 @@ class ExploreTab:
         with video id, frame, label and split per frame, and the linear-probe / kNN accuracy per level.
         The accuracy is computed in the background after the projections: accuracy_state says
         ready, pending (accuracy null; call again, or pass wait_s to wait up to that many seconds,
-        300 at most) or failed (accuracy_message says why)."""
+        300 at most) or failed (accuracy_message says why). method=umap waits (up to 300 s) for
+        the app's one background UMAP of the table, which every page and request shares."""
+        if method not in ("pca", "umap"):
+            return {"ok": False, "message": f"method must be pca or umap, not {str(method)[:40]!r}."}
         try:
             run = run or self.default_run() or ""
             item = self._item(run, dataset)
         except HiCoError as exc:
             return {"ok": False, "message": str(exc)}
-        coords = {}
-        for column in LEVEL_PANELS:
-            if method == "umap" and ("umap", column) not in item.projections:
-                item.projections[("umap", column)] = self.explorer.umap(item, column)
-            coords[column] = item.projections[(method if method == "umap" else "pca", column)].round(5).tolist()
+        if method == "umap" and not item.projected.wait(MAX_WAIT_S):
+            return {"ok": False, "message": "The UMAP of this table is still being computed; call again, "
+                                            "or ask for method=pca."}
+        if method == "umap" and not all(("umap", c) in item.projections for c in LEVEL_PANELS):
+            return {"ok": False, "message": "The UMAP of this table failed (the app's log says why); "
+                                            "method=pca works."}
+        coords = {column: item.projections[(method, column)].round(5).tolist() for column in LEVEL_PANELS}
         if wait_s and wait_s > 0:
-            item.evaluated.wait(min(float(wait_s), 300.0))
+            item.evaluated.wait(min(float(wait_s), MAX_WAIT_S))
         table = item.table
         state = "ready" if item.accuracy is not None else ("failed" if item.accuracy_error else "pending")
         return {"ok": True, "run": run, "method": method, "frames": len(table),

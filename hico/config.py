@@ -18,6 +18,7 @@ from hico.errors import HiCoError
 from hico.files import write_text
 
 LEVEL_NAMES = ("P2", "P3", "P4", "P5")
+MAX_SIZE = 1024  # largest data.size: a 1024 px frame is 21 times a 224 px one in memory and time
 
 
 @dataclass
@@ -235,7 +236,8 @@ def validate(cfg: Config) -> None:
             raise HiCoError(f"Config key {key} must be one of {', '.join(allowed)}, got {value!r}.")
     d, m, lo, t = cfg.data, cfg.model, cfg.loss, cfg.train
     checks = [
-        ("data.size", d.size >= 32, "at least 32 pixels"),
+        # at most MAX_SIZE: one frame's cache, activations and every batch grow with its square
+        ("data.size", 32 <= d.size <= MAX_SIZE, f"between 32 and {MAX_SIZE} pixels"),
         ("data.label_fraction", 0.0 <= d.label_fraction <= 1.0, "between 0 and 1"),
         ("data.val_fraction", 0.0 <= d.val_fraction < 1.0, "at least 0 and below 1"),
         ("data.max_frames", d.max_frames >= 0, "0 (all) or more"),

@@ -20,6 +20,7 @@ import pytest
 from gradio_client import Client, handle_file
 
 from app.explore import PAIRS
+from hico.embed import LEVEL_COLUMNS
 from hico import runs
 from hico.errors import HiCoError
 from tests.app_fixtures import EXAMPLES, REPO, free_port, live_app, wait_for  # noqa: F401
@@ -189,6 +190,40 @@ def test_thumbnails_come_from_the_table_each_page_shows(live_app, tmp_path_facto
     assert hico_app.thumbnail(0, "no-such-table") is None
     value, _, _ = hico_app.explore_value(big_item, "class", next(iter(PAIRS)))
     assert value["source"] == big_item.source
+
+
+def test_umap_requests_share_the_one_background_projection(live_app, tmp_path_factory, monkeypatch):  # noqa: F811
+    """Before: each /embeddings?method=umap that came before the background's UMAP computed its
+    own (tens of seconds of CPU each) and wrote it into the table every session shares."""
+    import threading
+
+    from app.explore import Explorer
+
+    _, home, data, hico_app = live_app
+    release, calls = threading.Event(), []
+    real_umap = Explorer.umap
+
+    def slow_umap(self, item, view):
+        calls.append((item.source, view))
+        release.wait(60)
+        return real_umap(self, item, view)
+
+    monkeypatch.setattr(Explorer, "umap", slow_umap)
+    fresh = home / "datasets" / "umap-shared"  # a table no session has loaded yet
+    shutil.copytree(data, fresh)
+    with ThreadPoolExecutor(4) as pool:
+        answers = [pool.submit(hico_app.api_embeddings, "tiny", str(fresh), "umap") for _ in range(4)]
+        wait_for(lambda: calls, timeout=60)
+        assert not any(a.done() for a in answers)  # waiting for the background, not computing their own
+        release.set()
+        replies = [a.result(timeout=120) for a in answers]
+    assert all(r["ok"] and r["method"] == "umap" for r in replies), replies
+    assert all(r["coords"] == replies[0]["coords"] for r in replies)
+    source = hico_app._item("tiny", str(fresh)).source
+    views = [view for of, view in calls if of == source]  # the background's, each view once
+    assert sorted(views) == sorted((*LEVEL_COLUMNS, *PAIRS))
+    assert hico_app.api_embeddings("tiny", str(fresh), "tsne") == {
+        "ok": False, "message": "method must be pca or umap, not 'tsne'."}
 
 
 # ---- leftovers --------------------------------------------------------------------------------

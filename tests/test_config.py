@@ -37,6 +37,8 @@ def test_yaml_round_trip_and_overrides(tmp_path):
     ("device=tpu", "device must be"),
     ("train.compile=off", "train.compile must be one of none, default, reduce-overhead, max-autotune, got False"),
     ("data.cache_on=gpu", "data.cache_on must be one of auto, device, host"),
+    ("data.size=100000", "data.size must be between 32 and 1024 pixels, got 100000"),
+    ("train.cuda_graph=maybe", "train.cuda_graph"),
     ("train", "must look like section.key=value"),
 ])
 def test_bad_values_name_the_key(override, needle):
