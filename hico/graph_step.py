@@ -58,6 +58,10 @@ class CapturedStep:
         return self.graph is not None
 
     def __call__(self, *inputs: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.cuda.device(inputs[0].device):  # streams and capture on the inputs' GPU (cuda:N)
+            return self._call(inputs)
+
+    def _call(self, inputs: tuple[torch.Tensor, ...]) -> dict[str, torch.Tensor]:
         if self.graph is not None:
             for static, new in zip(self.inputs, inputs):
                 if new.shape != static.shape or new.dtype != static.dtype:

@@ -392,7 +392,8 @@ class Trainer:
             return
         state = None
         if with_state:
-            state = {"optimizer": portable_state(self.optimizer.state_dict()), "step": self.step, "best_val": self.best_val, "best_step": self.best_step}
+            state = {"optimizer": portable_state(self.optimizer.state_dict()), "step": self.step,
+                     "best_val": self.best_val, "best_step": self.best_step}
         save_checkpoint(self.run_dir / "checkpoints", name, self.raw_model, self.sidecar(metrics), state)
 
     def _line_fields(self) -> dict:
