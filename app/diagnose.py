@@ -109,7 +109,7 @@ class Diagnoser:
         if level not in SALIENCY_CHOICES:
             raise HiCoError(f"Unknown saliency level {level!r}: choose one of {', '.join(SALIENCY_CHOICES)}.")
         loaded = self.model(run_dir)
-        prediction = predict_clip(loaded, clip)
+        prediction = predict_clip(loaded, clip, familiarity_wait=False)  # never embeds a dataset in a request
         overlay = saliency_video(prediction, loaded.model, level)
         result_id = uuid.uuid4().hex[:12]
         folder = self.out_dir / result_id

@@ -10,7 +10,8 @@ divided by the QUANTILE of theirs, so about 95% of held-out training clips score
 scoring above LIMIT is `unfamiliar`.
 
 The training frames come from the run's timeline snapshot at the checkpoint's step (a few frames
-of every video, embedded at that validation: no extra work), else from embedding its dataset.
+of every video, embedded at that validation: no extra work), else from embedding its dataset,
+which a server does in the background (`run_reference(wait=False)`) rather than in a request.
 
 Measured with the demo model (2026-11-29): 0 of 200 unseen synthetic clips (another seed) score
 above 1.5 (the highest 1.34, 95% below 0.86), nor do the three example clips (at most 0.83).
@@ -21,6 +22,7 @@ at hand to measure.
 
 from __future__ import annotations
 
+import logging
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +36,7 @@ from hico.errors import HiCoError
 from hico.files import atomic_path
 from hico.paths import expand_path
 
+log = logging.getLogger(__name__)
 FEATURE = "backbone"
 K = 5  # nearest training frames averaged per frame
 MAX_REFERENCE = 4096  # training frames kept as the reference (evenly spaced)
@@ -120,33 +123,79 @@ def build_reference(features: np.ndarray, videos: np.ndarray, split: np.ndarray)
 _lock = threading.Lock()
 _cache: dict[tuple, Reference] = {}  # the last CACHED references (up to 8 MB each), oldest first
 CACHED = 8
+_building: set[tuple] = set()  # references being built in the background (wait=False)
+_failed: dict[tuple, str] = {}  # why a background build failed, said to the next caller (then retried)
+PENDING = ("Still measuring how familiar clips are for this run: its training clips are being embedded "
+           "once (about a minute on a CPU); predict again shortly to get the familiarity score.")
 
 
-def run_reference(run_dir: str | Path, checkpoint: str, step: int, data_root: str, device: str = "auto") -> Reference:
-    """The reference of a run's checkpoint, built once from its training dataset's embeddings (the
-    table Explore uses, embedded if missing) and kept in RUN_DIR/embeddings and in memory.
-    HiCoError when the training data is gone."""
+def run_reference(run_dir: str | Path, checkpoint: str, step: int, data_root: str, device: str = "auto",
+                  wait: bool = True) -> Reference:
+    """The reference of a run's checkpoint, built once and kept in RUN_DIR/embeddings and in memory:
+    from the run's timeline snapshot at that step when there is one (no extra work), else from its
+    training dataset's embeddings (the table Explore uses, embedded if missing: tens of seconds).
+
+    wait=False (a server answering a request) never embeds in the caller's thread: the embedding
+    is started in the background, once per reference, and HiCoError(PENDING) is raised until it
+    is done. HiCoError too when the training data is gone."""
     run_dir = Path(run_dir)
     key = (str(run_dir.resolve()), checkpoint, int(step))
     with _lock:
         if key in _cache:
             return _cache[key]
+        failure = _failed.pop(key, None)
+    if failure:
+        raise HiCoError(failure)
     path = run_dir / "embeddings" / f"familiarity-{checkpoint}-step{int(step)}.npz"
     reference = _read(path)
+    if reference is None and int(step) in timeline.steps(run_dir):
+        snap = timeline.read(run_dir, int(step))
+        reference = _save(path, build_reference(snap.vectors[FEATURE], snap.video_id, snap.split))
     if reference is None:
-        if int(step) in timeline.steps(run_dir):
-            snap = timeline.read(run_dir, int(step))
-            reference = build_reference(snap.vectors[FEATURE], snap.video_id, snap.split)
-        else:
-            root = expand_path(data_root) if data_root else None
-            if root is None or not root.exists():
-                raise HiCoError(f"Cannot tell whether the clip is like the training data: the run's dataset "
-                                f"({data_root or 'none'}) is not on this server any more.")
-            table, _ = embed_dataset(run_dir, root, checkpoint=checkpoint, device=device, progress=False)
-            reference = build_reference(level_matrix(table, FEATURE), table["video_id"], table["split"])
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-            np.savez(fh, mean=reference.mean, vectors=reference.vectors, threshold=reference.threshold)
+        root = expand_path(data_root) if data_root else None
+        if root is None or not root.exists():
+            raise HiCoError(f"Cannot tell whether the clip is like the training data: the run's dataset "
+                            f"({data_root or 'none'}) is not on this server any more.")
+        if not wait:
+            with _lock:
+                start = key not in _building
+                _building.add(key)
+            if start:
+                threading.Thread(target=_build_in_background, args=(key, run_dir, checkpoint, root, device, path),
+                                 daemon=True).start()
+            raise HiCoError(PENDING)
+        reference = _save(path, _embedded_reference(run_dir, checkpoint, root, device))
+    return _remember(key, reference)
+
+
+def _embedded_reference(run_dir: Path, checkpoint: str, root: Path, device: str) -> Reference:
+    table, _ = embed_dataset(run_dir, root, checkpoint=checkpoint, device=device, progress=False)
+    return build_reference(level_matrix(table, FEATURE), table["video_id"], table["split"])
+
+
+def _build_in_background(key: tuple, run_dir: Path, checkpoint: str, root: Path, device: str, path: Path) -> None:
+    try:
+        _remember(key, _save(path, _embedded_reference(run_dir, checkpoint, root, device)))
+    except HiCoError as exc:
+        with _lock:
+            _failed[key] = str(exc)
+    except Exception:  # a bug: logged, and the caller is told without a traceback
+        log.exception("building the familiarity reference of %s failed", run_dir)
+        with _lock:
+            _failed[key] = "Cannot tell whether the clip is like the training data: measuring it failed (the log says why)."
+    finally:
+        with _lock:
+            _building.discard(key)
+
+
+def _save(path: Path, reference: Reference) -> Reference:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, mean=reference.mean, vectors=reference.vectors, threshold=reference.threshold)
+    return reference
+
+
+def _remember(key: tuple, reference: Reference) -> Reference:
     with _lock:
         _cache[key] = reference
         while len(_cache) > CACHED:

@@ -75,12 +75,14 @@ def read_for_prediction(clip: Path, max_clip_frames: int, max_frames: int | None
 
 
 def predict_clip(run: str | Path | LoadedRun, clip: str | Path, device: str = "auto", max_frames: int | None = None,
-                 batch_size: int = 64, mask_screen: bool = True, familiarity: bool = True) -> Prediction:
+                 batch_size: int = 64, mask_screen: bool = True, familiarity: bool = True,
+                 familiarity_wait: bool = True) -> Prediction:
     """Classify every frame of `clip` with a run's classifier (and its level probes).
 
     `run` is a run folder, or a `LoadedRun` (hico.inference.load_run) to skip reloading the model
     on repeated calls; a LoadedRun is only read, so threads may share one. With `familiarity`, the
-    clip is compared with the run's training data (hico.familiarity).
+    clip is compared with the run's training data (hico.familiarity); familiarity_wait=False (a
+    server) leaves the score out, with a note, while the run's reference is still being built.
     Raises HiCoError when the clip cannot be read, is too long, or the run has no classifier.
     """
     clip = Path(clip).expanduser()
@@ -104,7 +106,8 @@ def predict_clip(run: str | Path | LoadedRun, clip: str | Path, device: str = "a
     prediction = Prediction(clip, loaded.classes, probs, probs.mean(axis=0), frames, original, mask, levels)
     if familiarity:
         try:
-            reference = run_reference(loaded.run_dir, loaded.checkpoint, loaded.step, cfg.data.root, str(loaded.device))
+            reference = run_reference(loaded.run_dir, loaded.checkpoint, loaded.step, cfg.data.root,
+                                      str(loaded.device), wait=familiarity_wait)
             prediction.familiarity = reference.judge(out["backbone"])
         except HiCoError as exc:
             prediction.familiarity_note = str(exc)

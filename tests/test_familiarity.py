@@ -90,3 +90,39 @@ def test_a_tiny_training_set_still_gives_a_finite_calibration():
     reference = build_reference(features, videos, np.array(["train"] * 4))
     assert np.isfinite(reference.threshold) and 0 < reference.threshold <= 2
     assert np.isfinite(reference.judge(features[:2]).score)
+
+
+def test_a_server_never_embeds_a_dataset_in_the_request(class_dataset, tmp_path):
+    """A checkpoint without a timeline snapshot at its step (here: a run that never validated)
+    needs its dataset embedded. With wait=False the first callers get a sentence at once while
+    one background build runs; then the reference is the one a blocking call builds."""
+    import threading
+    import time
+
+    from hico import config
+    from hico.errors import HiCoError
+    from hico.train import train
+
+    cfg = config.load(None, [f"data.root={class_dataset}", "data.size=32", "train.batch_size=4", "train.max_steps=1",
+                             "train.val_every=0", "train.warmup_epochs=0", "device=cpu"])
+    run = tmp_path / "run"
+    train(cfg, run, progress=False)
+    started = threading.active_count()
+    for _ in range(3):
+        with pytest.raises(HiCoError, match="Still measuring how familiar"):
+            familiarity.run_reference(run, "last", 1, str(class_dataset), "cpu", wait=False)
+    assert threading.active_count() <= started + 1  # one build, however many callers
+    deadline = time.monotonic() + 120
+    while True:
+        try:
+            built = familiarity.run_reference(run, "last", 1, str(class_dataset), "cpu", wait=False)
+            break
+        except HiCoError:
+            assert time.monotonic() < deadline, "the background build never finished"
+            time.sleep(0.2)
+    assert (run / "embeddings" / "familiarity-last-step1.npz").is_file()
+    familiarity._cache.clear()
+    (run / "embeddings" / "familiarity-last-step1.npz").unlink()
+    blocking = familiarity.run_reference(run, "last", 1, str(class_dataset), "cpu")
+    assert blocking.threshold == pytest.approx(built.threshold) and np.allclose(blocking.vectors, built.vectors)
+    assert len(built.vectors) == 6 * 6  # every frame of the 6 training videos (2 of 8 held out to calibrate)
