@@ -95,7 +95,8 @@ def evaluate_embeddings(table: pd.DataFrame, folds: int = 5, k: int = 10, seed: 
     jobs = [(feature, fold) for feature in features for fold in range(len(splits))]
     tag = {"folds": len(splits), "k": k, "seed": seed, "rows": len(table)}
     done = _read_partial(partial, tag)
-    todo = [job for job in jobs if job not in done]
+    # the widest features first: two threads then finish together rather than one waiting for a last wide fit
+    todo = sorted((job for job in jobs if job not in done), key=lambda job: -matrices[job[0]].shape[1])
     workers = workers or max(1, min(len(todo), os.cpu_count() or 1))
 
     def fit(job):

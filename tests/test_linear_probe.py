@@ -1,5 +1,6 @@
 """The linear probe reaches the optimum of the protocol's objective, on easy and badly conditioned
-problems, checked against scikit-learn run to a far tighter tolerance than its default."""
+problems, checked against scikit-learn run to a far tighter tolerance than its default; its
+Newton solver's Hessian product and preconditioner are what they say."""
 
 import warnings
 
@@ -79,37 +80,41 @@ def test_arguments_are_checked():
         fit_logistic(x, y, 4, C=0)
 
 
-def two_loop(g, pairs):
-    """The textbook L-BFGS recursion (Nocedal and Wright, algorithm 7.4): the reference for the
-    compact form the probe uses."""
-    q, alphas = g.copy(), []
-    for s, y in reversed(pairs):
-        alpha = (s @ q) / (s @ y)
-        q -= alpha * y
-        alphas.append(alpha)
-    s, y = pairs[-1]
-    q *= (s @ y) / (y @ y)
-    for (s, y), alpha in zip(pairs, reversed(alphas)):
-        q += (alpha - (y @ q) / (s @ y)) * s
-    return q
+def small_problem(n=200, d=6, classes=3, seed=0):
+    rng = np.random.default_rng(seed)
+    z = rng.normal(size=(n, d)) * np.linspace(3, 0.5, d)
+    y = np.arange(n) % classes
+    problem = linear_probe._Softmax(z, np.eye(d), y, classes, rng.uniform(0.5, 2.0, d))  # basis I: z = x
+    u, b = 0.3 * rng.normal(size=(d, classes)), rng.normal(size=classes)
+    _, probs = problem.value(z @ u + b, u)
+    return problem, u, b, probs, rng
 
 
-@pytest.mark.parametrize("pairs", [1, 7, linear_probe.MEMORY + 13])
-def test_the_compact_inverse_hessian_equals_the_two_loop_recursion(pairs):
-    """Pairs from a convex quadratic (y = A s); past MEMORY pairs the ring drops the oldest, as the
-    recursion's window does."""
-    rng = np.random.default_rng(pairs)
-    size = 30
-    a = rng.normal(size=(size, size))
-    a = a @ a.T + 0.1 * np.eye(size)
-    memory = linear_probe._Memory(size)
-    kept = []
-    for _ in range(pairs):
-        s = rng.normal(size=size)
-        memory.add(s, a @ s)
-        kept = (kept + [(s, a @ s)])[-linear_probe.MEMORY:]
-    g = rng.normal(size=size)
-    np.testing.assert_allclose(memory.apply(g), two_loop(g, kept), rtol=1e-8, atol=1e-10)
-    memory.clear()
-    np.testing.assert_array_equal(memory.apply(g), g)
+def test_the_hessian_product_is_the_gradients_derivative():
+    problem, u, b, probs, rng = small_problem(d=40)
+    v, c = rng.normal(size=u.shape), rng.normal(size=b.shape)
+    hu, hb = problem.hessian_product(probs, v, c)
+    eps = 1e-5
+    ends = []
+    for sign in (1, -1):
+        uu, bb = u + sign * eps * v, b + sign * eps * c
+        _, p = problem.value(problem.exact_logits(uu, bb), uu)
+        ends.append(problem.gradient(p, uu, exact=True))
+    np.testing.assert_allclose(hu, (ends[0][0] - ends[1][0]) / (2 * eps), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(hb, (ends[0][1] - ends[1][1]) / (2 * eps), rtol=1e-4, atol=1e-4)
 
+
+def test_with_few_directions_the_preconditioner_is_the_exact_inverse_hessian():
+    """Up to TOP directions the preconditioner holds the whole Hessian: M^-1 H v = v for every v
+    whose bias part sums to 0 over classes (the all-classes shift of b is flat, so only a ridge
+    holds it)."""
+    problem, u, _, probs, rng = small_problem(d=6)
+    assert problem.x.shape[1] <= linear_probe.TOP
+    solve = problem.preconditioner(probs)
+    v, c = rng.normal(size=u.shape), rng.normal(size=3)
+    c -= c.mean()
+    change = problem.x @ v + c  # H (v, c) in float64, written out: each row's diag(p) - p p^T
+    curved = probs * change - probs * (probs * change).sum(axis=1, keepdims=True)
+    back_v, back_c = solve(problem.x.T @ curved + problem.penalty * v, curved.sum(axis=0))
+    np.testing.assert_allclose(back_v, v, rtol=1e-6, atol=1e-7)  # the ridge: 2e-7 on the diagonal
+    np.testing.assert_allclose(back_c, c, rtol=1e-6, atol=1e-7)
