@@ -120,8 +120,9 @@ def test_captured_and_eager_steps_give_the_same_losses(class_dataset, tmp_path):
     assert [x["step"] for x in a] == [x["step"] for x in b] == list(range(1, 21))
     assert [x["lr"] for x in a] == [x["lr"] for x in b]
     for term in ("total", "contrastive", "supervised", "probe"):
+        # 16 of the 20 steps replayed: a graph whose optimizer step or learning rate was frozen at
+        # capture would drift away from the eager run
         np.testing.assert_allclose([x[term] for x in a], [x[term] for x in b], rtol=2e-2, err_msg=term)
-    assert a[-1]["total"] < a[0]["total"]  # and it learns: the graph's optimizer step is not frozen
 
 
 def test_resume_after_a_captured_run_continues_it(class_dataset, tmp_path):
