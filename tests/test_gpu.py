@@ -154,3 +154,11 @@ def test_a_training_step_never_makes_the_host_wait_for_the_gpu(class_dataset, tm
     finally:
         torch.cuda.set_sync_debug_mode("default")
     assert torch.isfinite(terms["total"]).item()
+    # every replay stepped Adam with the learning rate of its own step
+    weight = next(trainer.raw_model.parameters())
+    before = weight.detach().clone()
+    trainer.train_step()
+    assert not torch.equal(before, weight.detach())
+    assert float(trainer.optimizer.state[weight]["step"]) == trainer.step == 9
+    assert float(trainer.optimizer.param_groups[0]["lr"]) == pytest.approx(trainer.lr, rel=1e-6)
+    assert trainer.lr < trainer.cfg.train.lr  # the cosine has moved it since capture
