@@ -130,8 +130,9 @@ class _Softmax:
         r = top.shape[1]
         spread = (top[:, :, None] * probs[:, None, :]).reshape(n, r * k)  # row i: z_i (x) p_i
         block = -(spread.T @ spread)
-        for j in range(k):  # sum_i p_ij z_i z_i^T on the class's diagonal block
-            block[j::k, j::k] += top.T @ (top * probs[:, j:j + 1])
+        weighted = (top.T @ spread).reshape(r, r, k)  # [a, b, j] = sum_i z_ia z_ib p_ij
+        for j in range(k):  # on class j's diagonal block
+            block[j::k, j::k] += weighted[:, :, j]
         block[np.diag_indices_from(block)] += np.repeat(np.append(self.penalty[:r - 1, 0], 0.0), k) + RIDGE * n
         factor = cho_factor(block)
         rest = (self.rest_squared.T @ (probs * (1 - probs)).astype(np.float32)).astype(np.float64)
