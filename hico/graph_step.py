@@ -12,7 +12,8 @@ How (PyTorch's whole-network capture, as its CUDA-graphs notes describe it):
   train), and they let cuDNN pick its algorithms and Adam allocate its state before capture.
 - The next call captures the step (forward, loss, backward, optimizer step) and replays it once;
   every later call only copies and replays. The outputs are the graph's own tensors, rewritten
-  by each replay: read or copy them before the next call.
+  by each replay: read or copy them before the next call. Should capture fail (an operation it
+  does not allow, on some torch version), a warning says why and every step runs eagerly.
 
 What the step must be, and `hico.train.Trainer` makes sure it is: the same input shapes every
 call; no copy to or from the host and no data-dependent shape inside it; its gradients set to
@@ -25,10 +26,12 @@ Eager and captured steps compute the same thing, so a run gives the same losses 
 
 from __future__ import annotations
 
+import logging
 from typing import Callable
 
 import torch
 
+log = logging.getLogger(__name__)
 WARMUP = 3  # eager steps before capture
 
 
@@ -49,6 +52,7 @@ class CapturedStep:
             raise ValueError("a captured step needs an optimizer built with capturable=True")
         self.step, self.optimizer, self.warmup = step, optimizer, warmup
         self.calls = 0
+        self.failed = False  # capture failed once: every later call steps eagerly
         self.graph: torch.cuda.CUDAGraph | None = None
         self.inputs: list[torch.Tensor] = []
         self.outputs: dict[str, torch.Tensor] = {}
@@ -71,13 +75,21 @@ class CapturedStep:
             self.graph.replay()
             return self.outputs
         self.calls += 1
-        if self.calls <= self.warmup:
+        if self.calls <= self.warmup or self.failed:
             return self._eager(inputs)
         self.inputs = [x.clone() for x in inputs]
         self.optimizer.zero_grad(set_to_none=True)
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            self.outputs = self.step(*self.inputs)
+        try:
+            with torch.cuda.graph(graph):
+                self.outputs = self.step(*self.inputs)
+        except Exception as exc:  # an operation capture does not allow: the run goes on eagerly
+            # nothing captured has run, so the weights and Adam's state are as the last step left them
+            log.warning("capturing the training step as a CUDA graph failed (%s: %s); stepping eagerly",
+                        type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "")
+            self.failed, self.inputs, self.outputs = True, [], {}
+            torch.cuda.synchronize()
+            return self._eager(inputs)
         self.graph = graph
         graph.replay()  # capture only records: this runs the step
         return self.outputs

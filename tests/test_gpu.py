@@ -162,3 +162,27 @@ def test_a_training_step_never_makes_the_host_wait_for_the_gpu(class_dataset, tm
     assert float(trainer.optimizer.state[weight]["step"]) == trainer.step == 9
     assert float(trainer.optimizer.param_groups[0]["lr"]) == pytest.approx(trainer.lr, rel=1e-6)
     assert trainer.lr < trainer.cfg.train.lr  # the cosine has moved it since capture
+
+
+def test_a_step_that_cannot_be_captured_runs_eagerly():
+    """A step that reads a value on the host (not allowed under capture) falls back to eager
+    steps with a warning and the same results as eager calls."""
+    from hico.graph_step import CapturedStep
+
+    torch.manual_seed(0)
+    weight = torch.nn.Parameter(torch.ones(4, device=CUDA))
+    optimizer = torch.optim.Adam([weight], lr=torch.tensor(0.1, device=CUDA), capturable=True)
+    seen = []
+
+    def step(x):
+        loss = (weight * x).sum()
+        seen.append(loss.item())  # a host read: capture refuses it
+        loss.backward()
+        optimizer.step()
+        return {"loss": loss.detach()}
+
+    captured = CapturedStep(step, optimizer, warmup=1)
+    outputs = [captured(torch.full((4,), float(i), device=CUDA))["loss"].item() for i in range(1, 5)]
+    assert captured.failed and not captured.captured
+    assert outputs == pytest.approx(seen)  # the failed capture ran nothing; its call stepped eagerly
+    assert float(optimizer.state[weight]["step"]) == 4  # four real steps, none lost to the capture
