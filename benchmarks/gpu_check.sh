@@ -41,16 +41,16 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, keep its log, say ho
 }
 
 # 0. What only a GPU runs, checked before it is timed (tests/test_gpu.py; skipped on CPUs).
-step gpu-tests 110 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
+step gpu-tests 130 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
 cp "$LOGS/gpu-tests.log" "$OUT/"
 # 1. The four settings (pooled and flatten heads, batch 32 and 128, 224 px), the step
 #    captured as a CUDA graph (train.cuda_graph, the default).
-step bench 120 python3 -m hico bench --out "$OUT/bench.json"
+step bench 115 python3 -m hico bench --out "$OUT/bench.json"
 # 2. The same settings stepped eagerly (train.cuda_graph=false), on the same clips.
-step bench-eager 110 python3 -m hico bench --eager --out "$OUT/bench-eager.json"
+step bench-eager 100 python3 -m hico bench --eager --out "$OUT/bench-eager.json"
 # 3. Where each step's time goes, pooled heads at batch 32 and 128, captured (hico.step_profile):
 #    host enqueue time against wall time, kernel time, copies per step and the top kernels.
-step profile 100 python3 -m hico bench --settings pooled:32,pooled:128 --profile --warmup 10 --steps 10 \
+step profile 95 python3 -m hico bench --settings pooled:32,pooled:128 --profile --warmup 10 --steps 10 \
     --out "$OUT/profile.json"
 # 4. The whole training loop as a user runs it, on the benchmark's clips: 300 steps at the paper's
 #    setting with pooled heads, a metrics line every 10 steps, one checkpoint at the end
