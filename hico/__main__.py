@@ -68,12 +68,16 @@ def cmd_embed(args) -> None:
 def cmd_eval(args) -> None:
     import pandas as pd
 
-    from hico.evaluate import evaluate_run
+    from hico.evaluate import CLASS_PREFIX, evaluate_run, per_class
 
     results, path = evaluate_run(args.run_dir, args.data_dir, folds=args.folds, k=args.k, seed=args.seed,
                                  device=args.device, reuse=not args.recompute)
+    classes = per_class(results)
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):
-        print(results.to_string(index=False))
+        print(results[[c for c in results.columns if not c.startswith(CLASS_PREFIX)]].to_string(index=False))
+        if classes is not None:
+            print("\nLinear probe per class (share of each class's test frames it gets right):")
+            print(classes.to_string())
     print(f"results -> {path}")
 
 

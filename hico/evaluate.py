@@ -5,7 +5,8 @@ regression (L2, C = 1, solved to its optimum: hico.linear_probe) and a k-nearest
 classifier (k = 10). Folds are by video: no frame of a
 test video is ever in training. With a manifest `test` split, that split is the test set;
 otherwise stratified group k-fold over the labelled videos. Accuracy is reported per frame and
-per video (the mean of a video's frame probabilities).
+per video (the mean of a video's frame probabilities), and for the linear probe per class (which
+level separates which class: the synthetic classes differ at different scales).
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from hico.linear_probe import LinearProbe
 
 log = logging.getLogger(__name__)
 FEATURES = (*LEVEL_COLUMNS, "concat")  # concat = local + medium + global
+CLASS_PREFIX = "class:"  # per-class columns: class:<label>_acc, class:<label>_std (linear probe)
 
 
 def video_folds(table: pd.DataFrame, folds: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -57,15 +59,20 @@ def _video_accuracy(probs: np.ndarray, classes: np.ndarray, labels: np.ndarray, 
 
 def _fold_scores(x: np.ndarray, labels: np.ndarray, videos: np.ndarray, train: np.ndarray, test: np.ndarray,
                  k: int) -> dict[str, float]:
-    """Frame and video accuracy of the linear probe and kNN trained on `train` rows, on `test` rows."""
+    """Frame and video accuracy of the linear probe and kNN trained on `train` rows, on `test` rows,
+    and the linear probe's accuracy on the test frames of each class (`class:<label>`)."""
     probe = LinearProbe().fit(x[train], labels[train])
     standardise = lambda rows: (x[rows] - probe.mean_) / probe.scale_  # noqa: E731
     knn = KNeighborsClassifier(n_neighbors=min(k, len(train))).fit(standardise(train), labels[train])
     scores = {}
     for name, classes, probs in (("linear", probe.classes_, probe.predict_proba(x[test])),
                                  ("knn", knn.classes_, knn.predict_proba(standardise(test)))):
-        scores[name] = float((classes[probs.argmax(axis=1)] == labels[test]).mean())
+        right = classes[probs.argmax(axis=1)] == labels[test]
+        scores[name] = float(right.mean())
         scores[f"{name}_video"] = _video_accuracy(probs, classes, labels[test], videos[test])
+        if name == "linear":
+            for label in sorted(set(labels[test])):
+                scores[f"{CLASS_PREFIX}{label}"] = float(right[labels[test] == label].mean())
     return scores
 
 
@@ -117,13 +124,28 @@ def evaluate_embeddings(table: pd.DataFrame, folds: int = 5, k: int = 10, seed: 
     for feature in features:
         per_fold = [done[(feature, fold)] for fold in range(len(splits))]
         row = {"feature": feature, "dim": matrices[feature].shape[1]}
-        for key in per_fold[0]:
-            values = [scores[key] for scores in per_fold]
+        keys = list(dict.fromkeys(key for scores in per_fold for key in scores))  # a class may miss a fold
+        for key in sorted(keys, key=lambda key: key.startswith(CLASS_PREFIX)):  # per-class columns last
+            values = [scores[key] for scores in per_fold if key in scores]
             row[f"{key}_acc"] = float(np.mean(values))
             row[f"{key}_std"] = float(np.std(values))
         row.update(folds=len(splits), videos=int(pd.unique(videos).size), frames=len(table))
         rows.append(row)
-    return pd.DataFrame(rows)
+    results = pd.DataFrame(rows)
+    tail = [c for c in results.columns if c.startswith(CLASS_PREFIX)]
+    return results[[c for c in results.columns if c not in tail] + tail]
+
+
+def per_class(results: pd.DataFrame) -> pd.DataFrame | None:
+    """The linear probe's accuracy on each class's test frames (mean over folds): classes as rows,
+    features as columns; None for results saved before it was measured."""
+    columns = [c for c in results.columns if c.startswith(CLASS_PREFIX) and c.endswith("_acc")]
+    if not columns:
+        return None
+    table = results.set_index("feature")[columns].T
+    table.index = [c[len(CLASS_PREFIX):-len("_acc")] for c in columns]
+    table.index.name = "class"
+    return table
 
 
 def _read_partial(path: str | Path | None, tag: dict) -> dict[tuple[str, int], dict]:

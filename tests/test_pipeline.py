@@ -7,7 +7,7 @@ import pytest
 
 from hico.__main__ import main
 from hico.embed import VECTOR_COLUMNS, embed_dataset, level_matrix, project
-from hico.evaluate import evaluate_embeddings
+from hico.evaluate import evaluate_embeddings, per_class
 from hico.io import write_mp4
 from hico.predict import predict_clip
 from hico.train import train
@@ -52,6 +52,11 @@ def test_eval_separates_bright_from_dark_by_video(trained):
     # brightness differs by a factor of two between classes: any level separates them
     assert results.set_index("feature").loc["backbone", "linear_acc"] >= 0.9
     assert results.set_index("feature").loc["concat", "dim"] == 768
+    # per class: each test fold holds one video of each class, so the classes' mean is the accuracy
+    classes = per_class(results)
+    assert list(classes.index) == ["bright", "dark"] and list(classes.columns) == list(results["feature"])
+    np.testing.assert_allclose(classes.mean(axis=0).to_numpy(), results["linear_acc"].to_numpy(), atol=1e-12)
+    assert per_class(results[[c for c in results.columns if not c.startswith("class:")]]) is None  # older results
 
 
 def test_an_interrupted_evaluation_resumes_and_a_finished_one_is_reused(trained, tmp_path):
