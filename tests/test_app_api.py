@@ -35,7 +35,7 @@ def test_api_names_are_published(client):
 def test_training_through_the_api(client, live_app):  # noqa: F811
     _, home, data, _ = live_app
     refused = client.predict(dataset=str(data), size=16, api_name="/start_training")
-    assert refused["ok"] is False and "data.size must be at least 32" in refused["message"]
+    assert refused["ok"] is False and "data.size must be between 32 and 1024 pixels, got 16" in refused["message"]
     missing = client.predict(dataset=str(data / "no-such-folder"), api_name="/start_training")
     assert missing["ok"] is False and "does not exist" in missing["message"]
     started = client.predict(dataset=str(data), size=32, batch_size=4, epochs=2, device="cpu",
