@@ -182,7 +182,8 @@ def _build_in_background(key: tuple, run_dir: Path, checkpoint: str, root: Path,
     except Exception:  # a bug: logged, and the caller is told without a traceback
         log.exception("building the familiarity reference of %s failed", run_dir)
         with _lock:
-            _failed[key] = "Cannot tell whether the clip is like the training data: measuring it failed (the log says why)."
+            _failed[key] = ("Cannot tell whether the clip is like the training data: measuring it failed "
+                            "(the log says why).")
     finally:
         with _lock:
             _building.discard(key)

@@ -233,7 +233,8 @@ def test_optimizer_state_moves_between_a_captured_gpu_set_up_and_the_cpu():
     state = saved_from.state_dict()
     state["param_groups"][0].update(lr=torch.tensor(0.01), capturable=True, fused=True)
     portable = portable_state(state)
-    assert portable["param_groups"][0]["lr"] == pytest.approx(0.01) and isinstance(portable["param_groups"][0]["lr"], float)
+    lr = portable["param_groups"][0]["lr"]
+    assert isinstance(lr, float) and lr == pytest.approx(0.01)
     assert isinstance(state["param_groups"][0]["lr"], torch.Tensor)  # the live state is left as it was
     into = torch.optim.Adam(cpu.parameters(), lr=0.5)
     into.load_state_dict(portable_state(state, into))
