@@ -117,7 +117,8 @@ def bench_setting(setting: Setting, data_dir: Path, device: str, warmup: int, st
     `profile`, where each step's time goes too (hico.step_profile, under "profile")."""
     cfg = config_mod.load(None, [f"data.root={data_dir}", f"data.size={setting.size}", f"model.heads={setting.heads}",
                                  f"train.batch_size={setting.batch}", "data.val_fraction=0",
-                                 f"train.max_steps={warmup + steps + 10}", "train.warmup_epochs=0",
+                                 # room for every timed and profiled step: the schedule never reaches 0
+                                 f"train.max_steps={4 * (warmup + steps) + 100}", "train.warmup_epochs=0",
                                  f"train.compile={setting.compile}", f"train.cuda_graph={setting.cuda_graph}",
                                  f"device={device}"])
     dev = resolve_device(device)
