@@ -181,12 +181,13 @@ class ExploreTab:
             item = self._item(run, dataset)
         except HiCoError as exc:
             return {"ok": False, "message": str(exc)}
-        if method == "umap" and not item.projected.wait(MAX_WAIT_S):
-            return {"ok": False, "message": "The UMAP of this table is still being computed; call again, "
-                                            "or ask for method=pca."}
-        if method == "umap" and not all(("umap", c) in item.projections for c in LEVEL_PANELS):
-            return {"ok": False, "message": "The UMAP of this table failed (the app's log says why); "
-                                            "method=pca works."}
+        if method == "umap":
+            if not item.projected.wait(MAX_WAIT_S):
+                return {"ok": False, "message": "The UMAP of this table is still being computed; call again, "
+                                                "or ask for method=pca."}
+            if not all(("umap", c) in item.projections for c in LEVEL_PANELS):
+                return {"ok": False, "message": "The UMAP of this table failed (the app's log says why); "
+                                                "method=pca works."}
         coords = {column: item.projections[(method, column)].round(5).tolist() for column in LEVEL_PANELS}
         if wait_s and wait_s > 0:
             item.evaluated.wait(min(float(wait_s), MAX_WAIT_S))

@@ -142,7 +142,7 @@ def bench_setting(setting: Setting, data_dir: Path, device: str, warmup: int, st
     peak = peak_flops(dev)
     images = 2 * batch
     result = {"setting": setting.name, "heads": setting.heads, "batch": batch, "size": setting.size,
-              "compile": setting.compile, "cuda_graph": trainer.graphed,
+              "compile": setting.compile, "cuda_graph": trainer.step_captured,
               "model_only_images_per_s": images / model_s, "end_to_end_images_per_s": images / end_s,
               "end_to_end_over_model_only": model_s / end_s, "step_flops": flops,
               "mfu": None if peak is None else flops / end_s / peak,

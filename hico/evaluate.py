@@ -124,15 +124,14 @@ def evaluate_embeddings(table: pd.DataFrame, folds: int = 5, k: int = 10, seed: 
     for feature in features:
         per_fold = [done[(feature, fold)] for fold in range(len(splits))]
         row = {"feature": feature, "dim": matrices[feature].shape[1]}
-        keys = list(dict.fromkeys(key for scores in per_fold for key in scores))  # a class may miss a fold
-        for key in sorted(keys, key=lambda key: key.startswith(CLASS_PREFIX)):  # per-class columns last
+        for key in dict.fromkeys(key for scores in per_fold for key in scores):  # a class may miss a fold
             values = [scores[key] for scores in per_fold if key in scores]
             row[f"{key}_acc"] = float(np.mean(values))
             row[f"{key}_std"] = float(np.std(values))
         row.update(folds=len(splits), videos=int(pd.unique(videos).size), frames=len(table))
         rows.append(row)
     results = pd.DataFrame(rows)
-    tail = [c for c in results.columns if c.startswith(CLASS_PREFIX)]
+    tail = [c for c in results.columns if c.startswith(CLASS_PREFIX)]  # per-class columns last
     return results[[c for c in results.columns if c not in tail] + tail]
 
 

@@ -211,6 +211,11 @@ class Trainer:
             return False
         return True
 
+    @property
+    def step_captured(self) -> bool:
+        """Whether the step now runs as a captured CUDA graph (not before capture, nor after a failed one)."""
+        return self.captured is not None and self.captured.captured
+
     def _place_cache(self, cache: FrameCache) -> FrameCache:
         """The decoded frames on the GPU when data.cache_on says so, or (auto) when they take under
         CACHE_SHARE of its free memory; else they stay in host memory and each batch is staged."""
@@ -485,7 +490,7 @@ class Trainer:
                    "train_videos": self.n_train, "val_videos": len(self.data.val_idx),
                    "classes": self.classes, "best_val_contrastive": None if self.best_step is None else self.best_val,
                    "best_step": self.best_step, "device": str(self.device),
-                   "cuda_graph": bool(self.captured is not None and self.captured.captured), "final": self.last_metrics}
+                   "cuda_graph": self.step_captured, "final": self.last_metrics}
         if self.main:
             write_json(run_dir / runs.SUMMARY, summary)
             runs.write_status(run_dir, state=state, step=self.step)

@@ -145,7 +145,7 @@ def test_a_training_step_never_makes_the_host_wait_for_the_gpu(class_dataset, tm
     trainer = Trainer(cfg, tmp_path / "run", progress=False)
     for _ in range(5):  # warm-up, and capture where captured (capture itself synchronises)
         trainer.train_step()
-    assert (trainer.captured is not None and trainer.captured.captured) == graph
+    assert trainer.step_captured == graph
     torch.cuda.synchronize()
     torch.cuda.set_sync_debug_mode("error")  # any synchronising call raises
     try:
