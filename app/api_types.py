@@ -74,9 +74,13 @@ class PredictReply(TypedDict):
     clip_probs: NotRequired[list[float]]
     frame_probs: NotRequired[list[list[float]]]  # T x K
     level_predictions: NotRequired[dict[str, str]]
+    calibrated: NotRequired[bool]  # clip_probs and frame_probs divided by the run's fitted temperature
+    temperature: NotRequired[float]
     mask_method: NotRequired[str | None]
-    unfamiliar: NotRequired[bool | None]  # null when it cannot be told
-    unfamiliar_score: NotRequired[float | None]  # above 1.5: unfamiliar
+    mask: NotRequired[str]  # what the screen mask applied, in words
+    unfamiliar: NotRequired[bool | None]  # null when it cannot be told; true: the classes do not apply
+    unfamiliar_score: NotRequired[float | None]  # above hico.familiarity.LIMIT (1.35): unfamiliar
+    unfamiliar_reason: NotRequired[str | None]
     familiarity_note: NotRequired[str]
     overlay_video: NotRequired[gr.FileData]  # mp4, or png for a one-frame input
     frames_csv: NotRequired[gr.FileData]

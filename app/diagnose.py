@@ -61,20 +61,24 @@ def mask_preview(frame: np.ndarray, tissue: np.ndarray | None) -> np.ndarray:
 
 
 def summary(pred: Prediction) -> str:
-    """The page's sentence on a prediction: the class and its probability over the frames, each
-    level's own call, the screen mask, and how like the training data the clip is (a warning on
-    top when it is unlike)."""
+    """The page's sentence on a prediction. An unfamiliar clip gets that said first, as a plain
+    sentence naming what the model was trained on, and its class is then only reported as what
+    the model would have said; otherwise the class and its (calibrated) probability, each level's
+    own call, the screen mask, and how like the training data the clip is."""
     top = pred.clip_probs.argmax()
     levels = ", ".join(f"{name}: {pred.classes[int(p.mean(0).argmax())]}" for name, p in pred.level_probs.items())
     frames = len(pred.frame_probs)
-    message = (f"**{pred.label}** ({pred.clip_probs[top]:.0%}) "
-               + (f"over {frames} frames" if frames > 1 else "on a single frame")
-               + (f" · per level — {levels}" if levels else "")
-               + (f" · screen mask: {pred.mask.method}" if pred.mask is not None else ""))
-    if pred.familiarity is not None and pred.familiarity.unfamiliar:
-        return f"⚠️ This clip is {pred.familiarity.sentence()}.\n\n" + message
+    over = f"over {frames} frames" if frames > 1 else "on a single frame"
+    calibrated = "calibrated" if pred.calibrated else "not calibrated: the run stored no temperature"
+    mask = f" · screen mask: {pred.mask.describe()}" if pred.mask is not None else " · screen mask: off"
+    if pred.unfamiliar:
+        return (f"⚠️ **{pred.familiarity.sentence()}**\n\n"
+                f"Had it applied, the model would have said {pred.label} ({pred.clip_probs[top]:.0%}, {calibrated}) "
+                f"{over}; the bars are greyed.{mask}")
+    message = (f"**{pred.label}** ({pred.clip_probs[top]:.0%}, {calibrated}) {over}"
+               + (f" · per level — {levels}" if levels else "") + mask)
     if pred.familiarity is not None:
-        return message + f"\n\nThe clip is {pred.familiarity.sentence()}."
+        return message + f"\n\n{pred.familiarity.sentence()}"
     return message + (f"\n\n{pred.familiarity_note}" if pred.familiarity_note else "")
 
 

@@ -39,7 +39,7 @@ class DiagnoseTab:
                                               **{name: p[0] for name, p in pred.level_probs.items()}})
         else:
             chart = frame_probabilities(pred.classes, pred.frame_probs, 0)
-        return (summary(pred), probability_bars(pred.classes, pred.clip_probs), chart,
+        return (summary(pred), probability_bars(pred.classes, pred.clip_probs, greyed=pred.unfamiliar), chart,
                 gr.update(value=None if still else str(result.video), visible=not still),
                 gr.update(maximum=max(result.frames - 1, 1), value=0, step=1, visible=not still), result.overlay[0],
                 result.mask_image, str(result.csv),
@@ -67,8 +67,9 @@ class DiagnoseTab:
         """Predict a clip (video, DICOM or image) with a run: class probabilities per clip and per frame,
         the saliency overlay video and per-frame CSV as files, and whether the clip is unlike the
         run's training data (unfamiliar: true/false, null when that cannot be told; unfamiliar_score:
-        its distance to the training data over that of 95% of held-out training clips; above 1.5
-        is unfamiliar)."""
+        its distance to the training data over that of 95% of held-out training clips, above
+        hico.familiarity.LIMIT is unfamiliar; unfamiliar_reason: why, in words; when unfamiliar
+        the classes do not apply). clip_probs are calibrated when `calibrated` is true."""
         try:
             run = run or self.default_run() or ""
             result = self._diagnose(clip, run, level)
@@ -79,9 +80,12 @@ class DiagnoseTab:
                 "clip_probs": [float(p) for p in pred.clip_probs],
                 "frame_probs": pred.frame_probs.round(6).tolist(),
                 "level_predictions": {k: pred.classes[int(v.mean(0).argmax())] for k, v in pred.level_probs.items()},
+                "calibrated": pred.calibrated, "temperature": pred.temperature,
                 "mask_method": getattr(pred.mask, "method", None),
+                "mask": pred.mask.describe() if pred.mask is not None else "off",
                 "unfamiliar": getattr(pred.familiarity, "unfamiliar", None),
                 "unfamiliar_score": getattr(pred.familiarity, "score", None),
+                "unfamiliar_reason": pred.familiarity.reason() if pred.unfamiliar else None,
                 "familiarity_note": pred.familiarity.sentence() if pred.familiarity else pred.familiarity_note,
                 "overlay_video": gr.FileData(path=str(result.video)),  # a png for a one-frame input
                 "frames_csv": gr.FileData(path=str(result.csv))}

@@ -19,7 +19,9 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
+from hico import config as config_mod
 from hico.checkpoint import find_checkpoint, read_sidecar
+from hico.config import DataConfig
 from hico.data import load_clip_frames
 from hico.embed import LEVEL_COLUMNS, embed_dataset, level_matrix, load_projections, project, save_projections
 from hico.neighbours import cross_level_agreement, projection_scores
@@ -45,7 +47,7 @@ class Embedded:
 
     table: pd.DataFrame
     path: Path
-    data: dict  # the run's `data` config: size, max_frames, cache_dir, limits (how frames were read)
+    data: DataConfig  # the run's `data` config (config.run_config): size, max_frames, cache_dir, limits, mask_screen
     source: str = ""
     matrices: dict[str, np.ndarray] = field(default_factory=dict)
     projections: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
@@ -130,7 +132,8 @@ class Explorer:
                 if item is not None and item.path.is_file():
                     return item
             table, path = embed_dataset(run_dir, data_dir, checkpoint=name, progress=progress)
-            item = Embedded(table, path, sidecar["config"]["data"], hashlib.sha1(repr(key).encode()).hexdigest()[:16])
+            data = config_mod.run_config(sidecar["config"]).data
+            item = Embedded(table, path, data, hashlib.sha1(repr(key).encode()).hexdigest()[:16])
             self._load_cached_projections(item)
             for column in LEVEL_COLUMNS:
                 item.projections.setdefault(("pca", column), project(item.matrix(column), "pca"))
@@ -230,13 +233,13 @@ class Explorer:
         """H x W (gray) or H x W x 3 uint8 of one table row, at the model's input size."""
         record = item.table.iloc[int(row)]
         data = item.data
-        key = (str(record["path"]), int(data["size"]), int(data.get("max_frames") or 0))
+        key = (str(record["path"]), int(data.size), int(data.max_frames))
         with self._lock:
             frames = self._frames.get(key)
         if frames is None:  # the same frames the embedding saw: same size, frame limit and cache
-            cache_dir = expand_path(data["cache_dir"]) if data.get("cache_dir") else None
+            cache_dir = expand_path(data.cache_dir) if data.cache_dir else None
             frames = load_clip_frames(Path(key[0]), key[1], key[2], cache_dir, ClipLimits.from_config(data),
-                                      mask_screen=bool(data.get("mask_screen", False)))
+                                      mask_screen=data.mask_screen)
             with self._lock:
                 if len(self._frames) >= KEEP_CLIPS:
                     self._frames.pop(next(iter(self._frames)))

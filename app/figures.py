@@ -128,12 +128,18 @@ def _accuracy_traces(fig: go.Figure, runs: dict[str, list[dict]]) -> bool:
     return bool(drawn)
 
 
-def probability_bars(classes: list[str], probs: np.ndarray, title: str = "clip prediction") -> go.Figure:
-    """Horizontal bars of class probabilities, the most likely on top."""
+def probability_bars(classes: list[str], probs: np.ndarray, title: str = "clip prediction",
+                     greyed: bool = False) -> go.Figure:
+    """Horizontal bars of class probabilities, the most likely on top. `greyed`: every bar grey and
+    faded, with the title saying the classes do not apply (an unfamiliar clip)."""
     order = np.argsort(probs)
-    colours = ["#d62728" if i == order[-1] else "#1f77b4" for i in order]
+    if greyed:
+        colours, title = ["#c7c7c7"] * len(order), f"{title}: does not apply (the clip is unlike the training data)"
+    else:
+        colours = ["#d62728" if i == order[-1] else "#1f77b4" for i in order]
     fig = go.Figure(go.Bar(x=[float(probs[i]) for i in order], y=[classes[i] for i in order], orientation="h",
-                           marker_color=colours, text=[f"{probs[i]:.2f}" for i in order], textposition="auto"))
+                           marker_color=colours, opacity=0.6 if greyed else 1.0,
+                           text=[f"{probs[i]:.2f}" for i in order], textposition="auto"))
     fig.update_layout(**_LAYOUT, title=title, height=max(220, 28 * len(classes) + 80),
                       xaxis=dict(range=[0, 1], title="probability"))
     return fig

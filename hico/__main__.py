@@ -68,7 +68,9 @@ def cmd_embed(args) -> None:
 def cmd_eval(args) -> None:
     import pandas as pd
 
-    from hico.evaluate import CLASS_PREFIX, evaluate_run, per_class
+    from hico import calibration
+    from hico.evaluate import CLASS_PREFIX, calibration_on_data, evaluate_run, per_class
+    from hico.inference import load_run
 
     results, path = evaluate_run(args.run_dir, args.data_dir, folds=args.folds, k=args.k, seed=args.seed,
                                  device=args.device, reuse=not args.recompute)
@@ -78,6 +80,20 @@ def cmd_eval(args) -> None:
         if classes is not None:
             print("\nLinear probe per class (share of each class's test frames it gets right):")
             print(classes.to_string())
+    loaded = load_run(args.run_dir, "auto", "cpu")
+    fitted = loaded.calibration
+    if fitted is not None:
+        print(f"\nCalibration (fitted when the run finished, on {fitted.videos} held-out videos, {fitted.frames} "
+              f"frames): temperature {fitted.temperature:.3f}, expected calibration error {fitted.ece_before:.3f} "
+              f"-> {fitted.ece_after:.3f} (out of fold)")
+    elif loaded.classes:
+        print(f"\nCalibration: none stored for checkpoint {loaded.checkpoint} (a run fits it when it finishes "
+              f"with labelled held-out videos; see {calibration.FILE})")
+    on_data = calibration_on_data(args.run_dir, args.data_dir, args.device)
+    if on_data is not None:
+        print(f"Calibration on {args.data_dir} ({on_data['frames']} frames): expected calibration error "
+              f"{on_data['ece_before']:.3f} at temperature 1 -> {on_data['ece_after']:.3f} at "
+              f"{on_data['temperature']:.3f}")
     print(f"results -> {path}")
 
 
@@ -111,15 +127,20 @@ def cmd_predict(args) -> None:
     from hico.predict import predict_clip, saliency_video
 
     loaded = load_run(args.run_dir, "auto", args.device)
-    pred = predict_clip(loaded, args.clip, max_frames=args.max_frames, mask_screen=not args.no_mask)
+    pred = predict_clip(loaded, args.clip, max_frames=args.max_frames, mask_screen=False if args.no_mask else None)
+    if pred.unfamiliar:  # said first: the classes below do not apply to this clip
+        print(f"UNFAMILIAR: {pred.familiarity.sentence()}")
     table = pred.frame_table()
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160,
                            "display.max_rows", 40):
         print(table.to_string(index=False) if len(table) <= 40 else table)
-    print("clip: " + "  ".join(f"{c} {p:.3f}" for c, p in zip(pred.classes, pred.clip_probs)))
-    print(f"prediction: {pred.label}")
-    if pred.familiarity is not None:
-        print(f"the clip is {pred.familiarity.sentence()}")
+    calibrated = f" (calibrated, temperature {pred.temperature:.2f})" if pred.calibrated else " (not calibrated)"
+    print("clip: " + "  ".join(f"{c} {p:.3f}" for c, p in zip(pred.classes, pred.clip_probs)) + calibrated)
+    print(f"prediction: {pred.label}" + (" (does not apply: the clip is unfamiliar)" if pred.unfamiliar else ""))
+    if pred.mask is not None:
+        print(f"screen mask: {pred.mask.describe()}")
+    if pred.familiarity is not None and not pred.unfamiliar:
+        print(pred.familiarity.sentence())
     elif pred.familiarity_note:
         print(pred.familiarity_note)
     if args.saliency and not args.out:
@@ -130,8 +151,10 @@ def cmd_predict(args) -> None:
         table.to_csv(out / "frames.csv", index=False)
         clip = {"clip": str(pred.path), "prediction": pred.label,
                 "probabilities": dict(zip(pred.classes, map(float, pred.clip_probs))),
+                "calibrated": pred.calibrated, "temperature": pred.temperature,
                 "unfamiliar": getattr(pred.familiarity, "unfamiliar", None),
-                "unfamiliar_score": getattr(pred.familiarity, "score", None)}
+                "unfamiliar_score": getattr(pred.familiarity, "score", None),
+                "unfamiliar_reason": pred.familiarity.reason() if pred.unfamiliar else None}
         (out / "clip.json").write_text(json.dumps(clip, indent=2))
         if args.saliency:
             from PIL import Image

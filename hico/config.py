@@ -173,6 +173,23 @@ def from_dict(values: dict[str, Any] | None) -> Config:
     return cfg
 
 
+# Keys added after runs were first written, with the value a run that predates them was trained
+# with (not today's default): a run from before data.mask_screen existed saw its frames unmasked.
+LEGACY_DEFAULTS = {("data", "mask_screen"): False}
+
+
+def run_config(values: dict[str, Any] | None) -> Config:
+    """The config of an existing run (its checkpoint sidecar or config.yaml), with keys it predates
+    set as that run behaved (LEGACY_DEFAULTS). Training, embedding, Explore, familiarity and
+    prediction read a run's preprocessing (data.size, data.mask_screen, ...) from this one Config."""
+    values = yaml.safe_load(yaml.safe_dump(values or {})) or {}
+    for (section, key), value in LEGACY_DEFAULTS.items():
+        node = values.setdefault(section, {})
+        if isinstance(node, dict):
+            node.setdefault(key, value)
+    return from_dict(values)
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """Split `section.key=value` into its dotted path and a YAML-parsed value."""
     if "=" not in text:

@@ -71,10 +71,8 @@ def embed_dataset(run_dir: str | Path, data_dir: str | Path, out: str | Path | N
     same_data = bool(cfg.data.root) and expand_path(cfg.data.root).resolve() == data_dir.resolve()
     splits = assign_splits(dataset, cfg.data.val_fraction, cfg.train.seed) if same_data else None
     cache_dir = expand_path(cfg.data.cache_dir) if cfg.data.cache_dir else None
-    # a run from before data.mask_screen existed saw its frames unmasked
-    mask_screen = bool(sidecar["config"]["data"].get("mask_screen", False))
     cache = build_cache([c.path for c in dataset.clips], cfg.data.size, frames_cap, cache_dir, progress,
-                        limits=ClipLimits.from_config(cfg.data), mask_screen=mask_screen)
+                        limits=ClipLimits.from_config(cfg.data), mask_screen=cfg.data.mask_screen)
     vectors = embed_frames(loaded.model, cache.frames, dev, batch_size, progress)
     rows = {"video_id": [], "frame": [], "label": [], "path": [], "split": []}
     for i, clip in enumerate(dataset.clips):

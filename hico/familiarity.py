@@ -1,127 +1,221 @@
 """Whether a clip looks like the data a run was trained on: a model answers with one of its classes
-whatever it is shown, so a prediction on a clip unlike its training data should say so.
+whatever it is shown, so a prediction on a clip unlike its training data must say so first.
 
-A clip's distance to the training data is the mean over its frames of the mean cosine distance
-to the K nearest training frames, in the backbone's pooled features (centred on the training
-frames' mean, then L2-normalised). It is calibrated on the run's own held-out videos (its
-validation split, which training never used; with fewer than MIN_HELD_OUT of them, every
-training video with its own frames left out of the reference): a clip's `score` is its distance
-divided by the QUANTILE of theirs, so about 95% of held-out training clips score 1 or less. A clip
-scoring above LIMIT is `unfamiliar`.
+Three distances, each measured per frame and averaged over the clip's frames:
 
-The training frames come from the run's timeline snapshot at the checkpoint's step (a few frames
-of every video, embedded at that validation: no extra work), else from embedding its dataset,
-which a server does in the background (`run_reference(wait=False)`) rather than in a request.
+- ``mahalanobis``: the Mahalanobis distance of the backbone's pooled features (C5, 512 numbers
+  for ResNet-18) to the nearest class mean, with one covariance shared by the classes and shrunk
+  by Ledoit-Wolf (Lee et al. 2018; one mean when the run has no labels). Whitening weighs the
+  directions the training clips barely use as much as the class directions, which is where a
+  clip from another domain differs: a network trained on one domain folds its features into a
+  low-rank class subspace, and distances that ignore the rest (cosine kNN, logits) are blind.
+- ``neighbours``: the mean cosine distance to the K nearest training frames in the same features,
+  centred on the training mean (what this module measured before; it catches clips between
+  the training clusters).
+- ``early``: the Mahalanobis distance of the first residual stage's channel means (C2, 64
+  numbers): image statistics as the network sees them (intensity, speckle, colour) before they
+  are folded into classes.
 
-Measured with the demo model (2026-11-29): 0 of 200 unseen synthetic clips (another seed) score
-above 1.5 (the highest 1.34, 95% below 0.86), nor do the three example clips (at most 0.83).
-Above it: two synthetic clips side by side (2.7) or four (2.3), moving squares (1.8). Not caught:
-pure noise (0.76), inverted intensities (0.77) and a grey ramp (1.26). No real scanner clip was
-at hand to measure.
+Each distance is divided by the QUANTILE of the same distance over the run's held-out videos
+(the validation split, which training never used; with fewer than MIN_HELD_OUT of them, each of
+FOLDS folds of the training videos is measured against a reference built without it). The clip's
+``score`` is the mean of the three ratios divided by the QUANTILE of that mean over the held-out
+videos, so about 95 % of held-out clips score 1 or less; a clip scoring above LIMIT is
+``unfamiliar``.
+
+Chosen by measurement (python -m benchmarks.ood, README "Is the clip like the training data?"):
+on the demo model the old kNN score alone had AUROC 0.93 and flagged 52 % of real scanner files
+at its held-out 95th percentile; energy 0.86, max softmax 0.77; the three together 0.998.
+
+A run writes its reference when it finishes (hico.train), from the frames its validation embeds;
+older runs build it from their dataset once, in the background when a server asks
+(``run_reference(wait=False)``), never inside a request.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 
-from hico import timeline
-from hico.embed import embed_dataset, level_matrix
 from hico.errors import HiCoError
 from hico.files import atomic_path
 from hico.paths import expand_path
 
 log = logging.getLogger(__name__)
-FEATURE = "backbone"
+FEATURE = "backbone"  # the features the Mahalanobis and neighbour distances use
+EARLY = "c2"  # the early-layer statistics (pooled C2)
+PARTS = ("mahalanobis", "neighbours", "early")
 K = 5  # nearest training frames averaged per frame
-MAX_REFERENCE = 4096  # training frames kept as the reference (evenly spaced)
+MAX_REFERENCE = 4096  # training frames kept for the neighbour distance (evenly spaced)
 MIN_HELD_OUT = 5  # validation videos needed to calibrate on them alone
+FOLDS = 5
 QUANTILE = 0.95
-LIMIT = 1.5
+LIMIT = 1.35  # chosen on the demo model's held-out videos and unseen clips (see the README)
+VERSION = 2
 
 
 @dataclass(frozen=True)
 class Familiarity:
-    """score: the clip's distance over the QUANTILE of held-out training clips' distances;
-    unfamiliar: score > LIMIT; distance: the clip's mean cosine distance to its nearest
-    training frames."""
+    """score: the clip's combined distance over the QUANTILE of held-out clips'; unfamiliar:
+    score > LIMIT; parts: each distance over its own held-out QUANTILE; trained_on: what the run
+    was trained on, in words."""
 
     score: float
     unfamiliar: bool
-    distance: float
+    parts: dict[str, float] = field(default_factory=dict)
+    trained_on: str = ""
+
+    def reason(self) -> str:
+        """Which distances put the clip outside the training data, in words."""
+        names = {"mahalanobis": "its features lie off the directions the training clips use",
+                 "neighbours": "its frames are far from every training frame",
+                 "early": "its image statistics (intensity, texture, colour) differ"}
+        far = [names[p] for p, v in sorted(self.parts.items(), key=lambda kv: -kv[1]) if v > LIMIT]
+        detail = "; ".join(far) if far else "its distances together exceed the limit"
+        return f"score {self.score:.1f}, above {LIMIT} (1 is the 95th percentile of held-out training clips): {detail}"
 
     def sentence(self) -> str:
         if self.unfamiliar:
-            return (f"unlike the model's training data (score {self.score:.1f}, above {LIMIT}): the prediction "
-                    f"is a guess among classes the model knows")
-        return f"like the model's training data (score {self.score:.1f})"
+            trained = f"This model was trained on {self.trained_on}; " if self.trained_on else ""
+            return (f"{trained}this clip is unlike them, so its classes do not apply "
+                    f"({self.reason()}).")
+        return f"The clip is like the model's training data (score {self.score:.1f}, limit {LIMIT})."
 
 
 @dataclass(frozen=True)
 class Reference:
-    """mean: d; vectors: M x d unit vectors of training frames (centred); threshold: the
-    QUANTILE of held-out clips' distances."""
+    """What a clip is compared with.
 
-    mean: np.ndarray
+    means: G x d class means of the backbone features (G = 1 without labels); precision: d x d;
+    early_means: G x e, early_precision: e x e (pooled C2); centre: d and vectors: M x d unit
+    vectors of training frames (the neighbour distance); scales: the QUANTILE of each part over
+    held-out clips (PARTS order); threshold: the QUANTILE of the mean of the scaled parts;
+    trained_on: a phrase naming the training data."""
+
+    means: np.ndarray
+    precision: np.ndarray
+    early_means: np.ndarray
+    early_precision: np.ndarray
+    centre: np.ndarray
     vectors: np.ndarray
-    threshold: float
+    scales: np.ndarray = field(default_factory=lambda: np.ones(len(PARTS)))
+    threshold: float = 1.0
+    trained_on: str = ""
 
-    def frame_distances(self, features: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
-        """T frames' mean cosine distance to their K nearest reference frames (T x d features in;
-        exclude: T x M booleans of reference frames a frame may not use)."""
-        similarity = _unit(features, self.mean) @ self.vectors.T
-        if exclude is not None:
-            similarity = np.where(exclude, -np.inf, similarity)
+    def frame_parts(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """T x 3 raw distances (PARTS order) of T frames; features holds FEATURE and EARLY (T x d each)."""
+        x, early = np.asarray(features[FEATURE], np.float64), np.asarray(features[EARLY], np.float64)
+        return np.stack([_mahalanobis(x, self.means, self.precision), self._neighbours(x),
+                         _mahalanobis(early, self.early_means, self.early_precision)], axis=1)
+
+    def _neighbours(self, x: np.ndarray) -> np.ndarray:
+        """T mean cosine distances to the K nearest training frames."""
+        similarity = _unit(x, self.centre) @ self.vectors.T
         k = min(K, self.vectors.shape[0])
         nearest = -np.partition(-similarity, k - 1, axis=1)[:, :k]
-        if exclude is None:
-            return 1.0 - nearest.mean(axis=1)
-        # a frame with fewer than k frames it may use averages those it has (none: as far as can be)
-        usable = np.isfinite(nearest)
-        total = np.where(usable, nearest, 0.0).sum(axis=1)
-        return np.where(usable.any(axis=1), 1.0 - total / np.maximum(usable.sum(axis=1), 1), 2.0)
+        return 1.0 - nearest.mean(axis=1)
 
-    def judge(self, features: np.ndarray) -> Familiarity:
-        """The familiarity of a clip from its frames' T x d backbone features."""
-        distance = float(self.frame_distances(features).mean())
-        score = distance / self.threshold
-        return Familiarity(score, bool(score > LIMIT), distance)
+    def clip_parts(self, features: dict[str, np.ndarray]) -> np.ndarray:
+        """The clip's three distances over their held-out QUANTILE (3,)."""
+        return self.frame_parts(features).mean(axis=0) / self.scales
+
+    def judge(self, features: dict[str, np.ndarray]) -> Familiarity:
+        """The familiarity of a clip from its frames' features ({FEATURE: T x d, EARLY: T x e})."""
+        parts = self.clip_parts(features)
+        score = float(parts.mean() / self.threshold)
+        return Familiarity(score, bool(score > LIMIT), {p: float(v) for p, v in zip(PARTS, parts)}, self.trained_on)
 
 
-def build_reference(features: np.ndarray, videos: np.ndarray, split: np.ndarray) -> Reference:
-    """The reference of a run from N frames of its dataset: N x d backbone features, N video ids,
-    N splits (train | val, as the run split its videos)."""
-    features = np.asarray(features, dtype=np.float32)
+def fit(features: dict[str, np.ndarray], groups: np.ndarray) -> Reference:
+    """A reference from N training frames: features {FEATURE: N x d, EARLY: N x e}; groups: N class
+    indices (-1 for a frame without a label: with no labelled frame at all, one group)."""
+    x, early = np.asarray(features[FEATURE], np.float64), np.asarray(features[EARLY], np.float64)
+    groups = np.asarray(groups)
+    if (groups < 0).all():
+        groups = np.zeros(len(groups), np.int64)
+    labelled = groups >= 0
+    means, precision = _class_gaussian(x[labelled], groups[labelled])
+    early_means, early_precision = _class_gaussian(early[labelled], groups[labelled])
+    rows = np.unique(np.linspace(0, len(x) - 1, min(MAX_REFERENCE, len(x))).round().astype(int))
+    centre = x.mean(axis=0)
+    return Reference(means, precision, early_means, early_precision, centre, _unit(x[rows], centre))
+
+
+def build_reference(features: dict[str, np.ndarray], videos: np.ndarray, split: np.ndarray,
+                    groups: np.ndarray | None = None, trained_on: str = "") -> Reference:
+    """The reference of a run from N frames of its dataset, calibrated on held-out videos.
+
+    features: {FEATURE: N x d, EARLY: N x e}; videos: N video ids; split: N of train | val (as the
+    run split its videos); groups: N class indices (-1: unlabelled; None: no labels)."""
     videos, split = np.asarray(videos), np.asarray(split)
+    groups = np.full(len(videos), -1) if groups is None else np.asarray(groups)
     train = split == "train"
     if not train.any():
         raise HiCoError("The run's training data has no training-split frames to compare clips with.")
-    rows = np.flatnonzero(train)
-    rows = rows[np.unique(np.linspace(0, len(rows) - 1, min(MAX_REFERENCE, len(rows))).round().astype(int))]
-    mean = features[train].mean(axis=0)
-    reference = Reference(mean, _unit(features[rows], mean), 1.0)
-    held = list(pd.unique(videos[split == "val"]))
-    leave_one_out = len(held) < MIN_HELD_OUT
-    if leave_one_out:
-        held = list(pd.unique(videos[train]))
-    distances = []
-    for video in held:
-        frames = videos == video
-        exclude = np.broadcast_to(videos[rows] == video, (int(frames.sum()), len(rows))) if leave_one_out else None
-        distances.append(float(reference.frame_distances(features[frames], exclude).mean()))
-    if not distances:
-        raise HiCoError("The run's training data has too few videos to calibrate a familiarity score.")
-    threshold = max(float(np.quantile(distances, QUANTILE)), 1e-6)
-    return Reference(mean, reference.vectors, threshold)
+    pick = lambda rows: {k: np.asarray(v)[rows] for k, v in features.items()}  # noqa: E731
+    reference = fit(pick(train), groups[train])
+    held = list(dict.fromkeys(videos[split == "val"]))
+    clip_parts = []
+    if len(held) >= MIN_HELD_OUT:
+        clip_parts = [reference.frame_parts(pick(videos == v)).mean(axis=0) for v in held]
+    else:  # too few held-out videos: folds of the training videos, each against the rest
+        own = list(dict.fromkeys(videos[train]))
+        if len(own) < 2:
+            raise HiCoError("The run's training data has too few videos to calibrate a familiarity score.")
+        for k in range(min(FOLDS, len(own))):
+            out = set(own[k::FOLDS])
+            fold = train & np.isin(videos, list(out))
+            partial = fit(pick(train & ~fold), groups[train & ~fold])
+            clip_parts += [partial.frame_parts(pick(videos == v)).mean(axis=0) for v in out]
+    clip_parts = np.array(clip_parts)
+    scales = np.maximum(np.quantile(clip_parts, QUANTILE, axis=0), 1e-9)
+    threshold = max(float(np.quantile((clip_parts / scales).mean(axis=1), QUANTILE)), 1e-9)
+    return Reference(reference.means, reference.precision, reference.early_means, reference.early_precision,
+                     reference.centre, reference.vectors, scales, threshold, trained_on)
+
+
+def describe_training(videos: int, classes: list[str], dataset: str = "") -> str:
+    """'<videos> clips of <classes>' (and the dataset's name), for the unfamiliar sentence."""
+    where = f" ({Path(dataset).name})" if dataset else ""
+    if not classes:
+        return f"{videos} unlabelled clips{where}"
+    shown = ", ".join(classes[:8]) + (f" and {len(classes) - 8} more" if len(classes) > 8 else "")
+    return f"{videos} clips{where} of {len(classes)} classes: {shown}"
+
+
+# ---- stored references ------------------------------------------------------------------------
+def reference_path(run_dir: str | Path, checkpoint: str, step: int) -> Path:
+    return Path(run_dir) / "embeddings" / f"familiarity-v{VERSION}-{checkpoint}-step{int(step)}.npz"
+
+
+def save(path: Path, reference: Reference) -> Reference:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {name: getattr(reference, name) for name in
+              ("means", "precision", "early_means", "early_precision", "centre", "vectors", "scales")}
+    meta = json.dumps({"threshold": reference.threshold, "trained_on": reference.trained_on})
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, meta=np.array(meta), **arrays)
+    return reference
+
+
+def read(path: Path) -> Reference | None:
+    try:
+        with np.load(path) as data:
+            meta = json.loads(str(data["meta"]))
+            arrays = {name: data[name] for name in
+                      ("means", "precision", "early_means", "early_precision", "centre", "vectors", "scales")}
+    except (OSError, KeyError, ValueError):
+        return None
+    return Reference(**arrays, threshold=float(meta["threshold"]), trained_on=str(meta.get("trained_on", "")))
 
 
 _lock = threading.Lock()
-_cache: dict[tuple, Reference] = {}  # the last CACHED references (up to 8 MB each), oldest first
+_cache: dict[tuple, Reference] = {}  # the last CACHED references, oldest first
 CACHED = 8
 _building: set[tuple] = set()  # references being built in the background (wait=False)
 _failed: dict[tuple, str] = {}  # why a background build failed, said to the next caller (then retried)
@@ -129,29 +223,24 @@ PENDING = ("Still measuring how familiar clips are for this run: its training cl
            "once (about a minute on a CPU); predict again shortly to get the familiarity score.")
 
 
-def run_reference(run_dir: str | Path, checkpoint: str, step: int, data_root: str, device: str = "auto",
-                  wait: bool = True) -> Reference:
-    """The reference of a run's checkpoint, built once and kept in RUN_DIR/embeddings and in memory:
-    from the run's timeline snapshot at that step when there is one (no extra work), else from its
-    training dataset's embeddings (the table Explore uses, embedded if missing: tens of seconds).
+def run_reference(loaded, wait: bool = True) -> Reference:
+    """The reference of a loaded run's checkpoint (hico.inference.LoadedRun): the one the run wrote
+    when it finished, else built once from its dataset and kept in RUN_DIR/embeddings and in memory.
 
     wait=False (a server answering a request) never embeds in the caller's thread: the embedding
     is started in the background, once per reference, and HiCoError(PENDING) is raised until it
     is done. HiCoError too when the training data is gone."""
-    run_dir = Path(run_dir)
-    key = (str(run_dir.resolve()), checkpoint, int(step))
+    key = (str(loaded.run_dir.resolve()), loaded.checkpoint, loaded.step)
     with _lock:
         if key in _cache:
             return _cache[key]
         failure = _failed.pop(key, None)
     if failure:
         raise HiCoError(failure)
-    path = run_dir / "embeddings" / f"familiarity-{checkpoint}-step{int(step)}.npz"
-    reference = _read(path)
-    if reference is None and int(step) in timeline.steps(run_dir):
-        snap = timeline.read(run_dir, int(step))
-        reference = _save(path, build_reference(snap.vectors[FEATURE], snap.video_id, snap.split))
+    path = reference_path(loaded.run_dir, loaded.checkpoint, loaded.step)
+    reference = read(path)
     if reference is None:
+        data_root = loaded.cfg.data.root
         root = expand_path(data_root) if data_root else None
         if root is None or not root.exists():
             raise HiCoError(f"Cannot tell whether the clip is like the training data: the run's dataset "
@@ -161,39 +250,53 @@ def run_reference(run_dir: str | Path, checkpoint: str, step: int, data_root: st
                 start = key not in _building
                 _building.add(key)
             if start:
-                threading.Thread(target=_build_in_background, args=(key, run_dir, checkpoint, root, device, path),
-                                 daemon=True).start()
+                threading.Thread(target=_build_in_background, args=(key, loaded, path), daemon=True).start()
             raise HiCoError(PENDING)
-        reference = _save(path, _embedded_reference(run_dir, checkpoint, root, device))
+        reference = save(path, embedded_reference(loaded))
     return _remember(key, reference)
 
 
-def _embedded_reference(run_dir: Path, checkpoint: str, root: Path, device: str) -> Reference:
-    table, _ = embed_dataset(run_dir, root, checkpoint=checkpoint, device=device, progress=False)
-    return build_reference(level_matrix(table, FEATURE), table["video_id"], table["split"])
+def embedded_reference(loaded) -> Reference:
+    """Build a run's reference from its dataset: train.val_frames evenly spaced frames of every
+    video, prepared as the run prepares them, embedded with the loaded model."""
+    import torch
+
+    from hico.data import assign_splits, build_cache, find_clips
+    from hico.inference import embed_frames
+    from hico.io import ClipLimits
+    from hico.val_accuracy import spaced_frames
+
+    cfg = loaded.cfg
+    dataset = find_clips(expand_path(cfg.data.root), cfg.data.frame_folders)
+    splits = assign_splits(dataset, cfg.data.val_fraction, cfg.train.seed)
+    cache_dir = expand_path(cfg.data.cache_dir) if cfg.data.cache_dir else None
+    cache = build_cache([c.path for c in dataset.clips], cfg.data.size, cfg.data.max_frames, cache_dir, False,
+                        limits=ClipLimits.from_config(cfg.data), mask_screen=cfg.data.mask_screen)
+    videos, frames = spaced_frames(cache.lengths, cfg.train.val_frames)
+    rows = cache.offsets[videos] + frames
+    vectors = embed_frames(loaded.model, cache.frames[torch.from_numpy(rows)], loaded.device)
+    clips = [dataset.clips[v] for v in videos]
+    index = {name: i for i, name in enumerate(loaded.classes)}
+    groups = np.array([index.get(c.label, -1) for c in clips])
+    split = np.array(["val" if splits[v] == "val" else "train" for v in videos])
+    trained_on = describe_training(int(sum(s == "train" for s in splits)), loaded.classes, cfg.data.root)
+    return build_reference(vectors, np.array([c.video_id for c in clips]), split, groups, trained_on)
 
 
-def _build_in_background(key: tuple, run_dir: Path, checkpoint: str, root: Path, device: str, path: Path) -> None:
+def _build_in_background(key: tuple, loaded, path: Path) -> None:
     try:
-        _remember(key, _save(path, _embedded_reference(run_dir, checkpoint, root, device)))
+        _remember(key, save(path, embedded_reference(loaded)))
     except HiCoError as exc:
         with _lock:
             _failed[key] = str(exc)
     except Exception:  # a bug: logged, and the caller is told without a traceback
-        log.exception("building the familiarity reference of %s failed", run_dir)
+        log.exception("building the familiarity reference of %s failed", loaded.run_dir)
         with _lock:
             _failed[key] = ("Cannot tell whether the clip is like the training data: measuring it failed "
                             "(the log says why).")
     finally:
         with _lock:
             _building.discard(key)
-
-
-def _save(path: Path, reference: Reference) -> Reference:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
-        np.savez(fh, mean=reference.mean, vectors=reference.vectors, threshold=reference.threshold)
-    return reference
 
 
 def _remember(key: tuple, reference: Reference) -> Reference:
@@ -204,14 +307,29 @@ def _remember(key: tuple, reference: Reference) -> Reference:
     return reference
 
 
+# ---- arithmetic -------------------------------------------------------------------------------
+def _class_gaussian(x: np.ndarray, groups: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """G x d class means and the d x d precision of the shared, Ledoit-Wolf-shrunk covariance."""
+    from sklearn.covariance import LedoitWolf
+
+    labels, index = np.unique(groups, return_inverse=True)
+    means = np.stack([x[index == g].mean(axis=0) for g in range(len(labels))])
+    centred = x - means[index]
+    if len(x) < 2:
+        return means, np.eye(x.shape[1])
+    return means, LedoitWolf(assume_centered=True).fit(centred).precision_
+
+
+def _mahalanobis(x: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.ndarray:
+    """T distances (not squared) of T x d rows to the nearest of G means under `precision`."""
+    best = None
+    for mean in means:
+        diff = x - mean
+        d2 = np.einsum("ij,jk,ik->i", diff, precision, diff)
+        best = d2 if best is None else np.minimum(best, d2)
+    return np.sqrt(np.maximum(best, 0.0))
+
+
 def _unit(features: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    centred = np.asarray(features, dtype=np.float32) - mean
+    centred = np.asarray(features, dtype=np.float64) - mean
     return centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
-
-
-def _read(path: Path) -> Reference | None:
-    try:
-        with np.load(path) as data:
-            return Reference(data["mean"], data["vectors"], float(data["threshold"]))
-    except (OSError, KeyError, ValueError):
-        return None

@@ -143,6 +143,24 @@ class LoadedRun:
     def size(self) -> int:
         return int(self.cfg.data.size)
 
+    @property
+    def calibration(self):
+        """The temperature the run fitted for this checkpoint (hico.calibration.Calibration), or None."""
+        from hico import calibration
+
+        return calibration.read(self.run_dir, self.checkpoint, self.step)
+
+    def prepare(self, clip: np.ndarray, mask_screen: bool | None = None) -> tuple[np.ndarray, object | None]:
+        """A clip as read (T x H x W x C uint8) -> what the model sees (T x C x S x S uint8) and the
+        screen mask used (None when masking is off). Masking follows the run's data.mask_screen,
+        as its training frames were prepared, unless `mask_screen` says otherwise."""
+        mask = None
+        if self.cfg.data.mask_screen if mask_screen is None else mask_screen:
+            from hico.screen import mask_frames
+
+            clip, mask = mask_frames(clip)
+        return frames_for_model(clip, self.size), mask
+
 
 def load_run(run_dir: str | Path, which: str = "auto", device: str | torch.device = "cpu") -> LoadedRun:
     """Rebuild a run's trained model from its `best` (auto: if any) or `last` checkpoint, frozen for
@@ -153,7 +171,7 @@ def load_run(run_dir: str | Path, which: str = "auto", device: str | torch.devic
     folder = run_dir / "checkpoints"
     weights, sidecar = load_checkpoint_weights(folder, name)
     try:
-        cfg = config_mod.from_dict(sidecar["config"])
+        cfg = config_mod.run_config(sidecar["config"])
     except KeyError:
         raise HiCoError(f"Checkpoint {folder / name}.json has no config.") from None
     classes = sidecar.get("classes", [])

@@ -1,9 +1,10 @@
 """A clip in, per-frame and clip-level class probabilities, and saliency overlays, out.
 
-The clip (video, DICOM, image or frame folder) is read, its burned-in screen text and the black
-frame around the sector are masked (hico.screen), the frames are resized to the run's input size
-exactly as training frames are, and each is classified; the clip's probabilities are the mean of
-its frames'. Saliency is Grad-CAM per level (hico.saliency), drawn over the original frames.
+The clip (video, DICOM, image or frame folder) is read and prepared exactly as the run's training
+frames were (`LoadedRun.prepare`: burned-in screen text and the black frame around the sector
+masked by hico.screen when the run's data.mask_screen is on, then resized to its input size), and
+each frame is classified; probabilities are calibrated by the run's temperature (hico.calibration)
+and the clip's are the mean of its frames'. Saliency is Grad-CAM per level (hico.saliency), drawn over the original frames.
 """
 
 from __future__ import annotations
@@ -15,9 +16,10 @@ import numpy as np
 import pandas as pd
 import torch
 
+from hico.calibration import softmax
 from hico.errors import HiCoError
 from hico.familiarity import Familiarity, run_reference
-from hico.inference import LoadedRun, embed_frames, frames_for_model, load_run, resolve_device
+from hico.inference import LoadedRun, embed_frames, load_run, resolve_device
 from hico.io import ClipLimits, clip_kind, read_clip, read_clip_meta
 from hico.model import LEVELS
 
@@ -30,7 +32,8 @@ class Prediction:
     masked); original: T x H x W x C uint8 as read; mask: the hico.screen.ScreenMask used (None if
     masking was off); level_probs: per level (local, medium, global) T x K from the level probes;
     familiarity: how like the run's training data the clip is (hico.familiarity), None when that
-    could not be told, and then familiarity_note says why.
+    could not be told, and then familiarity_note says why; temperature: the calibration the
+    classifier's probabilities were divided by (1.0: none stored).
     """
 
     path: Path
@@ -43,6 +46,16 @@ class Prediction:
     level_probs: dict[str, np.ndarray] = field(default_factory=dict)
     familiarity: Familiarity | None = None
     familiarity_note: str = ""
+    temperature: float = 1.0
+
+    @property
+    def calibrated(self) -> bool:
+        """Whether the classifier's probabilities were divided by a fitted temperature."""
+        return self.temperature != 1.0
+
+    @property
+    def unfamiliar(self) -> bool:
+        return bool(self.familiarity is not None and self.familiarity.unfamiliar)
 
     @property
     def label(self) -> str:
@@ -75,14 +88,17 @@ def read_for_prediction(clip: Path, max_clip_frames: int, max_frames: int | None
 
 
 def predict_clip(run: str | Path | LoadedRun, clip: str | Path, device: str = "auto", max_frames: int | None = None,
-                 batch_size: int = 64, mask_screen: bool = True, familiarity: bool = True,
+                 batch_size: int = 64, mask_screen: bool | None = None, familiarity: bool = True,
                  familiarity_wait: bool = True) -> Prediction:
     """Classify every frame of `clip` with a run's classifier (and its level probes).
 
     `run` is a run folder, or a `LoadedRun` (hico.inference.load_run) to skip reloading the model
-    on repeated calls; a LoadedRun is only read, so threads may share one. With `familiarity`, the
-    clip is compared with the run's training data (hico.familiarity); familiarity_wait=False (a
-    server) leaves the score out, with a note, while the run's reference is still being built.
+    on repeated calls; a LoadedRun is only read, so threads may share one. Frames are prepared as
+    the run's training frames were (`LoadedRun.prepare`: its data.mask_screen unless `mask_screen`
+    says otherwise). Probabilities are calibrated with the run's temperature when it stored one
+    (hico.calibration). With `familiarity`, the clip is compared with the run's training data
+    (hico.familiarity); familiarity_wait=False (a server) leaves the score out, with a note, while
+    the run's reference is still being built.
     Raises HiCoError when the clip cannot be read, is too long, or the run has no classifier.
     """
     clip = Path(clip).expanduser()
@@ -92,23 +108,17 @@ def predict_clip(run: str | Path | LoadedRun, clip: str | Path, device: str = "a
         raise HiCoError(f"Run {loaded.run_dir} has no classifier to predict with: it was trained without labels "
                         f"or with loss.mode={cfg.loss.mode}.")
     original = read_for_prediction(clip, cfg.data.max_clip_frames, max_frames, ClipLimits.from_config(cfg.data))
-    mask = None
-    visible = original
-    if mask_screen:
-        from hico.screen import mask_frames
-
-        visible, mask = mask_frames(original)
-    frames = frames_for_model(visible, loaded.size)
+    frames, mask = loaded.prepare(original, mask_screen)
     out = embed_frames(model, torch.from_numpy(frames), loaded.device, batch_size)
-    softmax = lambda logits: torch.softmax(torch.from_numpy(logits).double(), dim=1).numpy()  # noqa: E731
-    probs = softmax(out["logits"])
+    fitted = loaded.calibration
+    temperature = fitted.temperature if fitted is not None else 1.0
+    probs = softmax(out["logits"], temperature)
     levels = {name: softmax(out[f"probe_{name}"]) for name in LEVELS if f"probe_{name}" in out}
-    prediction = Prediction(clip, loaded.classes, probs, probs.mean(axis=0), frames, original, mask, levels)
+    prediction = Prediction(clip, loaded.classes, probs, probs.mean(axis=0), frames, original, mask, levels,
+                            temperature=temperature)
     if familiarity:
         try:
-            reference = run_reference(loaded.run_dir, loaded.checkpoint, loaded.step, cfg.data.root,
-                                      str(loaded.device), wait=familiarity_wait)
-            prediction.familiarity = reference.judge(out["backbone"])
+            prediction.familiarity = run_reference(loaded, wait=familiarity_wait).judge(out)
         except HiCoError as exc:
             prediction.familiarity_note = str(exc)
     return prediction

@@ -56,6 +56,10 @@ _FAINT_DENSITY = 0.05  # share of faint pixels in a row (or arc) that still coun
 _VIEW_AREA = 0.3  # a view of a dual or quad screen holds at least this share of the largest view's image,
 _VIEW_ASPECT = 0.5  # is at least half as wide as tall (strips between rib shadows are narrower)
 _VIEW_DEPTH = 0.6  # and reaches at least this share of the deepest view's height
+_FLAT_RANGE = 2  # grey levels a drawn panel varies by within 5 x 5 pixels (speckle varies far more)
+_BAR_WIDTH = 0.06  # a colour scale bar is at most this share of the sector's width, from its edge,
+_BAR_ASPECT = 2.5  # and at least this many times as tall as wide
+_PANEL_AREA = 0.01  # a flat region touching the edge and covering this share of the screen is a panel
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,19 @@ class ScreenMask:
         keep = self.tissue if frames.ndim == 3 else self.tissue[:, :, None]
         return np.where(keep, frames, np.zeros((), frames.dtype))
 
+    def describe(self) -> str:
+        """What was masked, in words (Diagnose's "screen mask: ..."): names what was applied."""
+        overlay = (self.overlay & ~self.tissue).mean()
+        outside = (~self.sector).mean()
+        if self.method == "none":
+            if overlay > 0:
+                return (f"overlays only ({100 * overlay:.1f}% of the screen: text, marks, panels); "
+                        f"no imaging sector found, so nothing else was masked")
+            return "nothing masked (no imaging sector or overlay found)"
+        cue = "from the clip's motion" if self.method == "temporal" else "from a single frame"
+        return (f"sector found {cue}: border {100 * outside:.0f}% and overlays {100 * overlay:.1f}% "
+                f"of the screen masked")
+
 
 def detect_screen(frames: np.ndarray) -> ScreenMask:
     """Find the imaging sector and the burned-in overlays of a clip or a still.
@@ -101,7 +118,10 @@ def detect_screen(frames: np.ndarray) -> ScreenMask:
     high, low = brightest.max(axis=0), brightest.min(axis=0)
 
     threshold, faint, framed = _levels(high)
-    lit = high > threshold
+    # Flat panels (a banner with the site's name, a menu bar) are lit but carry no speckle: they
+    # are overlays, and must not be taken for part of the image when its shape is fitted.
+    panels = _flat_panels(brightest[0], threshold)
+    lit = (high > threshold) & ~panels
     static = lit & (high - low <= _STATIC_RANGE)
     # A lone unchanging pixel is a coincidence in dim speckle; burned-in marks have strokes.
     static &= ndimage.convolve(static.view(np.uint8), np.ones((3, 3), np.uint8), mode="constant") > 1
@@ -109,13 +129,13 @@ def detect_screen(frames: np.ndarray) -> ScreenMask:
     if not moving:
         static = np.zeros_like(lit)
 
-    sector = _find_sector((high > faint) & ~static) if framed else None
+    sector = _find_sector((high > faint) & ~static & ~panels) if framed else None
     if sector is None:
         method = "none"
         sector = np.ones(high.shape, bool)
     else:
         method = "temporal" if moving else "single-frame"
-    overlay = _find_overlay(lit, static, colour, sector)
+    overlay = _find_overlay(lit, static, colour & ~panels, sector) | panels
     tissue = sector & ~overlay
     if not tissue.any():  # never mask the whole image
         method, tissue = "none", np.ones_like(sector)
@@ -161,6 +181,34 @@ def _brightness_and_colour(sample: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     brightest = np.maximum(np.maximum(red, green), blue)
     darkest = np.minimum(np.minimum(red, green), blue)
     return brightest, ((brightest - darkest) > _COLOUR_RANGE).any(axis=0)
+
+
+def _flat_panels(frame: np.ndarray, threshold: float) -> np.ndarray:
+    """Flat, lit regions touching the screen's edge (banners, menu bars) with what they enclose
+    (their text), bool (H, W); ``frame``: uint8 (H, W), one frame's brightest channel. Tissue is
+    speckled, so a lit region whose 5 x 5 neighbourhoods vary by at most _FLAT_RANGE grey levels
+    over at least _PANEL_AREA of the screen is drawn, not imaged."""
+    spread = ndimage.maximum_filter(frame, 5) - ndimage.minimum_filter(frame, 5)
+    flat = (spread <= _FLAT_RANGE) & (frame > threshold)
+    labels, count = ndimage.label(flat)
+    if count == 0:
+        return np.zeros(frame.shape, bool)
+    areas = np.bincount(labels.ravel())
+    edge = np.unique(np.concatenate([labels[0], labels[-1], labels[:, 0], labels[:, -1]]))
+    keep = np.zeros(count + 1, bool)
+    keep[edge] = True
+    keep &= areas >= _PANEL_AREA * frame.size
+    keep[0] = False
+    panels = keep[labels]
+    if not panels.any():
+        return panels
+    # the panel's text: everything inside the panel's bounding rows and columns that it surrounds
+    filled = np.zeros_like(panels)
+    for sl in ndimage.find_objects(ndimage.label(panels)[0]):
+        box = np.zeros_like(panels)
+        box[sl] = True
+        filled |= box
+    return filled
 
 
 def _levels(high: np.ndarray) -> tuple[float, float, bool]:
@@ -441,6 +489,25 @@ def _fan_score(rr: np.ndarray, cc: np.ndarray, apex_x: np.ndarray, apex_y: np.nd
     return on.sum(axis=1) / np.maximum(area, 1.0), np.stack([r0, r1, half_angle])
 
 
+def _colour_bars(colour: np.ndarray, sector: np.ndarray) -> np.ndarray:
+    """Colour scale bars beside a Doppler image, bool (H, W): pieces of ``colour`` (bool (H, W),
+    inside ``sector``) that are tall, narrow strips (at least _BAR_ASPECT times as tall as wide, at
+    most _BAR_WIDTH of the sector's width) within that width of the sector's left or right edge.
+    Flow is drawn in blobs, not in upright bars at the image's side."""
+    cols = np.flatnonzero(sector.any(axis=0))
+    bars = np.zeros_like(colour)
+    if cols.size == 0:
+        return bars
+    width = cols[-1] - cols[0] + 1
+    labels, _ = ndimage.label(ndimage.binary_closing(colour, np.ones((3, 3), bool)))
+    for index, (rows, columns) in enumerate(ndimage.find_objects(labels), start=1):
+        tall, wide = rows.stop - rows.start, columns.stop - columns.start
+        near_edge = columns.start - cols[0] <= _BAR_WIDTH * width or cols[-1] - columns.stop <= _BAR_WIDTH * width
+        if near_edge and wide <= _BAR_WIDTH * width and tall >= _BAR_ASPECT * wide:
+            bars[rows, columns] |= labels[rows, columns] == index
+    return bars
+
+
 def _hull(core: np.ndarray) -> np.ndarray:
     """The filled convex hull of ``core`` (bool (H, W)), as bool (H, W)."""
     edge = core & ~ndimage.binary_erosion(core)
@@ -469,7 +536,7 @@ def _find_overlay(lit: np.ndarray, static: np.ndarray, colour: np.ndarray,
     if inside_colour.sum() < _DOPPLER_FRACTION * sector.sum():
         overlay |= colour
     else:
-        overlay |= colour & ~sector
+        overlay |= colour & ~sector | _colour_bars(inside_colour, sector)
         log.debug("Screen: %.0f%% of the sector is colour; keeping it as Doppler.",
                   100 * inside_colour.sum() / sector.sum())
     # Anti-aliased edges of text and marks are a pixel wider than what crossed the threshold.

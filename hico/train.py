@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 
 from hico import __version__
 from hico import config as config_mod
-from hico import distributed, runs, timeline
+from hico import distributed, familiarity, held_out, runs, timeline
 from hico.checkpoint import (checkpoint_file, clean_checkpoints, load_init_weights, load_state, load_weights,
                              read_sidecar, save_checkpoint)
 from hico.config import Config
@@ -386,6 +386,23 @@ class Trainer:
                  for start in range(0, len(rows), EMBED_CHUNK)]
         return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
+    def _measure_held_out(self) -> dict | None:
+        """Calibrate the classifier and write the familiarity reference (hico.held_out) of the
+        checkpoint Diagnose will use; the calibration for summary.json, or None."""
+        positions = np.arange(self.n_train, self.n_train + len(self.data.val_idx))
+        rows = [np.arange(self.cache.offsets[p], self.cache.offsets[p] + self.cache.lengths[p]) for p in positions]
+        clips = [self.data.dataset.clips[i] for i in self.data.val_idx]
+        videos = np.concatenate([[c.video_id] * len(r) for c, r in zip(clips, rows)]) if rows else np.array([])
+        labels = np.concatenate([[self.data.dataset.label_index(c)] * len(r) for c, r in zip(clips, rows)]) \
+            if rows else np.array([], np.int64)
+        trained_on = familiarity.describe_training(self.n_train, self.classes, self.cfg.data.root)
+        started = time.perf_counter()
+        result = held_out.measure(self.run_dir, self.device, lambda r: gather_frames(self.cache, r, self.device),
+                                  self._watched_frames(), np.concatenate(rows) if rows else np.array([], np.int64),
+                                  videos, labels, trained_on)
+        log.info("held-out calibration and familiarity reference in %.1f s", time.perf_counter() - started)
+        return result
+
     def sidecar(self, metrics: dict) -> dict:
         return {"hico_version": __version__, "config": self.cfg.to_dict(),
                 "architecture": architecture(self.cfg, len(self.classes)), "classes": self.classes,
@@ -491,6 +508,8 @@ class Trainer:
                    "classes": self.classes, "best_val_contrastive": None if self.best_step is None else self.best_val,
                    "best_step": self.best_step, "device": str(self.device),
                    "cuda_graph": self.step_captured, "final": self.last_metrics}
+        if self.main and state == "finished":
+            summary["calibration"] = self._measure_held_out()
         if self.main:
             write_json(run_dir / runs.SUMMARY, summary)
             runs.write_status(run_dir, state=state, step=self.step)
