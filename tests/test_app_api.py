@@ -151,9 +151,12 @@ def test_predict_says_whether_a_clip_is_like_the_training_data(client, tmp_path)
     for out in (near, far):
         assert out["ok"], out
         assert isinstance(out["unfamiliar"], bool) and out["unfamiliar"] == (out["unfamiliar_score"] > LIMIT)
-    assert near["unfamiliar"] is False and near["unfamiliar_score"] < 1.0
+    assert near["unfamiliar"] is False and near["unfamiliar_score"] < LIMIT and near["unfamiliar_reason"] is None
     assert "like the model's training data" in near["familiarity_note"]
     assert far["unfamiliar_score"] > near["unfamiliar_score"] + 0.1
+    if far["unfamiliar"]:
+        assert far["familiarity_note"].startswith("This model was trained on") and far["unfamiliar_reason"]
+    assert near["calibrated"] == (near["temperature"] != 1.0) and near["mask"]
 
 
 def test_a_file_that_is_not_a_clip_gets_a_sentence(client, tmp_path):

@@ -155,7 +155,12 @@ def test_a_still_image_gets_a_still_overlay_and_bars_and_an_example_click_runs(p
                            timeout=120000)
     page.wait_for_selector("#diagnose-frame img", timeout=30000)
     assert page.locator("#diagnose-video").is_hidden() and page.locator("#diagnose-slider").is_hidden()
-    assert "the model's training data (score" in page.inner_text("#diagnose-message")  # familiar or not, it says
+    message = page.inner_text("#diagnose-message")
+    # familiar or not, it says; an unfamiliar clip says so first, its bars greyed
+    assert "the model's training data (score" in message or message.lstrip("⚠️ ").startswith("This model was trained on")
+    if "classes do not apply" in message:
+        colours = page.evaluate("() => document.querySelector('#diagnose-bars .js-plotly-plot').data[0].marker.color")
+        assert set(colours) == {"#c7c7c7"}
     bars = page.evaluate("() => document.querySelector('#diagnose-line .js-plotly-plot').data.map(t => t.type)")
     assert set(bars) == {"bar"} and len(bars) == 4  # the classifier and the three levels' probes
     assert "Overlay image (png)" in page.inner_text("#download-video")

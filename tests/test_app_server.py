@@ -183,7 +183,7 @@ def test_thumbnails_come_from_the_table_each_page_shows(live_app, tmp_path_facto
     thumb = hico_app.thumbnail(last, big_item.source)
     expected = hico_app.explorer.thumbnail(big_item, last)
     assert thumb == expected
-    frames = load_clip_frames(Path(big_item.table.iloc[last]["path"]), big_item.data["size"])
+    frames = load_clip_frames(Path(big_item.table.iloc[last]["path"]), big_item.data.size)
     assert frames.shape[0] > int(big_item.table.iloc[last]["frame"])
     assert hico_app.thumbnail(0, small_item.source) == hico_app.explorer.thumbnail(small_item, 0)
     assert hico_app.thumbnail(last, small_item.source) is None  # out of that table: nothing, no error

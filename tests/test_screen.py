@@ -273,3 +273,70 @@ def test_dual_and_quad_view_screens_get_a_sector_per_image(layout):
             assert mask.method == ("temporal" if len(clip) > 1 else "single-frame")
             assert _iou(mask.sector, fan) >= 0.97, (layout, names, len(clip))
             assert (overlay & mask.tissue).sum() < 0.05 * overlay.sum()
+
+
+# ---- real vendor screens (pydicom's test data, installed with pydicom) -------------------------
+def _real(name):
+    from benchmarks.ood_cases import pydicom_file
+    from hico.io import read_clip
+
+    return read_clip(pydicom_file(name))
+
+
+def test_a_vendor_banner_and_its_text_block_are_masked_single_frame_and_temporal():
+    """Philips obstetric screen: a blue banner with site, IDs and dates across the top, a text
+    block at the left, calipers in the fluid. The banner and the text are masked and the fan is
+    kept, from the still and from a clip of it in which only the tissue moves."""
+    clip = _real("examples_palette.dcm")
+    rng = np.random.default_rng(0)
+    moving = np.repeat(clip, 8, axis=0).astype(np.int16)
+    fan = (slice(70, 150), slice(340, 580))
+    moving[:, fan[0], fan[1]] += rng.integers(-25, 25, (8, 80, 240, 1)).astype(np.int16)
+    for frames, method in ((clip, "single-frame"), (np.clip(moving, 0, 255).astype(np.uint8), "temporal")):
+        mask = detect_screen(frames)
+        assert mask.method == method
+        assert not mask.tissue[:55].any(), "the banner (site name, IDs, date) is masked"
+        assert not mask.tissue[65:135, 0:90].any(), "the text block at the left is masked"
+        assert mask.tissue[100, 460] and mask.tissue[120, 400], "the fan is kept"
+        assert mask.describe().startswith("sector found")
+
+
+def test_colour_bars_beside_a_doppler_image_are_masked_and_its_flow_kept():
+    """GE power-Doppler lymph node: the colour scale bars at both sides of the image are masked,
+    the flow inside the image is kept (Doppler), and the text around the image is masked."""
+    clip = _real("examples_jpeg2k.dcm")
+    mask = detect_screen(clip)
+    frame = clip[0].astype(int)
+    colour = (frame.max(-1) - frame.min(-1)) > 32
+    inside = mask.sector
+    left, right = colour & inside, colour & inside
+    left[:, 45:] = False
+    right[:, :595] = False
+    assert left.sum() > 200 and right.sum() > 200, "the bars are inside the imaging rectangle"
+    assert not (mask.tissue & left).any() and not (mask.tissue & right).any()
+    middle = colour.copy()
+    middle[:, :100] = middle[:, 540:] = False
+    assert (mask.tissue & middle).sum() > 0.9 * middle.sum(), "the flow is kept"
+    assert not mask.tissue[:60].any() and not mask.tissue[440:].any(), "the text above and below is masked"
+
+
+def test_the_label_names_what_was_masked_when_no_sector_is_found():
+    """A screen without a black frame (no sector) whose text is still masked says so, rather
+    than "none" beside a mask picture that marks the text."""
+    rng = np.random.default_rng(1)
+    frame = np.repeat(rng.integers(60, 200, (1, 120, 160, 1)), 3, axis=-1).astype(np.uint8)
+    frame[0, 5:12, 10:60] = (255, 40, 40)  # a red annotation on a screen with no black frame
+    mask = detect_screen(frame)
+    assert mask.method == "none" and not mask.tissue[5:12, 10:60].any() and mask.tissue[60:, :].all()
+    assert mask.describe().startswith("overlays only")
+    plain = detect_screen(rng.integers(60, 200, (1, 64, 64, 1)).astype(np.uint8))
+    assert plain.method == "none" and plain.tissue.all()
+    assert plain.describe().startswith("nothing masked")
+
+
+def test_a_cardiac_cine_keeps_its_fan_and_loses_its_corner_text():
+    clip = _real("examples_ybr_color.dcm")
+    mask = detect_screen(clip)
+    assert mask.method == "temporal"
+    assert not mask.tissue[0:20, 0:40].any() and not mask.tissue[0:30, 280:].any()
+    assert mask.tissue[120, 160] and mask.tissue[60, 160]
