@@ -73,6 +73,7 @@ def summary(pred: Prediction) -> str:
     mask = f" · screen mask: {pred.mask.describe()}" if pred.mask is not None else " · screen mask: off"
     if pred.unfamiliar:
         return (f"⚠️ **{pred.familiarity.sentence()}**\n\n"
+                f"Why: {pred.familiarity.reason()}.\n\n"
                 f"Had it applied, the model would have said {pred.label} ({pred.clip_probs[top]:.0%}, {calibrated}) "
                 f"{over}; the bars are greyed.{mask}")
     message = (f"**{pred.label}** ({pred.clip_probs[top]:.0%}, {calibrated}) {over}"

@@ -129,7 +129,7 @@ def cmd_predict(args) -> None:
     loaded = load_run(args.run_dir, "auto", args.device)
     pred = predict_clip(loaded, args.clip, max_frames=args.max_frames, mask_screen=False if args.no_mask else None)
     if pred.unfamiliar:  # said first: the classes below do not apply to this clip
-        print(f"UNFAMILIAR: {pred.familiarity.sentence()}")
+        print(f"UNFAMILIAR: {pred.familiarity.sentence()}\n  why: {pred.familiarity.reason()}")
     table = pred.frame_table()
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160,
                            "display.max_rows", 40):

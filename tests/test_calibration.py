@@ -117,7 +117,8 @@ def test_an_unfamiliar_clip_is_said_first_with_greyed_bars_in_the_app_and_the_cl
     text = summary(pred)
     assert text.startswith("⚠️ **This model was trained on 12 clips of 2 classes: a, b; this clip is unlike them, "
                            "so its classes do not apply")
-    assert "image statistics" in text and "would have said a (70%, calibrated)" in text
+    assert "Why: familiarity score 4.20" in text and "image statistics" in text
+    assert "would have said a (70%, calibrated)" in text
     bars = probability_bars(pred.classes, pred.clip_probs, greyed=True)
     assert set(bars.data[0].marker.color) == {"#c7c7c7"} and "does not apply" in bars.layout.title.text
     familiar = Prediction(pred.path, pred.classes, probs, probs[0], pred.frames,
