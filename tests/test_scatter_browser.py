@@ -401,7 +401,10 @@ def test_hover_shows_thumbnail_from_the_server_function(browser_app):
     row, x, y = _isolated_point(page, coords["a"])
     page.mouse.move(x - 30, y - 30)
     page.mouse.move(x, y, steps=5)
-    img = page.wait_for_selector("#small .hs-tip img[src^='data:image/png;base64,']", timeout=10_000)
+    # On a loaded machine the pointer may rest on a point it passes on the way long enough for that
+    # point's thumbnail to show: wait for the hovered point's own (the image says whose it is).
+    img = page.wait_for_selector(f"#small .hs-tip img[data-id='{ID_OFFSET + row}'][src^='data:image/png;base64,']",
+                                 timeout=20_000)
     assert img.get_attribute("src") == _png_data_uri(ID_OFFSET + row)
     video, frame, label = table.iloc[row][["video_id", "frame", "label"]]
     assert page.text_content("#small .hs-tip-text") == f"{video} \u00b7 frame {frame} \u00b7 {label}"
@@ -413,7 +416,7 @@ def test_hover_shows_thumbnail_from_the_server_function(browser_app):
     page.mouse.move(x - 60, y - 60, steps=3)
     page.wait_for_selector("#small .hs-tip", state="hidden")
     page.mouse.move(x, y, steps=5)
-    page.wait_for_selector("#small .hs-tip img[src^='data:image/png;base64,']")
+    page.wait_for_selector(f"#small .hs-tip img[data-id='{ID_OFFSET + row}'][src^='data:image/png;base64,']")
     assert len(browser_app["thumbs"]) == calls
 
 

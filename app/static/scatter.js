@@ -277,13 +277,20 @@ function showTip(k, ev) {
     st.hoverId = id;
     tipText.textContent = text;
     clearTimeout(st.hoverTimer);
+    tipEl.dataset.id = String(id);
     if (hasThumbs) {
+      // A thumbnail is shown only while its point is the one hovered: a late answer for a point
+      // passed on the way never replaces the current point's (tipImg.dataset.id says whose it is).
       if (st.thumbs.has(thumbKey(id))) {
         tipImg.src = st.thumbs.get(thumbKey(id));
+        tipImg.dataset.id = String(id);
       } else {
         tipImg.removeAttribute("src");
+        delete tipImg.dataset.id;
         st.hoverTimer = setTimeout(() => {
-          fetchThumb(id).then((uri) => { if (uri && st.hoverId === id) tipImg.src = uri; });
+          fetchThumb(id).then((uri) => {
+            if (uri && st.hoverId === id) { tipImg.src = uri; tipImg.dataset.id = String(id); }
+          });
         }, HOVER_FETCH_DELAY_MS);
       }
     }
