@@ -79,7 +79,7 @@ class PredictReply(TypedDict):
     mask_method: NotRequired[str | None]
     mask: NotRequired[str]  # what the screen mask applied, in words
     unfamiliar: NotRequired[bool | None]  # null when it cannot be told; true: the classes do not apply
-    unfamiliar_score: NotRequired[float | None]  # above hico.familiarity.LIMIT (1.15): unfamiliar
+    unfamiliar_score: NotRequired[float | None]  # above hico.familiarity.LIMIT (1.1): unfamiliar
     unfamiliar_reason: NotRequired[str | None]
     familiarity_note: NotRequired[str]
     overlay_video: NotRequired[gr.FileData]  # mp4, or png for a one-frame input

@@ -12,20 +12,22 @@ Three distances, each measured per frame and averaged over the clip's frames:
 - ``neighbours``: the mean cosine distance to the K nearest training frames in the same features,
   centred on the training mean (what this module measured before; it catches clips between
   the training clusters).
-- ``early``: the Mahalanobis distance of the first residual stage's channel means (C2, 64
-  numbers): image statistics as the network sees them (intensity, speckle, colour) before they
-  are folded into classes.
+- ``early`` and ``middle``: the Mahalanobis distances of the first and second residual stages'
+  channel means (C2, 64 numbers; C3, 128): image statistics as the network sees them
+  (intensity, colour, speckle and texture) before they are folded into classes.
 
 Each distance is divided by the QUANTILE of the same distance over the run's held-out videos
 (the validation split, which training never used; with fewer than MIN_HELD_OUT of them, each of
 FOLDS folds of the training videos is measured against a reference built without it). The clip's
-``score`` is the mean of the three ratios divided by the QUANTILE of that mean over the held-out
+``score`` is the mean of the four ratios divided by the QUANTILE of that mean over the held-out
 videos, so about 95 % of held-out clips score 1 or less; a clip scoring above LIMIT is
 ``unfamiliar``.
 
 Chosen by measurement (python -m benchmarks.ood, README "Is the clip like the training data?"):
 on the demo model the old kNN score alone had AUROC 0.93 and flagged 52 % of real scanner files
-at its held-out 95th percentile; energy 0.86, max softmax 0.77; the three together 0.998.
+at its held-out 95th percentile; energy 0.86, max softmax 0.77; the four together 0.998, every
+real file flagged on two demo models trained with different seeds (2.5 % and 3.5 % of unseen
+synthetic clips flagged).
 
 A run writes its reference when it finishes (hico.train), from the frames its validation embeds;
 older runs build it from their dataset once, in the background when a server asks
@@ -47,15 +49,15 @@ from hico.files import atomic_path
 from hico.paths import expand_path
 
 log = logging.getLogger(__name__)
-FEATURE = "backbone"  # the features the Mahalanobis and neighbour distances use
-EARLY = "c2"  # the early-layer statistics (pooled C2)
-PARTS = ("mahalanobis", "neighbours", "early")
+FEATURE = "backbone"  # the features the neighbour distance uses
+GAUSSIAN = {"mahalanobis": FEATURE, "early": "c2", "middle": "c3"}  # part -> the embedding it reads
+PARTS = ("mahalanobis", "neighbours", "early", "middle")
 K = 5  # nearest training frames averaged per frame
 MAX_REFERENCE = 4096  # training frames kept for the neighbour distance (evenly spaced)
 MIN_HELD_OUT = 5  # validation videos needed to calibrate on them alone
 FOLDS = 5
 QUANTILE = 0.95
-LIMIT = 1.15  # chosen with python -m benchmarks.ood on the demo model (README: 2.5 % of unseen clips flagged, every real file)
+LIMIT = 1.1  # chosen with python -m benchmarks.ood on two demo models (README)
 VERSION = 2
 
 
@@ -74,7 +76,8 @@ class Familiarity:
         """Which distances put the clip outside the training data, in words."""
         names = {"mahalanobis": "its features lie off the directions the training clips use",
                  "neighbours": "its frames are far from every training frame",
-                 "early": "its image statistics (intensity, texture, colour) differ"}
+                 "early": "its image statistics (intensity, colour, speckle) differ",
+                 "middle": "its textures differ"}
         far = [names[p] for p, v in sorted(self.parts.items(), key=lambda kv: -kv[1]) if v > LIMIT]
         detail = "; ".join(far) if far else "its distances together exceed the limit"
         return (f"familiarity score {self.score:.2f}, above the limit {LIMIT} (1 is the 95th percentile of "
@@ -94,16 +97,14 @@ class Familiarity:
 class Reference:
     """What a clip is compared with.
 
-    means: G x d class means of the backbone features (G = 1 without labels); precision: d x d;
-    early_means: G x e, early_precision: e x e (pooled C2); centre: d and vectors: M x d unit
-    vectors of training frames (the neighbour distance); scales: the QUANTILE of each part over
-    held-out clips (PARTS order); threshold: the QUANTILE of the mean of the scaled parts;
-    trained_on: a phrase naming the training data."""
+    means: {part: G x d class means} and precisions: {part: d x d} for each Gaussian part
+    (GAUSSIAN; G = 1 without labels); centre: d and vectors: M x d unit vectors of training frames
+    (the neighbour distance); scales: the QUANTILE of each part over held-out clips (PARTS order);
+    threshold: the QUANTILE of the mean of the scaled parts; trained_on: a phrase naming the
+    training data."""
 
-    means: np.ndarray
-    precision: np.ndarray
-    early_means: np.ndarray
-    early_precision: np.ndarray
+    means: dict[str, np.ndarray]
+    precisions: dict[str, np.ndarray]
     centre: np.ndarray
     vectors: np.ndarray
     scales: np.ndarray = field(default_factory=lambda: np.ones(len(PARTS)))
@@ -111,10 +112,16 @@ class Reference:
     trained_on: str = ""
 
     def frame_parts(self, features: dict[str, np.ndarray]) -> np.ndarray:
-        """T x 3 raw distances (PARTS order) of T frames; features holds FEATURE and EARLY (T x d each)."""
-        x, early = np.asarray(features[FEATURE], np.float64), np.asarray(features[EARLY], np.float64)
-        return np.stack([_mahalanobis(x, self.means, self.precision), self._neighbours(x),
-                         _mahalanobis(early, self.early_means, self.early_precision)], axis=1)
+        """T x len(PARTS) raw distances of T frames; features holds FEATURE and every GAUSSIAN
+        embedding (T x d each), as `embed_frames` returns them."""
+        columns = []
+        for part in PARTS:
+            if part == "neighbours":
+                columns.append(self._neighbours(np.asarray(features[FEATURE], np.float64)))
+            else:
+                x = np.asarray(features[GAUSSIAN[part]], np.float64)
+                columns.append(_mahalanobis(x, self.means[part], self.precisions[part]))
+        return np.stack(columns, axis=1)
 
     def _neighbours(self, x: np.ndarray) -> np.ndarray:
         """T mean cosine distances to the K nearest training frames."""
@@ -124,36 +131,38 @@ class Reference:
         return 1.0 - nearest.mean(axis=1)
 
     def clip_parts(self, features: dict[str, np.ndarray]) -> np.ndarray:
-        """The clip's three distances over their held-out QUANTILE (3,)."""
+        """The clip's distances over their held-out QUANTILE (len(PARTS),)."""
         return self.frame_parts(features).mean(axis=0) / self.scales
 
     def judge(self, features: dict[str, np.ndarray]) -> Familiarity:
-        """The familiarity of a clip from its frames' features ({FEATURE: T x d, EARLY: T x e})."""
+        """The familiarity of a clip from its frames' embeddings (see frame_parts)."""
         parts = self.clip_parts(features)
         score = float(parts.mean() / self.threshold)
         return Familiarity(score, bool(score > LIMIT), {p: float(v) for p, v in zip(PARTS, parts)}, self.trained_on)
 
 
 def fit(features: dict[str, np.ndarray], groups: np.ndarray) -> Reference:
-    """A reference from N training frames: features {FEATURE: N x d, EARLY: N x e}; groups: N class
-    indices (-1 for a frame without a label: with no labelled frame at all, one group)."""
-    x, early = np.asarray(features[FEATURE], np.float64), np.asarray(features[EARLY], np.float64)
+    """A reference from N training frames: features {FEATURE and every GAUSSIAN embedding: N x d};
+    groups: N class indices (-1 for a frame without a label: with no labelled frame at all, one group)."""
     groups = np.asarray(groups)
     if (groups < 0).all():
         groups = np.zeros(len(groups), np.int64)
     labelled = groups >= 0
-    means, precision = _class_gaussian(x[labelled], groups[labelled])
-    early_means, early_precision = _class_gaussian(early[labelled], groups[labelled])
+    means, precisions = {}, {}
+    for part, column in GAUSSIAN.items():
+        x = np.asarray(features[column], np.float64)[labelled]
+        means[part], precisions[part] = _class_gaussian(x, groups[labelled])
+    x = np.asarray(features[FEATURE], np.float64)
     rows = np.unique(np.linspace(0, len(x) - 1, min(MAX_REFERENCE, len(x))).round().astype(int))
     centre = x.mean(axis=0)
-    return Reference(means, precision, early_means, early_precision, centre, _unit(x[rows], centre))
+    return Reference(means, precisions, centre, _unit(x[rows], centre))
 
 
 def build_reference(features: dict[str, np.ndarray], videos: np.ndarray, split: np.ndarray,
                     groups: np.ndarray | None = None, trained_on: str = "") -> Reference:
     """The reference of a run from N frames of its dataset, calibrated on held-out videos.
 
-    features: {FEATURE: N x d, EARLY: N x e}; videos: N video ids; split: N of train | val (as the
+    features: {FEATURE and every GAUSSIAN embedding: N x d}; videos: N video ids; split: N of train | val (as the
     run split its videos); groups: N class indices (-1: unlabelled; None: no labels)."""
     videos, split = np.asarray(videos), np.asarray(split)
     groups = np.full(len(videos), -1) if groups is None else np.asarray(groups)
@@ -178,8 +187,8 @@ def build_reference(features: dict[str, np.ndarray], videos: np.ndarray, split: 
     clip_parts = np.array(clip_parts)
     scales = np.maximum(np.quantile(clip_parts, QUANTILE, axis=0), 1e-9)
     threshold = max(float(np.quantile((clip_parts / scales).mean(axis=1), QUANTILE)), 1e-9)
-    return Reference(reference.means, reference.precision, reference.early_means, reference.early_precision,
-                     reference.centre, reference.vectors, scales, threshold, trained_on)
+    return Reference(reference.means, reference.precisions, reference.centre, reference.vectors, scales,
+                     threshold, trained_on)
 
 
 def describe_training(videos: int, classes: list[str], dataset: str = "") -> str:
@@ -198,23 +207,29 @@ def reference_path(run_dir: str | Path, checkpoint: str, step: int) -> Path:
 
 def save(path: Path, reference: Reference) -> Reference:
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {name: getattr(reference, name) for name in
-              ("means", "precision", "early_means", "early_precision", "centre", "vectors", "scales")}
-    meta = json.dumps({"threshold": reference.threshold, "trained_on": reference.trained_on})
+    arrays = {"centre": reference.centre, "vectors": reference.vectors, "scales": reference.scales}
+    for part in GAUSSIAN:
+        arrays[f"means_{part}"], arrays[f"precision_{part}"] = reference.means[part], reference.precisions[part]
+    meta = json.dumps({"threshold": reference.threshold, "trained_on": reference.trained_on, "parts": list(PARTS)})
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, meta=np.array(meta), **arrays)
     return reference
 
 
 def read(path: Path) -> Reference | None:
+    """A saved reference, or None when there is none or it was written for other PARTS."""
     try:
         with np.load(path) as data:
             meta = json.loads(str(data["meta"]))
-            arrays = {name: data[name] for name in
-                      ("means", "precision", "early_means", "early_precision", "centre", "vectors", "scales")}
+            if meta.get("parts") != list(PARTS):
+                return None
+            means = {part: data[f"means_{part}"] for part in GAUSSIAN}
+            precisions = {part: data[f"precision_{part}"] for part in GAUSSIAN}
+            centre, vectors, scales = data["centre"], data["vectors"], data["scales"]
     except (OSError, KeyError, ValueError):
         return None
-    return Reference(**arrays, threshold=float(meta["threshold"]), trained_on=str(meta.get("trained_on", "")))
+    return Reference(means, precisions, centre, vectors, scales, float(meta["threshold"]),
+                     str(meta.get("trained_on", "")))
 
 
 _lock = threading.Lock()

@@ -193,10 +193,10 @@ class HiCoModel(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def features(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Backbone and pyramid maps: C2, C5 and every used P level, keyed by name."""
+        """Backbone and pyramid maps: C2, C3, C5 and every used P level, keyed by name."""
         feats = self.trunk(x)
         maps = self.fpn(feats)
-        maps["C2"], maps["C5"] = feats[0], feats[3]
+        maps["C2"], maps["C3"], maps["C5"] = feats[0], feats[1], feats[3]
         return maps
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -214,10 +214,12 @@ class HiCoModel(nn.Module):
     @torch.no_grad()
     def embed(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """Per-frame embeddings: pooled level maps (local, medium, global: B x fpn_dim),
-        pooled C5 (backbone: B x C5 channels), pooled C2 (c2: B x C2 channels, the first residual
-        stage's statistics, which hico.familiarity reads) and the head outputs (z_local, ...: B x proj_dim)."""
+        pooled C5 (backbone: B x C5 channels), pooled C2 and C3 (c2, c3: the first two residual
+        stages' channel means, image statistics that hico.familiarity reads) and the head outputs
+        (z_local, ...: B x proj_dim)."""
         maps = self.features(x)
-        out = {"backbone": maps["C5"].mean(dim=(2, 3)), "c2": maps["C2"].mean(dim=(2, 3))}
+        out = {"backbone": maps["C5"].mean(dim=(2, 3)), "c2": maps["C2"].mean(dim=(2, 3)),
+               "c3": maps["C3"].mean(dim=(2, 3))}
         for name, lvl in zip(LEVELS, self.levels):
             out[name] = maps[lvl].mean(dim=(2, 3))
             out[f"z_{name}"] = self.heads[name](maps[lvl])

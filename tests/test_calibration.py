@@ -112,7 +112,7 @@ def test_an_unfamiliar_clip_is_said_first_with_greyed_bars_in_the_app_and_the_cl
 
     probs = np.array([[0.7, 0.3]])
     pred = Prediction(tmp_path / "x.png", ["a", "b"], probs, probs[0], np.zeros((1, 1, 8, 8), np.uint8),
-                      familiarity=Familiarity(4.2, True, {"mahalanobis": 5.0, "neighbours": 1.1, "early": 6.0},
+                      familiarity=Familiarity(4.2, True, {"mahalanobis": 5.0, "neighbours": 1.1, "early": 6.0, "middle": 1.0},
                                               "12 clips of 2 classes: a, b"), temperature=1.5)
     text = summary(pred)
     assert text.startswith("⚠️ **This model was trained on 12 clips of 2 classes: a, b; this clip is unlike them, "

@@ -11,15 +11,16 @@ from hico.familiarity import LIMIT, QUANTILE, build_reference, fit
 
 
 def frames_of(videos: int, frames: int, centre: np.ndarray, rng, prefix: str, early_centre=None):
-    """{backbone, c2} feature rows of `videos` videos around `centre`, and their video ids."""
+    """{backbone, c2, c3} feature rows of `videos` videos around `centre`, and their video ids."""
     early_centre = np.zeros(4) if early_centre is None else early_centre
-    rows, early, ids = [], [], []
+    rows, early, texture, ids = [], [], [], []
     for v in range(videos):
         offset = centre + 0.3 * rng.normal(size=centre.shape)
         rows.append(offset + 0.1 * rng.normal(size=(frames, centre.size)))
         early.append(early_centre + 0.1 * rng.normal(size=(frames, early_centre.size)))
+        texture.append(1.0 + 0.1 * rng.normal(size=(frames, 3)))
         ids += [f"{prefix}{v}"] * frames
-    return {"backbone": np.concatenate(rows), "c2": np.concatenate(early)}, np.array(ids)
+    return {"backbone": np.concatenate(rows), "c2": np.concatenate(early), "c3": np.concatenate(texture)}, np.array(ids)
 
 
 def join(*parts):
@@ -35,11 +36,15 @@ def test_distances_match_their_definitions():
     train, _ = frames_of(6, 5, rng.normal(size=8) * 2, rng, "t")
     groups = np.repeat([0, 1], 15)
     ref = fit(train, groups)
-    assert ref.means.shape == (2, 8) and np.allclose(ref.means[0], train["backbone"][:15].mean(axis=0))
-    x = {"backbone": rng.normal(size=(3, 8)), "c2": rng.normal(size=(3, 4))}
+    means = ref.means["mahalanobis"]
+    assert means.shape == (2, 8) and np.allclose(means[0], train["backbone"][:15].mean(axis=0))
+    x = {"backbone": rng.normal(size=(3, 8)), "c2": rng.normal(size=(3, 4)), "c3": rng.normal(size=(3, 3))}
     parts = ref.frame_parts(x)
-    assert np.allclose(parts[:, 0], brute_mahalanobis(x["backbone"], ref.means, ref.precision))
-    assert np.allclose(parts[:, 2], brute_mahalanobis(x["c2"], ref.early_means, ref.early_precision))
+    assert familiarity.PARTS == ("mahalanobis", "neighbours", "early", "middle")
+    for k, part in enumerate(familiarity.PARTS):
+        if part != "neighbours":
+            column = familiarity.GAUSSIAN[part]
+            assert np.allclose(parts[:, k], brute_mahalanobis(x[column], ref.means[part], ref.precisions[part]))
     centre = train["backbone"].mean(axis=0)
     unit = lambda a: (a - centre) / np.linalg.norm(a - centre, axis=1, keepdims=True)  # noqa: E731
     cos = unit(x["backbone"]) @ unit(train["backbone"]).T
@@ -99,11 +104,13 @@ def test_a_reference_is_saved_and_read_back(tmp_path):
     familiarity.save(path, reference)
     again = familiarity.read(path)
     assert again.threshold == reference.threshold and again.trained_on == "x"
-    assert np.array_equal(again.precision, reference.precision) and np.array_equal(again.scales, reference.scales)
+    assert all(np.array_equal(again.precisions[p], reference.precisions[p]) for p in familiarity.GAUSSIAN)
+    assert np.array_equal(again.scales, reference.scales)
     assert familiarity.read(tmp_path / "missing.npz") is None
 
 
-def test_a_run_writes_its_reference_and_a_server_never_embeds_a_dataset_in_the_request(class_dataset, tmp_path):
+def test_a_run_writes_its_reference_and_a_server_never_embeds_a_dataset_in_the_request(class_dataset, tmp_path,
+                                                                                      monkeypatch):
     """A finished run writes its reference; one without it (deleted here, as for a run trained
     before references were written) is built in the background: callers with wait=False get a
     sentence at once while one build runs, and then the reference a blocking call builds."""
@@ -126,11 +133,19 @@ def test_a_run_writes_its_reference_and_a_server_never_embeds_a_dataset_in_the_r
     assert "clips" in written.trained_on
     path.unlink()
     familiarity._cache.clear()
-    started = threading.active_count()
+    builds, build = [], familiarity.embedded_reference
+    release = threading.Event()
+
+    def counted(run):
+        builds.append(threading.current_thread() is threading.main_thread())
+        release.wait(30)
+        return build(run)
+
+    monkeypatch.setattr(familiarity, "embedded_reference", counted)
     for _ in range(3):
         with pytest.raises(HiCoError, match="Still measuring how familiar"):
             familiarity.run_reference(loaded, wait=False)
-    assert threading.active_count() <= started + 1  # one build, however many callers
+    release.set()
     deadline = time.monotonic() + 120
     while True:
         try:
@@ -140,6 +155,7 @@ def test_a_run_writes_its_reference_and_a_server_never_embeds_a_dataset_in_the_r
             assert time.monotonic() < deadline, "the background build never finished"
             time.sleep(0.2)
     assert path.is_file()
+    assert builds == [False]  # one build, in the background, however many callers
     familiarity._cache.clear()
     path.unlink()
     blocking = familiarity.run_reference(loaded)
