@@ -23,7 +23,8 @@ from hico import config as config_mod
 from hico.checkpoint import find_checkpoint, read_sidecar
 from hico.config import DataConfig
 from hico.data import load_clip_frames
-from hico.embed import LEVEL_COLUMNS, embed_dataset, level_matrix, load_projections, project, save_projections
+from hico.embed import (LEVEL_COLUMNS, embed_dataset, level_matrix, load_projections, project, save_projections,
+                        shared_space)
 from hico.neighbours import cross_level_agreement, projection_scores
 from hico.evaluate import evaluate_table
 from hico.errors import HiCoError
@@ -36,6 +37,7 @@ MAX_LINKED = 2000  # frames drawn in the cross-level view (sampled when there ar
 THUMB = 72
 KEEP_ITEMS = 6  # (checkpoint, dataset) tables kept in memory
 KEEP_CLIPS = 256  # decoded clips kept for thumbnails and galleries
+NEIGHBOURS = 6  # nearest frames shown per level for a clicked frame
 
 
 @dataclass
@@ -155,9 +157,10 @@ class Explorer:
 
     @staticmethod
     def stacked(item: Embedded, columns: tuple[str, str]) -> np.ndarray:
-        """2M x d: the linked rows' embeddings at one level, then at the other (M = len(linked_rows))."""
+        """2M x d: the linked rows' embeddings at one level, then at the other (M = len(linked_rows)),
+        in one shared space (hico.embed.shared_space), so a frame's line is short where its levels agree."""
         rows = linked_rows(len(item.table))
-        return np.concatenate([item.matrix(columns[0])[rows], item.matrix(columns[1])[rows]])
+        return np.concatenate(shared_space(item.matrix(columns[0])[rows], item.matrix(columns[1])[rows]))
 
     def view_matrix(self, item: Embedded, view: str) -> np.ndarray:
         """The matrix a view lays out: a level column's, or a cross-level pair's stacked rows."""
@@ -247,11 +250,22 @@ class Explorer:
         frame = frames[int(record["frame"])]
         return frame[0] if frame.shape[0] == 1 else frame.transpose(1, 2, 0)
 
-    def neighbours(self, item: Embedded, row: int, column: str, k: int = 8) -> np.ndarray:
-        """The k rows nearest to `row` by cosine similarity in one level's embedding (itself excluded)."""
+    def neighbours(self, item: Embedded, row: int, column: str, k: int = NEIGHBOURS,
+                   same_clip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The k rows nearest to `row` by cosine similarity in one level's embedding, nearest first,
+        and their cosine distances: from other clips only unless `same_clip` (a clip's own frames
+        are always its nearest, which teaches nothing); never the row itself."""
         x = item.matrix(column)
         unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         sims = unit @ unit[int(row)]
         sims[int(row)] = -np.inf
-        top = np.argpartition(-sims, min(k, len(sims) - 1))[:k]
-        return top[np.argsort(-sims[top])]
+        if not same_clip:
+            videos = item.table["video_id"].to_numpy()
+            sims[videos == videos[int(row)]] = -np.inf
+        usable = int(np.isfinite(sims).sum())
+        if usable == 0:
+            return np.array([], np.int64), np.array([])
+        k = min(k, usable)
+        top = np.argpartition(-sims, k - 1)[:k]
+        top = top[np.argsort(-sims[top])]
+        return top, 1.0 - sims[top]

@@ -139,9 +139,10 @@ class ExploreTab:
                    for i, r in zip(ids[:60], rows.head(60).itertuples())]
         return gallery, f"{len(ids)} frames selected" + (" (first 60 shown)" if len(ids) > 60 else "")
 
-    def neighbours(self, run, dataset, evt: gr.EventData):
-        """A clicked frame -> itself and its nearest neighbours at each level."""
-        empty = [[]] * 4
+    def neighbours(self, run, dataset, same_clip, evt: gr.EventData):
+        """A clicked frame -> itself, shown large, and its nearest frames at each level side by side
+        (from other clips unless `same_clip`), each captioned with class, clip, frame and distance."""
+        empty = [[]] * len(LEVEL_PANELS)
         try:
             item = self._item(run, dataset)
         except HiCoError:
@@ -153,10 +154,12 @@ class ExploreTab:
         picked = item.table.loc[row]
         galleries = []
         for column in LEVEL_PANELS:
-            near = self.explorer.neighbours(item, row, column)
-            galleries.append([(self.explorer.frame(item, i), f"{item.table.loc[i, 'video_id']} · "
-                               f"{item.table.loc[i, 'label']}") for i in near])
-        caption = f"{picked['video_id']} · frame {picked['frame']} · {picked['label']} · {picked['split']}"
+            near, distance = self.explorer.neighbours(item, row, column, same_clip=bool(same_clip))
+            galleries.append([(self.explorer.frame(item, i), neighbour_caption(item.table.loc[i], d))
+                              for i, d in zip(near, distance)])
+        where = "any clip, its own included" if same_clip else "other clips"
+        caption = (f"**Picked:** {picked['label']} · {picked['video_id']} · frame {picked['frame']} · "
+                   f"{picked['split']}. Its nearest frames at each level, from {where} (cosine distance d):")
         return self.explorer.frame(item, row), caption, *galleries
 
     def thumbnail(self, row_id: int, source: str) -> str | None:
@@ -275,6 +278,12 @@ class ExploreTab:
         message = gr.Markdown(elem_id="explore-message")
         plot = scatter(thumbnail=self.thumbnail, elem_id="explore-scatter",
                        empty_text="Pick a run and press Show embeddings.")
+        gr.Markdown("**Cross-level view** (the wide panel): each frame is drawn at both levels in one shared "
+                    "space (each level centred and rotated onto the other); a short line means the two levels "
+                    "agree about the frame, a long one marks a frame they place differently. Lines are grey for "
+                    "the third of frames whose levels agree most, orange for the middle third, red for the third "
+                    "they place furthest apart.",
+                    elem_id="explore-cross-caption")
         with gr.Row():
             quality = gr.Dataframe(headers=list(QUALITY_COLUMNS), interactive=False, elem_id="explore-quality",
                                    label="How well each layout keeps the embedding: of a frame's 10 nearest frames "
@@ -294,12 +303,17 @@ class ExploreTab:
                                         wrap=True,
                                         label="Linear probe and kNN accuracy (frames, and videos by mean "
                                               "probability; folds split by video)")
-        with gr.Row():
-            picked = gr.Image(label="Picked frame", interactive=False, height=200, scale=1)
-            with gr.Column(scale=4):
-                picked_note = gr.Markdown()
-                near = [gr.Gallery(label=f"Nearest at {name}", columns=8, height=130, scale=1)
-                        for name in LEVEL_PANELS]
+        gr.Markdown("### Nearest frames\nClick a point: the frame, and its nearest frames at each level side by "
+                    "side, so you see which level groups what.")
+        with gr.Row(elem_classes="hico-neighbours"):
+            with gr.Column(scale=1, min_width=240):
+                picked = gr.Image(label="Picked frame", interactive=False, height=300, elem_id="explore-picked")
+                same_clip = gr.Checkbox(False, label="Include frames of the picked frame's own clip",
+                                        elem_id="explore-same-clip")
+            near = [gr.Gallery(label=f"Nearest at {name}", columns=2, height=560, scale=1, min_width=330,
+                               object_fit="contain", elem_id=f"explore-near-{name}")
+                    for name in LEVEL_PANELS]
+        picked_note = gr.Markdown(elem_id="explore-picked-note")
         gr.Markdown("### Over training\nThe run's projection at each validation: the same frames, laid out "
                     "by PCA per snapshot and aligned so that points do not jump between steps.")
         with gr.Row():
@@ -326,9 +340,15 @@ class ExploreTab:
         gr.Timer(3.0).tick(self.explore_tick, [*inputs, shown], outputs, api_visibility="private",
                            show_progress="hidden")
         plot.select(self.selected_frames, [run, dataset], [gallery, selection_note], api_visibility="private")
-        plot.click(self.neighbours, [run, dataset], [picked, picked_note, *near], api_visibility="private")
+        plot.click(self.neighbours, [run, dataset, same_clip], [picked, picked_note, *near], api_visibility="private")
         run.focus(self.refresh_choices, None, run, api_visibility="private")
         return run
+
+
+def neighbour_caption(record, distance: float) -> str:
+    """A neighbour tile's caption, in full: class, clip, frame and cosine distance."""
+    clip = str(record["video_id"]).rsplit("/", 1)[-1]
+    return f"{record['label']} · {clip} · frame {record['frame']} · d {distance:.3f}"
 
 
 def level_colours() -> dict[str, str]:

@@ -221,6 +221,16 @@ def encode_color(values: Any, title: str = "", categorical: bool | None = None) 
             "codes": codes.tolist()}
 
 
+def link_breaks(a: np.ndarray, b: np.ndarray) -> list[float]:
+    """The lengths (panel units) between which a cross-level panel's lines change colour: the
+    thirds of every frame's line length (a, b: M x 2, the frames' points at the two levels), so
+    grey marks the third of frames whose levels agree most and red the third they place furthest
+    apart; [] without finite lines."""
+    length = np.linalg.norm(np.asarray(a, np.float64) - np.asarray(b, np.float64), axis=1)
+    length = length[np.isfinite(length)]
+    return [] if length.size == 0 else [round(float(q), 6) for q in np.quantile(length, [1 / 3, 2 / 3])]
+
+
 def link_segments(a: np.ndarray, b: np.ndarray) -> dict[str, list[float | None]]:
     """Line segments a[i] -> b[i] as one plotly lines trace: x = [a0x, b0x, None, a1x, b1x, None, ...]."""
     a = np.asarray(a, dtype=np.float64)
@@ -325,7 +335,8 @@ def panels_value(coords: Mapping[str, Any], color: Any = None, *, ids: Sequence[
                              **tint(a_name)},
                             {"name": b_name, "symbol": CROSS_SYMBOLS[1], "x": rounded(b[:, 0]), "y": rounded(b[:, 1]),
                              **tint(b_name)}],
-                 "links": link_segments(a[linked], b[linked]), "link_limit": int(link_limit), **limits(title)}
+                 "links": link_segments(a[linked], b[linked]), "link_limit": int(link_limit),
+                 "link_breaks": link_breaks(a, b), **limits(title)}
         if cross_rows is not None:
             panel["rows"] = rows.tolist()
         panels.append(panel)

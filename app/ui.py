@@ -43,6 +43,8 @@ CSS = """
 .hico-bar { height: 14px; background: #e5e7eb; border-radius: 7px; overflow: hidden; margin: 4px 0 6px; }
 .hico-bar > div { height: 100%; transition: width 0.6s; }
 .hico-error textarea { font-family: ui-monospace, monospace; color: #b91c1c; }
+/* neighbour tiles: the caption in full (class, clip, frame, distance), under the picture */
+.hico-neighbours .caption-label { white-space: normal; max-width: 100%; opacity: 0.9; font-size: 0.8rem; }
 """
 
 

@@ -118,7 +118,8 @@ def projections_path(table_path: str | Path) -> Path:
     return Path(table_path).with_suffix(".umap.npz")
 
 
-LAYOUT_VERSION = 2  # of how `project` lays out UMAP: cached layouts of another version are made again
+LAYOUT_VERSION = 3  # of how views are laid out: cached layouts of another version are made again (3: the
+# cross-level views' two levels in one shared space, `shared_space`)
 _VERSION_KEY = "_layout_version"
 
 
@@ -143,6 +144,28 @@ def save_projections(table_path: str | Path, projections: dict[str, np.ndarray])
     with atomic_path(path) as tmp, open(tmp, "wb") as handle:
         np.savez(handle, **projections, **{_VERSION_KEY: np.array(LAYOUT_VERSION)})
     return path
+
+
+def shared_space(a: np.ndarray, b: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The same M frames at two levels (M x d each) placed in one space, for the cross-level view.
+
+    Each level's embeddings sit in a region of their own (the projection heads differ), so laid out
+    together the levels fall into two halves and every frame's line is long whatever the levels
+    think of it. Each level is centred on its own mean and scaled to unit RMS norm, then `b` is
+    rotated onto `a` by orthogonal Procrustes (the rotation that best lays all of b's frames on
+    a's): rigid moves that keep each level's own geometry, so what is left of a frame's line is
+    where its two levels disagree. Returns (a', b'), M x d each (float64)."""
+    a, b = (np.asarray(x, np.float64) for x in (a, b))
+    if a.shape != b.shape or a.ndim != 2:
+        raise ValueError(f"shared_space needs two M x d arrays of one shape, got {a.shape} and {b.shape}")
+
+    def unit_rms(x: np.ndarray) -> np.ndarray:
+        centred = x - x.mean(axis=0)
+        return centred / max(float(np.sqrt((centred ** 2).sum(axis=1).mean())), 1e-12)
+
+    a, b = unit_rms(a), unit_rms(b)
+    u, _, vt = np.linalg.svd(b.T @ a)
+    return a, b @ (u @ vt)
 
 
 EXACT_KNN_MAX = 20_000  # up to this many rows UMAP gets exact neighbours from a matrix product

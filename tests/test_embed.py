@@ -79,3 +79,25 @@ def test_embed_frames_agrees_with_float32_model_and_leaves_the_model_alone():
     for key in ("backbone", "local", "z_global", "logits"):
         cos = torch.nn.functional.cosine_similarity(torch.from_numpy(out[key]), ref[key], dim=1)
         assert cos.min() > (0.999 if bf16_inference(torch.device("cpu")) else 0.99999), key
+
+
+def test_shared_space_puts_agreeing_levels_on_top_of_each_other_and_keeps_disagreement():
+    """Level b is level a rotated, scaled and moved away (as two projection heads place the same
+    frames), except five frames it places elsewhere: in the shared space the 195 agreeing frames'
+    lines vanish and the five stand out; each level's own geometry is unchanged."""
+    from hico.embed import shared_space
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(200, 16))
+    rotation, _ = np.linalg.qr(rng.normal(size=(16, 16)))
+    b = 3.0 * a @ rotation + 10.0
+    b[:5] += 4.0 * rng.normal(size=(5, 16))
+    naive = np.linalg.norm(a - b, axis=1)
+    a2, b2 = shared_space(a, b)
+    lines = np.linalg.norm(a2 - b2, axis=1)
+    assert np.median(naive) > 10 and np.median(lines) < 0.1 * np.median(naive)
+    assert lines[:5].min() > 5 * np.median(lines[5:])
+    pair = lambda x: np.linalg.norm(x[:, None] - x[None], axis=-1)  # noqa: E731
+    assert np.allclose(pair(a2) / pair(a2).mean(), pair(a) / pair(a).mean())  # a rigid, uniform change only
+    with pytest.raises(ValueError, match="two M x d arrays"):
+        shared_space(a, b[:, :3])

@@ -72,6 +72,11 @@ def test_cross_panel_links_are_segments_with_none_separators():
     assert panel["layers"][0]["x"] == [2.0, 0.0] and panel["layers"][1]["y"] == [22.0, 20.0]
     assert panel["links"] == {"x": [2.0, 12.0, None, 0.0, 10.0, None], "y": [2.0, 22.0, None, 0.0, 20.0, None]}
     assert v["ids"] == [0, 1, 2]  # rows index into the shared per-row arrays
+    # lines change colour at the thirds of the frames' line lengths (all lines here are as long)
+    assert panel["link_breaks"] == pytest.approx([np.hypot(10, 20)] * 2)
+    spread_out = panels_value({"local": np.zeros((6, 2)), "global": np.c_[np.arange(6.0), np.zeros(6)]}, show=(),
+                              cross=("local", "global"))
+    assert spread_out["panels"][0]["link_breaks"] == pytest.approx(np.quantile(np.arange(6.0), [1 / 3, 2 / 3]))
     with pytest.raises(ValueError, match="cross names 'medium'"):
         panels_value({"local": a}, cross=("local", "medium"))
     with pytest.raises(ValueError, match="rows"):
@@ -296,12 +301,13 @@ _HIGHLIGHTED = """((k) => {
 })"""
 
 
-# The lines drawn on panel k of the small scatter: [[x0, y0, x1, y1] per line].
+# The lines drawn on panel k of the small scatter, over its line traces (one per colour, by
+# length): [[x0, y0, x1, y1] per line], in the order of the panel's frames.
 _LINES = """((k) => {
-    const t = document.querySelector(`#small .hs-plot[data-panel='${k}']`).data[0];
+    const traces = document.querySelector(`#small .hs-plot[data-panel='${k}']`).data.filter(t => t.mode === 'lines');
     const out = [];
-    for (let i = 0; i < t.x.length; i += 3) out.push([t.x[i], t.y[i], t.x[i + 1], t.y[i + 1]]);
-    return t.mode === 'lines' ? out : null;
+    for (const t of traces) for (let i = 0; i < t.x.length; i += 3) out.push([t.x[i], t.y[i], t.x[i + 1], t.y[i + 1]]);
+    return traces.length ? out : null;
 })"""
 
 
@@ -310,9 +316,19 @@ def _expected_lines(coords: dict, positions) -> np.ndarray:
     return np.round(np.concatenate([coords["a"][rows], coords["b"][rows]], axis=1), 4)
 
 
-def _assert_lines(page, coords: dict, positions) -> None:
-    np.testing.assert_allclose(np.array(page.evaluate(f"{_LINES}(2)")), _expected_lines(coords, positions),
-                               rtol=0, atol=1e-9)
+def _assert_lines(page, coords: dict, positions, wait: float = 0.0) -> None:
+    """The cross panel draws exactly these frames' lines (lines are grouped by colour, not in frame
+    order); with `wait`, polls that long for a redraw first."""
+    order = lambda x: x[np.lexsort(x.T[::-1])]  # noqa: E731
+    expected = order(_expected_lines(coords, positions))
+    end = time.monotonic() + wait
+    while True:
+        drawn = np.array(page.evaluate(f"{_LINES}(2)"))
+        if drawn.shape == expected.shape and np.allclose(order(drawn), expected, rtol=0, atol=1e-9):
+            return
+        if time.monotonic() > end:
+            np.testing.assert_allclose(order(drawn), expected, rtol=0, atol=1e-9)
+        time.sleep(0.1)
 
 
 @pytestmark_browser
@@ -376,9 +392,7 @@ def test_box_selection_on_the_cross_panel_unites_both_levels(browser_app):
                  key=lambda c: np.linalg.norm(points - c, axis=1).min())
     page.mouse.dblclick(*_to_px(area, *corner))
     assert _next_event(events, "select")["ids"] == []
-    page.wait_for_function(f"{_LINES}(2).length === {LINK_LIMIT} && {_LINES}(2)[0][0] === "
-                           f"{_expected_lines(coords, np.arange(N_SMALL))[0, 0]}")
-    _assert_lines(page, coords, np.arange(N_SMALL))
+    _assert_lines(page, coords, np.arange(N_SMALL), wait=10.0)
     time.sleep(0.5)
     assert events.empty()  # nothing but the cleared selection reached Python
 
@@ -438,6 +452,43 @@ def _click_and_wait_redraw(page, button: str, elem: str) -> None:
     seq = _render_seq(page, elem)
     page.click(button)
     page.wait_for_function(f"document.querySelector('#{elem} .hs-root').parentElement.dataset.renderSeq !== '{seq}'")
+
+
+@pytestmark_browser
+def test_a_click_on_a_point_keeps_the_lasso_selection(browser_app):
+    """Clicking a point (to see its neighbours) while frames are lassoed sends the click and
+    leaves the selection, its highlights and its lines as they were."""
+    page, coords, events = browser_app["page"], browser_app["coords"], browser_app["events"]
+    time.sleep(0.5)
+    while not events.empty():  # what the tests before this one left
+        events.get()
+    area = _plot_area(page, "small", 0)
+    x0, x1, y0, y1 = BOX
+    corners = [_to_px(area, x, y) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0))]
+    page.mouse.move(*corners[0])
+    page.mouse.down()
+    for corner in corners[1:]:
+        page.mouse.move(*corner, steps=8)
+    page.mouse.up()
+    expected = (ID_OFFSET + np.flatnonzero(_inside(coords["a"], BOX))).tolist()
+    assert _next_event(events, "select")["ids"] == expected
+    row, x, y = _isolated_point(page, coords["a"])
+    page.mouse.move(x, y, steps=3)
+    page.mouse.click(x, y)
+    time.sleep(1.5)
+    heard = []
+    while not events.empty():
+        heard.append(events.get())
+    assert [kind for kind, _ in heard] == ["click"], "the click cleared the selection"
+    assert heard[0][1]["ids"] == [ID_OFFSET + row]
+    assert page.evaluate(f"{_HIGHLIGHTED}(1)") == expected
+    _assert_lines(page, coords, np.flatnonzero(_inside(coords["a"], BOX)))
+    # clear it again for the tests after this one (double click off the points)
+    points = coords["a"]
+    corner = max(((cx, cy) for cx in (-0.4, 10.4) for cy in (-0.4, 10.4)),
+                 key=lambda c: np.linalg.norm(points - c, axis=1).min())
+    page.mouse.dblclick(*_to_px(area, *corner))
+    assert _next_event(events, "select")["ids"] == []
 
 
 @pytestmark_browser

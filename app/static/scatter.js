@@ -26,6 +26,7 @@ root.style.setProperty("--hs-wide-height", `${props.wide_height || 520}px`);
 const st = {
   value: null, plots: [], structure: "", seq: 0, hidden: new Set(), categoryKey: "",
   syncing: 0, hoverId: null, hoverTimer: null, hideTimer: null, thumbs: new Map(), pending: new Map(),
+  selected: null, down: null, clickedAt: 0,   // the user's selection (rows) and the last single click
 };
 // For tests and debugging: the live state of this component.
 element.__hicoScatter = st;
@@ -79,13 +80,15 @@ function buildTraces(value, panel) {
     type: "scattergl", mode: "markers", hoverinfo: "none", showlegend: false,
     selected: { marker: { opacity: 1 } }, unselected: { marker: { opacity: 0.12 } },
   };
-  if (panel.links) {   // first trace, even empty: a selection redraws it (drawLinks)
-    traces.push({
-      type: "scattergl", mode: "lines", x: panel.links.x, y: panel.links.y, hoverinfo: "skip",
-      showlegend: false, line: { color: "rgba(80,86,94,0.35)", width: 1 },
+  if (panel.links) {   // the first traces, even empty: a selection redraws them (drawLinks)
+    binLinks(panel, panel.links).forEach((bin, k) => {
+      traces.push({
+        type: "scattergl", mode: "lines", x: bin.x, y: bin.y, hoverinfo: "skip",
+        showlegend: false, line: { color: LINK_COLOURS[k], width: k ? 1.5 : 1 },
+      });
+      traceRows.push(null);
+      traceCodes.push(null);
     });
-    traceRows.push(null);
-    traceCodes.push(null);
   }
   const buckets = new Map();
   if (color && color.kind === "category") {
@@ -215,14 +218,31 @@ function linkSegments(panel, rows) {
   return { x, y };
 }
 
+// A cross-level panel's lines coloured by length (how far apart a frame's two levels place it):
+// one trace per bin of panel.link_breaks (panel units), grey for the shortest, red for the longest.
+const LINK_COLOURS = ["rgba(80,86,94,0.35)", "rgba(230,145,40,0.75)", "rgba(205,35,35,0.9)"];
+
+function binLinks(panel, seg) {
+  const breaks = (panel.link_breaks || []).slice(0, LINK_COLOURS.length - 1);
+  const bins = Array.from({ length: breaks.length + 1 }, () => ({ x: [], y: [] }));
+  for (let i = 0; i + 1 < seg.x.length; i += 3) {
+    const length = Math.hypot(seg.x[i + 1] - seg.x[i], seg.y[i + 1] - seg.y[i]);
+    let k = 0;
+    while (k < breaks.length && length > breaks[k]) k++;
+    bins[k].x.push(seg.x[i], seg.x[i + 1], null);
+    bins[k].y.push(seg.y[i], seg.y[i + 1], null);
+  }
+  return bins;
+}
+
 async function drawLinks(rows) {
   st.syncing += 1;
   try {
     await Promise.all(st.plots.map((plot, j) => {
       const panel = st.value.panels[j];
       if (!plot.ready || !panel.links || panel.layers.length !== 2) return null;
-      const seg = linkSegments(panel, rows);
-      return Plotly.restyle(plot.div, { x: [seg.x], y: [seg.y] }, [0]);
+      const bins = binLinks(panel, linkSegments(panel, rows));
+      return Plotly.restyle(plot.div, { x: bins.map((b) => b.x), y: bins.map((b) => b.y) }, bins.map((_, k) => k));
     }));
   } finally {
     st.syncing -= 1;
@@ -308,16 +328,43 @@ function hideTip() {
   }, 60);
 }
 
+// A single click (to pick a frame) in lasso or box mode makes plotly drop the selection; the user
+// meant to pick, not to clear: only a double click clears. True right after such a click.
+function justClicked() {
+  return Date.now() - st.clickedAt < 600;
+}
+
+// Keep the user's selection after a click dropped it: every panel highlights its rows again
+// (the clicked panel's outline is gone, its points stay highlighted), and Python hears nothing.
+function keepSelection() {
+  highlightOthers(-1, st.selected);
+  drawLinks(st.selected);
+}
+
+// plotly covers the page while the button is down, so the release is heard on the window (capture:
+// before plotly's own handler, which drops the selection).
+window.addEventListener("mouseup", (ev) => {
+  if (!st.down) return;
+  const still = Math.hypot(ev.clientX - st.down.x, ev.clientY - st.down.y) < 4;
+  st.clickedAt = still && ev.detail === 1 ? Date.now() : 0;   // detail 2: the second click of a double
+  st.down = null;
+}, true);
+
 function bindEvents(k, div) {
+  div.addEventListener("mousedown", (ev) => { st.down = { x: ev.clientX, y: ev.clientY }; }, true);
   div.on("plotly_selected", (ev) => {
     if (!st.value || st.syncing) return;
     const { rows, ids } = selectionIds(k, ev && ev.points);
+    if (!rows.size && st.selected && justClicked()) { keepSelection(); return; }
+    st.selected = rows.size ? rows : null;
     trigger("select", { ids, panel: k, title: st.value.panels[k].title || "" });
-    highlightOthers(k, rows.size ? rows : null);
-    drawLinks(rows.size ? rows : null);
+    highlightOthers(k, st.selected);
+    drawLinks(st.selected);
   });
   div.on("plotly_deselect", () => {
-    if (!st.value || st.syncing) return;
+    if (!st.value || st.syncing || !st.selected) return;   // nothing selected: nothing to clear
+    if (justClicked()) { keepSelection(); return; }
+    st.selected = null;
     trigger("select", { ids: [], panel: k, title: st.value.panels[k].title || "" });
     highlightOthers(k, null);
     drawLinks(null);
@@ -452,6 +499,7 @@ async function render(value) {
     st.plots = [];
     st.structure = "";
     st.value = null;
+    st.selected = null;
     legendEl.replaceChildren();
     const empty = document.createElement("div");
     empty.className = "hs-empty";
@@ -461,6 +509,8 @@ async function render(value) {
     return;
   }
   if (structureOf(value) !== st.structure) rebuildGrid(value);
+  // rows index the value's ids: a selection is kept across a redraw of the same rows only
+  if (!st.value || st.value.source !== value.source || st.value.ids.length !== value.ids.length) st.selected = null;
   st.value = value;
   renderLegend(value);
   const jobs = value.panels.map((panel, k) => {
