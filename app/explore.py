@@ -38,6 +38,7 @@ THUMB = 72
 KEEP_ITEMS = 6  # (checkpoint, dataset) tables kept in memory
 KEEP_CLIPS = 256  # decoded clips kept for thumbnails and galleries
 NEIGHBOURS = 6  # nearest frames shown per level for a clicked frame
+PER_CLIP = 2  # of which at most this many from any one other clip
 
 
 @dataclass
@@ -251,21 +252,27 @@ class Explorer:
         return frame[0] if frame.shape[0] == 1 else frame.transpose(1, 2, 0)
 
     def neighbours(self, item: Embedded, row: int, column: str, k: int = NEIGHBOURS,
-                   same_clip: bool = False) -> tuple[np.ndarray, np.ndarray]:
+                   same_clip: bool = False, per_clip: int = PER_CLIP) -> tuple[np.ndarray, np.ndarray]:
         """The k rows nearest to `row` by cosine similarity in one level's embedding, nearest first,
         and their cosine distances: from other clips only unless `same_clip` (a clip's own frames
-        are always its nearest, which teaches nothing); never the row itself."""
+        are always its nearest, which teaches nothing), at most `per_clip` frames of any one clip
+        (so the row shows which clips a level groups with it); never the row itself."""
         x = item.matrix(column)
         unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
         sims = unit @ unit[int(row)]
         sims[int(row)] = -np.inf
+        videos = item.table["video_id"].to_numpy()
         if not same_clip:
-            videos = item.table["video_id"].to_numpy()
             sims[videos == videos[int(row)]] = -np.inf
-        usable = int(np.isfinite(sims).sum())
-        if usable == 0:
-            return np.array([], np.int64), np.array([])
-        k = min(k, usable)
-        top = np.argpartition(-sims, k - 1)[:k]
-        top = top[np.argsort(-sims[top])]
+        order = np.argsort(-sims, kind="stable")
+        chosen, taken = [], {}
+        for i in order:
+            if not np.isfinite(sims[i]) or len(chosen) == k:
+                break
+            video = videos[i]
+            if video != videos[int(row)] and taken.get(video, 0) >= per_clip:
+                continue  # the picked frame's own clip, when asked for, is not capped
+            taken[video] = taken.get(video, 0) + 1
+            chosen.append(i)
+        top = np.array(chosen, np.int64)
         return top, 1.0 - sims[top]

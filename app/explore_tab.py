@@ -160,7 +160,7 @@ class ExploreTab:
         where = "any clip, its own included" if same_clip else "other clips"
         caption = (f"**Picked:** {picked['label']} · {picked['video_id']} · frame {picked['frame']} · "
                    f"{picked['split']}. Its nearest frames at each level, from {where} (cosine distance d):")
-        return self.explorer.frame(item, row), caption, *galleries
+        return enlarged(self.explorer.frame(item, row)), caption, *galleries
 
     def thumbnail(self, row_id: int, source: str) -> str | None:
         """The thumbnail of a row of the table a page shows (its scatter value's `source`)."""
@@ -306,11 +306,12 @@ class ExploreTab:
         gr.Markdown("### Nearest frames\nClick a point: the frame, and its nearest frames at each level side by "
                     "side, so you see which level groups what.")
         with gr.Row(elem_classes="hico-neighbours"):
-            with gr.Column(scale=1, min_width=240):
-                picked = gr.Image(label="Picked frame", interactive=False, height=300, elem_id="explore-picked")
+            with gr.Column(scale=1, min_width=200):
+                picked = gr.Image(label="Picked frame", interactive=False, height=260, elem_id="explore-picked")
                 same_clip = gr.Checkbox(False, label="Include frames of the picked frame's own clip",
                                         elem_id="explore-same-clip")
-            near = [gr.Gallery(label=f"Nearest at {name}", columns=2, height=560, scale=1, min_width=330,
+            # one tile per row: at 1366 px the four levels sit side by side with tiles over 200 px wide
+            near = [gr.Gallery(label=f"Nearest at {name}", columns=1, height=600, scale=1, min_width=220,
                                object_fit="contain", elem_id=f"explore-near-{name}")
                     for name in LEVEL_PANELS]
         picked_note = gr.Markdown(elem_id="explore-picked-note")
@@ -343,6 +344,17 @@ class ExploreTab:
         plot.click(self.neighbours, [run, dataset, same_clip], [picked, picked_note, *near], api_visibility="private")
         run.focus(self.refresh_choices, None, run, api_visibility="private")
         return run
+
+
+def enlarged(frame: np.ndarray, side: int = 256) -> np.ndarray:
+    """A frame at the model's input size (often 96 px) scaled up to `side` px, readable on the page."""
+    from PIL import Image
+
+    image = Image.fromarray(frame)
+    if max(image.size) >= side:
+        return frame
+    scale = side / max(image.size)
+    return np.asarray(image.resize((round(image.width * scale), round(image.height * scale)), Image.BICUBIC))
 
 
 def neighbour_caption(record, distance: float) -> str:
