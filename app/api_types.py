@@ -30,6 +30,7 @@ class StatusReply(TypedDict):
     run: dict[str, Any] | None  # name, folder, state, step, total_steps, epoch, epochs, images_per_s, eta_s,
     #                             device, error, last (its latest metrics line)
     runs: list[dict[str, Any]]  # every run: run, state, step, loss mode, size, started
+    startup: str  # what the app's first start is doing before the demo run exists ("" once done)
 
 
 class CompareReply(Reply):

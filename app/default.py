@@ -37,10 +37,31 @@ def synth_dir(home: Path) -> Path:
     return Path(home) / "datasets" / "synth"
 
 
-def ensure_dataset(home: Path) -> Path:
-    """Write the embedded synthetic dataset if it is not there yet; returns its folder."""
+def ensure_dataset(home: Path, on_clip=None) -> Path:
+    """Write the embedded synthetic dataset if it is not there yet; returns its folder.
+    `on_clip(done, total)` hears of each clip written (hico.synth.write_dataset)."""
     return write_dataset(synth_dir(home), clips=SYNTH_CLIPS, frames=SYNTH_FRAMES, size=SYNTH_SIZE, seed=0,
-                         progress=False)
+                         progress=False, on_clip=on_clip)
+
+
+class Startup:
+    """What the app's first start is doing, for the Train tab before any run exists: written by the
+    one start-up thread, read by every request (a sentence, or "" once there is nothing to say)."""
+
+    def __init__(self):
+        self._note = ""
+
+    def clip_written(self, done: int, total: int) -> None:
+        self._note = (f"First start: writing the synthetic dataset ({done} of {total} clips); the demo model "
+                      f"trains on it next." if done < total else
+                      "First start: the synthetic dataset is written; starting the demo model.")
+
+    def done(self) -> None:
+        self._note = ""
+
+    @property
+    def note(self) -> str:
+        return self._note
 
 
 def demo_values(home: Path) -> dict:
@@ -50,12 +71,12 @@ def demo_values(home: Path) -> dict:
     return values
 
 
-def ensure_demo(home: Path, jobs: Jobs) -> str:
+def ensure_demo(home: Path, jobs: Jobs, on_clip=None) -> str:
     """Start (or resume) training the demo run unless it is finished or already training.
 
     Returns a sentence for the app's log.
     """
-    ensure_dataset(home)
+    ensure_dataset(home, on_clip)
     run_dir = jobs.runs_dir / DEMO_RUN
     if jobs.active() is not None:
         return "a run is already training; the demo run waits"

@@ -152,6 +152,8 @@ RUN_COLUMNS = ["run", "state", "step", "loss mode", "size", "started"]
 def progress_html(status: dict) -> str:
     """A progress bar with epoch, step, images/s and ETA (or the final state)."""
     run = status.get("run")
+    if not run and status.get("startup"):  # the first start writes the demo's dataset before any run exists
+        return f"<div class='hico-progress' data-state='startup'>{html.escape(status['startup'])}</div>"
     if not run:
         return "<div class='hico-progress'>No run yet: fill in the form and press Start.</div>"
     total = max(run["total_steps"], 1)
@@ -299,6 +301,7 @@ class TrainTab:
         """Every 2 s and when the overlaid runs change: progress, chart (redrawn only when a metrics
         file it shows changed), run list, error, and the key of the chart now on the page."""
         status = training_status(self.jobs)
+        status["startup"] = self.startup.note
         runs = status["runs"] or [[""] * len(RUN_COLUMNS)]
         error = error_text(status)
         chart, drawn = chart_update(status, self.access, compare, drawn)
@@ -325,6 +328,7 @@ class TrainTab:
         """The live or latest run's state, step, total_steps, epoch, images_per_s, eta_s, last metrics,
         and the list of runs."""
         status = training_status(self.jobs)
+        status["startup"] = self.startup.note
         status.pop("metrics", None)
         status["runs"] = [dict(zip(RUN_COLUMNS, row)) for row in status["runs"]]
         return status

@@ -22,7 +22,7 @@ from hico.paths import hico_home
 from hico.runs import list_runs
 
 from app.access import Access
-from app.default import DEMO_RUN, REPO, ensure_demo, keep_demo, synth_dir
+from app.default import DEMO_RUN, REPO, Startup, ensure_demo, keep_demo, synth_dir
 from app.diagnose import Diagnoser
 from app.diagnose_tab import DiagnoseTab
 from app.explore import Explorer
@@ -58,6 +58,7 @@ class HiCoApp(TrainTab, ExploreTab, DiagnoseTab):
         self.access = Access(self.home, data_dirs, examples=self.examples())
         self.jobs = Jobs(self.access.runs_dir)
         self.diagnoser = Diagnoser(self.home / "diagnose")
+        self.startup = Startup()  # what the first start is doing (the demo's dataset), for the Train tab
         self.explorer = Explorer()
 
     @staticmethod
@@ -164,6 +165,8 @@ def _warm_up_umap() -> None:
 
 def _start_demo(hico: HiCoApp) -> None:
     try:
-        log.info(ensure_demo(hico.home, hico.jobs))
+        log.info(ensure_demo(hico.home, hico.jobs, hico.startup.clip_written))
     except HiCoError as exc:
         log.warning("embedded default not ready: %s", exc)
+    finally:
+        hico.startup.done()

@@ -252,3 +252,27 @@ def _running(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
     except OSError:
         return False
+
+
+def test_the_first_start_says_how_many_clips_are_written(tmp_path):
+    """write_dataset tells on_clip of every clip; the Train tab shows it before any run exists."""
+    from app.default import Startup
+    from app.train_tab import progress_html
+    from hico.synth import write_dataset
+
+    startup, seen = Startup(), []
+
+    def hear(done, total):
+        seen.append((done, total))
+        startup.clip_written(done, total)
+        if done == 3:
+            seen.append(progress_html({"run": None, "startup": startup.note}))
+
+    write_dataset(tmp_path / "synth", clips=8, frames=3, size=48, progress=False, workers=1, on_clip=hear)
+    counts = [s for s in seen if isinstance(s, tuple)]
+    assert counts == [(i, 8) for i in range(9)]
+    page = next(s for s in seen if isinstance(s, str))
+    assert "writing the synthetic dataset (3 of 8 clips)" in page and "data-state='startup'" in page
+    assert "is written" in startup.note
+    startup.done()
+    assert progress_html({"run": None, "startup": startup.note}).endswith("press Start.</div>")

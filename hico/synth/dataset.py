@@ -10,6 +10,7 @@ import os
 import re
 import sys
 import threading
+from typing import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
 
@@ -36,6 +37,7 @@ def write_dataset(
     fps: float = 15.0,
     progress: bool = True,
     workers: int | None = None,
+    on_clip: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Write ``clips`` synthetic mp4 clips spread evenly over :data:`CLASSES`, a manifest and a README.
 
@@ -43,6 +45,7 @@ def write_dataset(
     paths relative to ``out_dir``) and ``out_dir/README.txt``. Clip ``i`` has class
     ``CLASSES[i % len(CLASSES)]`` and a seed derived from ``(seed, i)``, so the files do not
     depend on ``workers``. A folder already written with the same parameters is left as it is.
+    ``on_clip(done, total)``, when given, hears of every clip written (the app's first start shows it).
 
     The dataset is written in a temporary sibling folder and renamed into place once complete, so
     an interrupted write leaves nothing at ``out_dir`` (the next call removes what it left). An
@@ -81,7 +84,8 @@ def write_dataset(
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with folders.partial_folder(target) as folder:
-            _write_files(folder, clips, frames, (height, width), seed, float(fps), workers, progress, signature)
+            _write_files(folder, clips, frames, (height, width), seed, float(fps), workers,
+                         _Counter(_progress(clips, progress), clips, on_clip), signature)
             moved = folders.move_into_place(folder, target, _interrupted_write)
     except OSError as error:
         raise HiCoError(f"Cannot write the synthetic dataset to {out}: {error.strerror or error}.") from error
@@ -99,13 +103,12 @@ def clip_seed(seed: int, index: int) -> int:
     return int(np.random.SeedSequence([int(seed), int(index)]).generate_state(1, dtype=np.uint32)[0])
 
 
-def _write_files(folder: Path, clips, frames, size, seed, fps, workers, progress, signature) -> None:
-    """The clips, the manifest and, last, the README, in ``folder``."""
+def _write_files(folder: Path, clips, frames, size, seed, fps, workers, bar, signature) -> None:
+    """The clips, the manifest and, last, the README, in ``folder``; `bar` counts the clips."""
     for name in CLASSES:
         (folder / name).mkdir()
     jobs = [(folder, i, frames, size, seed, fps) for i in range(clips)]
     rows: dict[int, tuple[str, str]] = {}
-    bar = _progress(clips, progress)
     try:
         if workers > 1 and clips > workers and clips * frames * size[0] * size[1] >= _POOL_MIN_PIXELS:
             _write_parallel(jobs, workers, rows, bar)
@@ -255,6 +258,24 @@ def _not_ours(out: Path) -> HiCoError:
         f"Folder {out} is not empty and does not hold a complete synthetic dataset made with "
         "these parameters; choose an empty or new folder."
     )
+
+
+class _Counter:
+    """A progress bar that also tells `on_clip(done, total)` of every clip written."""
+
+    def __init__(self, bar, total: int, on_clip: Callable[[int, int], None] | None):
+        self.bar, self.total, self.on_clip, self.done = bar, total, on_clip, 0
+        if on_clip is not None:
+            on_clip(0, total)
+
+    def update(self, n: int) -> None:
+        self.done += n
+        self.bar.update(n)
+        if self.on_clip is not None:
+            self.on_clip(self.done, self.total)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 class _NoBar:
