@@ -90,8 +90,9 @@ def training_figure(rows: list[dict], others: dict[str, list[dict]] | None = Non
     if not rows:
         fig.add_annotation(text="no steps logged yet", showarrow=False, x=0.25, y=0.8, xref="paper", yref="paper")
     if not any_accuracy:
-        fig.add_annotation(text="held-out accuracy comes with each validation (an epoch end), given labelled "
-                                "held-out videos", showarrow=False, x=0.5, y=0.2, xref="paper", yref="paper",
+        fig.add_annotation(text="held-out accuracy: one point per validation (the form's Validations, spread "
+                                "evenly over the run), given labelled held-out videos", showarrow=False, x=0.5,
+                           y=0.2, xref="paper", yref="paper",
                            font=dict(color="#666666"))
     return fig
 

@@ -43,8 +43,11 @@ def device_summary() -> str:
     return "No GPU: training runs on the CPU."
 
 
+DEFAULT_VALIDATIONS = 10  # points of held-out accuracy a run from the form draws (2-3 s each for the demo)
+
+
 def form_values(access: Access, dataset: str, size, batch_size, epochs, lr, mode: str, peer_weight, cross_weight,
-                sup_weight, label_fraction, device: str) -> dict:
+                sup_weight, label_fraction, device: str, validations=DEFAULT_VALIDATIONS) -> dict:
     """The Train form as a nested config dict on top of the demo config; the dataset must be one
     this app may read (see app.access)."""
     values = demo_values(access.home)
@@ -53,8 +56,13 @@ def form_values(access: Access, dataset: str, size, batch_size, epochs, lr, mode
     # A CPU step takes a second, so every step is a point of the live chart; a GPU step takes
     # milliseconds, and a line each 10 steps keeps metrics.jsonl and the chart light.
     on_gpu = (device or "auto") != "cpu" and torch.cuda.is_available()
+    # validations spread evenly over the run's steps (train.val_points), not every few epochs: a
+    # short run still draws a curve of held-out accuracy
     values["train"].update(batch_size=_int("batch size", batch_size), epochs=_int("epochs", epochs),
-                           lr=float(lr), log_every=10 if on_gpu else 1)
+                           lr=float(lr), log_every=10 if on_gpu else 1,
+                           val_points=_int("number of validations", validations))
+    if not values["train"]["val_points"]:
+        values["train"]["val_every"] = 1  # 0 validations on the form: one at each epoch's end
     values["loss"] = {**values.get("loss", {}), "mode": mode, "peer_weight": float(peer_weight),
                       "cross_weight": float(cross_weight), "sup_weight": float(sup_weight)}
     values["device"] = device or "auto"
@@ -112,11 +120,18 @@ def upload_dataset(access: Access, archive, name: str = "") -> tuple[str, str]:
     return str(result.dataset), result.message()
 
 
-def training_status(jobs: Jobs) -> dict:
-    """The live (or latest) run: state, progress, speed, ETA, the last metrics, and every run."""
+LIVE = "live run"  # the Train tab's "Show" choice that follows whatever trains (else the newest run)
+
+
+def training_status(jobs: Jobs, shown: str | None = None) -> dict:
+    """The live (or latest) run, or the run named `shown` (a page that follows one run): state,
+    progress, speed, ETA, the last metrics, and every run. A `shown` name that is not a run (gone,
+    or not a name) falls back to the live run."""
     active = jobs.active()
     runs = list_runs(jobs.runs_dir)
     current = read_run(active) if active else (runs[0] if runs else None)
+    if shown and shown != LIVE:
+        current = next((r for r in runs if r.name == shown), current)
     out = {"active": active is not None, "run": None, "runs": [_run_row(r) for r in runs]}
     if current is None:
         return out
@@ -268,11 +283,14 @@ class TrainTab:
     Mixed into `app.ui.HiCoApp`; uses its shared state (`jobs`, `access`, `home`)."""
 
     def start(self, resume, *form):
+        """Start or resume; the page then shows that run until the user picks another (it stays
+        shown, finished, when the demo resumes)."""
         try:
-            _, message = start_training(self.jobs, self.access, resume, *form)
+            run_dir, message = start_training(self.jobs, self.access, resume, *form)
         except HiCoError as exc:
-            message = f"⚠️ {exc}"
-        return message, gr.update(choices=resume_choices(self.jobs), value=NEW_RUN)
+            return f"⚠️ {exc}", gr.update(choices=resume_choices(self.jobs), value=NEW_RUN), gr.update()
+        return (message, gr.update(choices=resume_choices(self.jobs), value=NEW_RUN),
+                gr.update(choices=[LIVE, *run_names(self.jobs)], value=run_dir.name))
 
     def stop(self):
         return self.jobs.stop(timeout=30)[1]
@@ -297,10 +315,10 @@ class TrainTab:
             return {"ok": False, "message": str(exc), "dataset": None}
         return {"ok": True, "message": message, "dataset": dataset}
 
-    def refresh_training(self, compare=None, drawn=None):
-        """Every 2 s and when the overlaid runs change: progress, chart (redrawn only when a metrics
-        file it shows changed), run list, error, and the key of the chart now on the page."""
-        status = training_status(self.jobs)
+    def refresh_training(self, compare=None, drawn=None, shown=LIVE):
+        """Every 2 s and when the overlaid runs or the shown run change: progress, chart (redrawn only
+        when a metrics file it shows changed), run list, error, and the key of the chart now on the page."""
+        status = training_status(self.jobs, shown)
         status["startup"] = self.startup.note
         runs = status["runs"] or [[""] * len(RUN_COLUMNS)]
         error = error_text(status)
@@ -310,16 +328,17 @@ class TrainTab:
     def api_start_training(self, dataset: str = "", size: int = 96, batch_size: int = 16, epochs: int = 0,
                            lr: float = 3e-4, mode: str = "hico", peer_weight: float = 0.5, cross_weight: float = 0.5,
                            sup_weight: float = 0.2, label_fraction: float = 1.0, device: str = "auto",
-                           resume: str = "") -> StartReply:
+                           resume: str = "", validations: int = DEFAULT_VALIDATIONS) -> StartReply:
         """Start a training run, or resume one by name; returns {ok, message, run}. epochs: 0 means 12
         for a new run and the run's own for a resume; more than a resumed run's continues it (a
-        finished one too) to that many epochs."""
+        finished one too) to that many epochs. validations: how many times a new run measures
+        held-out accuracy, evenly over its steps (train.val_points; 0: every epoch)."""
         if not resume and not epochs:
             epochs = 12
         try:
             run_dir, message = start_training(
                 self.jobs, self.access, resume, dataset or str(synth_dir(self.home)), size, batch_size, epochs, lr,
-                mode, peer_weight, cross_weight, sup_weight, label_fraction, device)
+                mode, peer_weight, cross_weight, sup_weight, label_fraction, device, validations)
         except HiCoError as exc:
             return {"ok": False, "message": str(exc), "run": None}
         return {"ok": True, "message": message.replace("**", ""), "run": run_dir.name}
@@ -388,7 +407,12 @@ class TrainTab:
                     peer = gr.Number(0.5, label="Peer weight")
                     cross = gr.Number(0.5, label="Cross weight")
                     sup = gr.Number(0.2, label="Supervised weight")
-                label_fraction = gr.Slider(0, 1, value=1.0, step=0.05, label="Labelled fraction of videos")
+                with gr.Row():
+                    label_fraction = gr.Slider(0, 1, value=1.0, step=0.05, label="Labelled fraction of videos",
+                                               scale=2)
+                    validations = gr.Number(DEFAULT_VALIDATIONS, label="Validations", precision=0, scale=1,
+                                            elem_id="train-validations",
+                                            info="points of held-out accuracy, evenly over the run (0: each epoch)")
                 device = gr.Dropdown(device_choices(), value="auto", label="Device", info=device_summary())
                 resume = gr.Dropdown(resume_choices(self.jobs), value=NEW_RUN, elem_id="train-resume",
                                      label="Start a new run, or continue one (more epochs continue a finished run)")
@@ -397,6 +421,9 @@ class TrainTab:
                     stop = gr.Button("Stop", variant="stop", elem_id="stop-training")
                 message = gr.Markdown(elem_id="train-message")
             with gr.Column(scale=3, min_width=420):
+                shown = gr.Dropdown([LIVE, *run_names(self.jobs)], value=LIVE, label="Show",
+                                    info="the run training now, or one run: a run you start stays shown, "
+                                         "finished too, until you pick another", elem_id="train-shown")
                 progress = gr.HTML(elem_id="train-progress")
                 chart = gr.Plot(label="Training curves", elem_id="train-chart")
                 compare = gr.Dropdown(run_names(self.jobs), value=[], multiselect=True, label="Compare with runs",
@@ -409,8 +436,8 @@ class TrainTab:
                     doomed = gr.Dropdown(run_names(self.jobs), value=None, label="Run to delete", scale=3,
                                          elem_id="delete-run-name")
                     delete = gr.Button("Delete run", variant="stop", scale=1, elem_id="delete-run")
-        form = [dataset, size, batch, epochs, lr, mode, peer, cross, sup, label_fraction, device]
-        start.click(self.start, [resume, *form], [message, resume], api_visibility="private")
+        form = [dataset, size, batch, epochs, lr, mode, peer, cross, sup, label_fraction, device, validations]
+        start.click(self.start, [resume, *form], [message, resume, shown], api_visibility="private")
         stop.click(self.stop, None, message, api_visibility="private")
         delete.click(self.delete_chosen_run, doomed, [message, doomed], api_visibility="private",
                      js="(name) => (name && confirm(`Delete run ${name} and everything in its folder?`)) ? name : null")
@@ -422,6 +449,9 @@ class TrainTab:
         drawn = gr.State(None)  # the key of the chart on this page (chart_update)
         timer = gr.Timer(2.0)
         outputs = [progress, chart, runs, error, drawn]
-        timer.tick(self.refresh_training, [compare, drawn], outputs, api_visibility="private", show_progress="hidden")
-        compare.change(self.refresh_training, [compare, drawn], outputs, api_visibility="private",
-                       show_progress="hidden")
+        timer.tick(self.refresh_training, [compare, drawn, shown], outputs, api_visibility="private",
+                   show_progress="hidden")
+        for control in (compare, shown):
+            control.change(self.refresh_training, [compare, drawn, shown], outputs, api_visibility="private",
+                           show_progress="hidden")
+        shown.focus(lambda: gr.update(choices=[LIVE, *run_names(self.jobs)]), None, shown, api_visibility="private")

@@ -79,6 +79,7 @@ class TrainConfig:
     seed: int = 0
     log_every: int = 10  # steps between metrics.jsonl lines
     val_every: int = 1  # epochs between held-out evaluations (0: never)
+    val_points: int = 0  # if > 0: validate this many times, evenly over the run's steps, instead of val_every
     val_frames: int = 4  # evenly spaced frames per video embedded at each validation (accuracy, timeline)
     checkpoint_every: int = 0  # steps between `last` checkpoints; 0: once per epoch
     sync_bn: bool = False  # with several ranks (torchrun): batch statistics over all ranks
@@ -287,6 +288,7 @@ def validate(cfg: Config) -> None:
         ("train.warmup_epochs", t.warmup_epochs >= 0, "0 or more"),
         ("train.log_every", t.log_every >= 1, "at least 1"),
         ("train.val_every", t.val_every >= 0, "0 (never) or more"),
+        ("train.val_points", 0 <= t.val_points <= 1000, "0 (val_every decides) to 1000"),
         ("train.val_frames", t.val_frames >= 1, "at least 1"),
         ("train.checkpoint_every", t.checkpoint_every >= 0, "0 (each epoch) or more"),
     ]

@@ -386,6 +386,18 @@ class Trainer:
                  for start in range(0, len(rows), EMBED_CHUNK)]
         return {key: np.concatenate([part[key] for part in parts]) for key in parts[0]}
 
+    def _validation_due(self, epoch_end: bool) -> bool:
+        """Whether the step just taken ends with a validation: train.val_points times, evenly over the
+        run's steps, when set; else every val_every epochs (never when 0); and at the last step, so a
+        run ends on its final accuracy."""
+        t = self.cfg.train
+        if t.val_points:
+            interval = max(1, self.total_steps // t.val_points)
+            return self.step % interval == 0 or self.step == self.total_steps
+        if not t.val_every:
+            return False
+        return (epoch_end and (self.step // self.steps_per_epoch) % t.val_every == 0) or self.step == self.total_steps
+
     def _measure_held_out(self) -> dict | None:
         """Calibrate the classifier and write the familiarity reference (hico.held_out) of the
         checkpoint Diagnose will use; the calibration for summary.json, or None."""
@@ -481,10 +493,7 @@ class Trainer:
                     window.close(self.step, **self._line_fields())
                 every = t.checkpoint_every or self.steps_per_epoch
                 checkpoint = self.step % every == 0 and self.step < self.total_steps
-                # every val_every epochs, and at the last step, so a run ends on its final accuracy
-                validate = bool(self.main and t.val_every and (
-                    (epoch_end and (self.step // self.steps_per_epoch) % t.val_every == 0)
-                    or self.step == self.total_steps))
+                validate = self.main and self._validation_due(epoch_end)
                 # Wait for the device only where the line must be current: before validating
                 # (it joins that line), before a checkpoint (its sidecar holds it) and at the end.
                 lines = window.flush() if validate or checkpoint or self.step == self.total_steps else window.ready()

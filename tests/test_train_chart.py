@@ -91,7 +91,7 @@ def test_a_run_without_accuracy_says_so():
     assert legend == ["old (none logged)", "other", "kNN"]
     empty = training_figure(plain)
     assert not _accuracy(empty) and not any(t.legend == "legend2" for t in empty.data)
-    assert any("held-out accuracy comes with each validation" in a.text for a in empty.layout.annotations)
+    assert any("one point per validation" in a.text for a in empty.layout.annotations)
 
 
 def test_metrics_are_read_again_only_when_the_file_changed(tmp_path):
@@ -158,3 +158,53 @@ def test_compare_endpoint_gives_each_runs_held_out_accuracy(tmp_path):
     empty = train_tab.run_comparison(access, " , ")
     assert not empty["ok"] and empty["runs"] == []
     assert not train_tab.run_comparison(access, "nope")["ok"]
+
+
+def test_a_page_keeps_showing_its_run_when_another_trains(tmp_path):
+    """The Train tab's Show choice: the live (else newest) run by default, or one named run, which
+    stays shown (finished) while another run trains; a name that is no run falls back."""
+    import os
+    import time
+
+    from app.jobs import Jobs
+
+    runs_dir = tmp_path / "runs"
+    for age, name in ((20, "mine"), (10, "demo")):
+        folder = runs_dir / name
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text("{}\n")
+        (folder / "status.json").write_text(json.dumps({"state": "finished", "step": 5, "total_steps": 5}))
+        past = time.time() - age
+        os.utime(folder / "config.yaml", (past, past))
+        os.utime(folder / "status.json", (past, past))
+    jobs = Jobs(runs_dir)
+    newest = train_tab.training_status(jobs)["run"]["name"]
+    assert train_tab.training_status(jobs, train_tab.LIVE)["run"]["name"] == newest
+    for name in ("mine", "demo"):
+        status = train_tab.training_status(jobs, name)
+        assert status["run"]["name"] == name and status["run"]["state"] == "finished"
+    assert train_tab.training_status(jobs, "../etc")["run"]["name"] == newest
+
+
+def test_the_form_spreads_its_validations_over_the_run(tmp_path):
+    access = Access(tmp_path)
+    (tmp_path / "datasets" / "synth").mkdir(parents=True)
+    form = ["synth", 96, 16, 4, 3e-4, "hico", 0.5, 0.5, 0.2, 1.0, "cpu"]
+    values = train_tab.form_values(access, *form)
+    assert values["train"]["val_points"] == train_tab.DEFAULT_VALIDATIONS == 10
+    assert train_tab.form_values(access, *form, 0)["train"]["val_every"] == 1
+    with pytest.raises(Exception, match="number of validations"):
+        train_tab.form_values(access, *form, 2.5)
+
+
+def test_a_run_validates_val_points_times_evenly(class_dataset, tmp_path):
+    from hico import config
+    from hico.runs import read_metrics
+    from hico.train import train
+
+    cfg = config.load(None, [f"data.root={class_dataset}", "data.size=32", "train.batch_size=2", "train.max_steps=10",
+                             "train.warmup_epochs=0", "train.val_points=5", "train.val_every=0", "train.log_every=1",
+                             "device=cpu"])
+    train(cfg, tmp_path / "run", progress=False)
+    validated = [r["step"] for r in read_metrics(tmp_path / "run") if "val_s" in r]
+    assert validated == [2, 4, 6, 8, 10]
