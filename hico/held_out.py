@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from hico import calibration, familiarity
+from hico.errors import HiCoError
 from hico.inference import embed_frames, load_run
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ def measure(run_dir: Path, device: torch.device, frames: Callable[[np.ndarray], 
         reference = familiarity.build_reference(vectors, np.asarray(watched["video_id"]), split,
                                                 np.asarray(watched["classes"]), trained_on)
         familiarity.save(familiarity.reference_path(run_dir, loaded.checkpoint, loaded.step), reference)
-    except Exception as exc:  # a run too small to calibrate on still finishes; Diagnose builds it later
+    except HiCoError as exc:  # a run too small to calibrate on still finishes; Diagnose says why later
         log.warning("no familiarity reference written: %s", exc)
     labelled = np.asarray(held_out_labels) >= 0
     if loaded.model.classifier is None or not labelled.any():

@@ -60,6 +60,8 @@ _FLAT_RANGE = 2  # grey levels a drawn panel varies by within 5 x 5 pixels (spec
 _BAR_WIDTH = 0.06  # a colour scale bar is at most this share of the sector's width, from its edge,
 _BAR_ASPECT = 2.5  # and at least this many times as tall as wide
 _PANEL_AREA = 0.01  # a flat region touching the edge and covering this share of the screen is a panel
+_PANEL_HOLE = 0.02  # holes in a panel up to this share of the screen are its text, larger ones an image
+_BAND = 0.25  # a panel at most this share of the screen deep (or wide) is a band: its whole box is masked
 
 
 @dataclass(frozen=True)
@@ -202,12 +204,18 @@ def _flat_panels(frame: np.ndarray, threshold: float) -> np.ndarray:
     panels = keep[labels]
     if not panels.any():
         return panels
-    # the panel's text: everything inside the panel's bounding rows and columns that it surrounds
-    filled = np.zeros_like(panels)
-    for sl in ndimage.find_objects(ndimage.label(panels)[0]):
-        box = np.zeros_like(panels)
-        box[sl] = True
-        filled |= box
+    # The panel's text: a band (a banner or menu bar, at most _BAND of the screen deep) covers its
+    # bounding box, text touching the screen's edge included; any other panel the small holes it
+    # encloses (text), never a large one (the image a grey surround frames).
+    labels, _ = ndimage.label(panels)
+    holes, _ = ndimage.label(ndimage.binary_fill_holes(panels) & ~panels)
+    small = np.bincount(holes.ravel()) <= _PANEL_HOLE * frame.size
+    small[0] = False
+    filled = panels | small[holes]
+    height, width = frame.shape
+    for sl in ndimage.find_objects(labels):
+        if sl[0].stop - sl[0].start <= _BAND * height or sl[1].stop - sl[1].start <= _BAND * width:
+            filled[sl] = True
     return filled
 
 

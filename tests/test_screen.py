@@ -340,3 +340,17 @@ def test_a_cardiac_cine_keeps_its_fan_and_loses_its_corner_text():
     assert mask.method == "temporal"
     assert not mask.tissue[0:20, 0:40].any() and not mask.tissue[0:30, 280:].any()
     assert mask.tissue[120, 160] and mask.tissue[60, 160]
+
+
+def test_a_grey_frame_around_the_image_is_a_panel_but_does_not_swallow_the_image():
+    """A flat mid-grey surround reaching the screen's top (some vendors draw one) is masked as a
+    panel with the text inside it, and the image it frames is not: only a panel's small holes
+    (text), or a band's box, are masked with it."""
+    rng = np.random.default_rng(2)
+    frame = np.zeros((1, 200, 240, 1), np.uint8)
+    frame[0, 0:190, 10:230] = 90  # grey from the top edge down, black margins left, right and below
+    frame[0, 40:170, 50:200] = rng.integers(20, 220, (130, 150, 1))  # the speckled image it frames
+    frame[0, 10:18, 20:44] = 250  # a label drawn on the grey
+    mask = detect_screen(frame)
+    assert not mask.tissue[0:35].any() and not mask.tissue[10:18, 20:44].any()
+    assert mask.tissue[60:150, 70:180].mean() > 0.9
