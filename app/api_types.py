@@ -53,6 +53,16 @@ class EmbeddingsReply(TypedDict):
     accuracy: NotRequired[list[dict[str, Any]] | None]  # one row per feature, as `hico eval` writes it
 
 
+class SimilarReply(TypedDict):
+    ok: bool
+    message: NotRequired[str]
+    run: NotRequired[str]
+    frames: NotRequired[int]  # frames in the dataset's table
+    levels: NotRequired[dict[str, list[dict[str, Any]]]]  # level -> [{row, video_id, frame, label, distance}]
+    placed: NotRequired[dict[str, list[list[float]]]]  # level -> T x 2: the clip's frames on that Explore panel
+    method: NotRequired[dict[str, str]]  # level -> pca | umap: the projection `placed` is in
+
+
 class TimelineReply(Reply):
     run: NotRequired[str]
     level: str

@@ -108,6 +108,21 @@ class Diagnoser:
                 self._models[key] = load_run(run_dir, name, "cpu")
             return self._models[key]
 
+    def embed_clip(self, run_dir: Path, clip: Path) -> dict[str, np.ndarray]:
+        """A clip's frames embedded by the run's cached model, prepared as its training frames were:
+        {column: T x d} (local, medium, global, backbone, ...), for find-similar."""
+        import torch
+
+        from hico.inference import embed_frames
+        from hico.io import ClipLimits
+        from hico.predict import read_for_prediction
+
+        loaded = self.model(run_dir)
+        data = loaded.cfg.data
+        original = read_for_prediction(Path(clip), data.max_clip_frames, None, ClipLimits.from_config(data))
+        frames, _ = loaded.prepare(original)
+        return embed_frames(loaded.model, torch.from_numpy(frames), loaded.device)
+
     def diagnose(self, run_dir: Path, clip: Path, level: str = "all") -> Diagnosis:
         """Predict, draw saliency, and write the overlay video (a PNG for a one-frame input) and the
         per-frame CSV."""

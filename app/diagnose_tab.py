@@ -1,18 +1,22 @@
-"""The Diagnose tab: its layout, its handlers and the /predict endpoint.
+"""The Diagnose tab: its layout, its handlers and the /predict and /find_similar endpoints.
 
-`DiagnoseTab` is mixed into `app.ui.HiCoApp` and uses its shared state (`diagnoser`, `access`,
-`examples`, `run_path`, `model_runs`, `refresh_choices`); what the handlers compute lives in
+`DiagnoseTab` is mixed into `app.ui.HiCoApp` and uses its shared state (`diagnoser`, `explorer`,
+`access`, `examples`, `run_path`, `model_runs`, `refresh_choices`, `_item`); what the handlers compute lives in
 app/diagnose.py and `hico.predict`.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import gradio as gr
 
 from hico.errors import HiCoError
 
-from app.api_types import PredictReply
+from app.api_types import PredictReply, SimilarReply
 from app.diagnose import SALIENCY_CHOICES, summary
+from app.explore import NEIGHBOURS, PER_CLIP, similar
+from app.explore_tab import LEVEL_PANELS, enlarged, neighbour_caption
 from app.figures import frame_probabilities, level_bars, probability_bars
 
 
@@ -90,6 +94,56 @@ class DiagnoseTab:
                 "overlay_video": gr.FileData(path=str(result.video)),  # a png for a one-frame input
                 "frames_csv": gr.FileData(path=str(result.csv))}
 
+    def _similar(self, clip, run, dataset, k: int = NEIGHBOURS):
+        """(the explore item, Similar) of an uploaded clip in a dataset's embeddings by a run."""
+        path = self.access.uploaded(clip)
+        run_dir = self.run_path(run)
+        try:
+            item = self._item(run, dataset)
+            vectors = self.diagnoser.embed_clip(run_dir, path)
+        except HiCoError as exc:
+            raise HiCoError(str(exc).replace(str(path), path.name)) from None
+        return item, similar(self.explorer, item, vectors, k=k)
+
+    def show_similar(self, clip, run, dataset):
+        """Diagnose's "Find similar frames": the clip's nearest frames in the dataset, per level side by side."""
+        empty = [[]] * len(LEVEL_PANELS)
+        if not clip:
+            return "Upload a clip or pick an example first.", *empty
+        try:
+            item, found = self._similar(clip, run, dataset)
+        except HiCoError as exc:
+            return f"⚠️ {exc}", *empty
+        galleries = [[(enlarged(self.explorer.frame(item, int(i))), neighbour_caption(item.table.loc[int(i)], float(d)))
+                      for i, d in zip(found.rows[level], found.distances[level])] for level in LEVEL_PANELS]
+        name = Path(str(dataset).rstrip("/")).name if dataset else "the synthetic set"
+        return (f"Nearest frames to this clip in **{name}** ({len(item.table):,} frames), at most {PER_CLIP} per "
+                f"clip; d is the cosine distance to the clip's nearest frame."), *galleries
+
+    def api_find_similar(self, clip: gr.FileData, run: str = "", dataset: str = "", k: int = NEIGHBOURS
+                         ) -> SimilarReply:
+        """An uploaded clip's nearest frames in a dataset's embeddings by a run, per level (local, medium,
+        global, backbone): {level: [{row, video_id, frame, label, distance}]}, at most 2 frames of any one
+        clip, k (1 to 50) per level; and `placed`: where each of the clip's frames falls among the
+        dataset's points on each level's Explore panel ({level: T x 2}, in the coordinates /embeddings
+        gives for `method`)."""
+        try:
+            run = run or self.default_run() or ""
+            k = int(k)
+            if not 1 <= k <= 50:
+                raise HiCoError(f"k must be between 1 and 50, not {k}.")
+            item, found = self._similar(clip, run, dataset, k)
+        except (HiCoError, TypeError, ValueError) as exc:
+            return {"ok": False, "message": str(exc) if isinstance(exc, HiCoError) else "k must be a whole number."}
+        table = item.table
+        levels = {level: [{"row": int(i), "video_id": str(table.at[int(i), "video_id"]),
+                           "frame": int(table.at[int(i), "frame"]), "label": None if table.at[int(i), "label"] is None
+                           else str(table.at[int(i), "label"]), "distance": round(float(d), 6)}
+                          for i, d in zip(found.rows[level], found.distances[level])] for level in LEVEL_PANELS}
+        return {"ok": True, "run": run, "frames": len(table), "levels": levels,
+                "placed": {level: found.placed[level].round(5).tolist() for level in LEVEL_PANELS},
+                "method": {level: found.method[level].split(" ")[0].lower() for level in LEVEL_PANELS}}
+
     def diagnose_tab(self) -> gr.Dropdown:
         """The tab's components and events; returns its run dropdown (filled on page load)."""
         with gr.Row():
@@ -117,6 +171,15 @@ class DiagnoseTab:
                 with gr.Row():
                     csv = gr.DownloadButton("Per-frame results (CSV)", elem_id="download-csv")
                     video_file = gr.DownloadButton("Overlay video (mp4)", elem_id="download-video")
+        gr.Markdown("### Find similar frames\nThe nearest frames to this clip in a dataset's embeddings, at each "
+                    "level side by side (the dataset is embedded once by the run, as in Explore).")
+        with gr.Row():
+            similar_data = self.dataset_dropdown(label="Dataset to search", scale=3, elem_id="similar-dataset")
+            similar_go = gr.Button("Find similar frames", scale=1, elem_id="similar-go")
+        similar_note = gr.Markdown(elem_id="similar-note")
+        with gr.Row(elem_classes="hico-neighbours"):
+            similar_near = [gr.Gallery(label=f"Nearest at {name}", columns=1, height=600, scale=1, min_width=220,
+                                       object_fit="contain", elem_id=f"similar-{name}") for name in LEVEL_PANELS]
         result_id = gr.State(None)
         outputs = [message, bars, line, video, slider, frame, mask, csv, video_file, result_id]
         go.click(self.diagnose, [clip, run, level], outputs, api_visibility="private")
@@ -124,5 +187,7 @@ class DiagnoseTab:
         clip.change(self.diagnose, [clip, run, level], outputs, api_visibility="private")
         slider.change(self.diagnose_frame, [result_id, slider], [frame, line], api_visibility="private",
                       show_progress="hidden")
+        similar_go.click(self.show_similar, [clip, run, similar_data], [similar_note, *similar_near],
+                         api_visibility="private")
         run.focus(self.refresh_choices, None, run, api_visibility="private")
         return run

@@ -276,3 +276,50 @@ class Explorer:
             chosen.append(i)
         top = np.array(chosen, np.int64)
         return top, 1.0 - sims[top]
+
+
+@dataclass
+class Similar:
+    """A clip's nearest frames in a dataset's table, per level (Explorer.similar).
+
+    rows / distances: {level: k table rows, nearest first, and their cosine distances};
+    placed: {level: T x 2}, where each of the clip's T frames falls on that level's panel (the
+    mean position of its PLACE_K nearest table frames there); method: the panels' projection."""
+
+    rows: dict[str, np.ndarray]
+    distances: dict[str, np.ndarray]
+    placed: dict[str, np.ndarray]
+    method: dict[str, str]
+
+
+PLACE_K = 5  # table frames whose mean position places one of an uploaded clip's frames
+
+
+def similar(explorer: Explorer, item: Embedded, vectors: dict[str, np.ndarray], k: int = NEIGHBOURS,
+            per_clip: int = PER_CLIP) -> Similar:
+    """An uploaded clip's nearest frames in `item`'s table at each level: vectors {level: T x d}
+    (the clip's frames, embedded by the table's run and checkpoint). A table frame's similarity to
+    the clip is its best cosine similarity to any of the clip's frames; at most `per_clip` frames
+    of any one table clip are kept."""
+    rows, distances, placed, method = {}, {}, {}, {}
+    videos = item.table["video_id"].to_numpy()
+    for column in LEVEL_COLUMNS:
+        x = item.matrix(column)
+        table_unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        clip = np.asarray(vectors[column], np.float32)
+        clip_unit = clip / np.maximum(np.linalg.norm(clip, axis=1, keepdims=True), 1e-12)
+        sims = clip_unit @ table_unit.T  # T x N
+        best = sims.max(axis=0)
+        chosen, taken = [], {}
+        for i in np.argsort(-best, kind="stable"):
+            if len(chosen) == k:
+                break
+            if taken.get(videos[i], 0) < per_clip:
+                taken[videos[i]] = taken.get(videos[i], 0) + 1
+                chosen.append(i)
+        rows[column] = np.array(chosen, np.int64)
+        distances[column] = 1.0 - best[rows[column]]
+        xy, method[column] = explorer.projection(item, column)
+        nearest = np.argpartition(-sims, min(PLACE_K, sims.shape[1]) - 1, axis=1)[:, :PLACE_K]
+        placed[column] = xy[nearest].mean(axis=1)
+    return Similar(rows, distances, placed, method)

@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 EXAMPLES = REPO / "assets" / "examples"
 # the API: each name's handler is HiCoApp.api_<name>; what it returns is declared in app.api_types
 ENDPOINTS = ("start_training", "training_status", "stop_training", "upload_dataset", "delete_run", "embeddings",
-             "timeline", "compare", "predict")
+             "timeline", "compare", "predict", "find_similar")
 # Gradio keeps a copy of every file it serves; files older than a day go, checked hourly.
 GRADIO_CACHE_CLEANUP = (3600, 86400)
 CSS = """

@@ -2,6 +2,7 @@
 
 import json
 
+import numpy as np
 import pytest
 from gradio_client import Client, handle_file
 
@@ -23,13 +24,14 @@ def client(live_app):  # noqa: F811
 def test_api_names_are_published(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/start_training", "/training_status", "/stop_training", "/embeddings", "/predict", "/timeline",
-            "/compare", "/upload_dataset", "/delete_run"} <= set(endpoints)
+            "/compare", "/upload_dataset", "/delete_run", "/find_similar"} <= set(endpoints)
     # every endpoint says what it returns, field by field (app.api_types), not Any
     returns = {name: ep["returns"][0]["python_type"]["type"] for name, ep in endpoints.items()}
     assert all(kind.startswith("dict(") for kind in returns.values()), returns
     assert returns["/stop_training"] == "dict(ok: bool, message: str)"
     assert returns["/upload_dataset"] == "dict(ok: bool, message: str, dataset: None | str)"
     assert "unfamiliar: None | bool" in returns["/predict"] and "accuracy_state: str" in returns["/embeddings"]
+    assert "unfamiliar_reason" in returns["/predict"] and "placed" in returns["/find_similar"]
 
 
 def test_training_through_the_api(client, live_app):  # noqa: F811
@@ -64,6 +66,30 @@ def test_embeddings_endpoint(client, live_app):  # noqa: F811
     assert [row["feature"] for row in waited["accuracy"]] == ["local", "medium", "global", "backbone", "concat"]
     bad = client.predict(run="nope", dataset=str(data), api_name="/embeddings")
     assert bad["ok"] is False and "nope" in bad["message"]
+
+
+def test_find_similar_gives_a_clips_nearest_frames_per_level_and_where_it_falls(client, live_app):  # noqa: F811
+    """One of the dataset's own clips, uploaded: its own frames are its nearest (distance ~0) at
+    every level, at most 2 frames of any clip, and each of its frames is placed inside the panel."""
+    _, _, data, _ = live_app
+    clip = data / "bright" / "bright_0.mp4"
+    out = client.predict(clip=handle_file(str(clip)), run="tiny", dataset=str(data), k=4, api_name="/find_similar")
+    assert out["ok"], out
+    assert set(out["levels"]) == {"local", "medium", "global", "backbone"} and out["frames"] == 48
+    coords = client.predict(run="tiny", dataset=str(data), method="pca", api_name="/embeddings")["coords"]
+    for level, near in out["levels"].items():
+        assert len(near) == 4 and [n["distance"] for n in near] == sorted(n["distance"] for n in near)
+        assert near[0]["video_id"].endswith("bright_0") and near[0]["distance"] < 1e-3
+        assert max(sum(n["video_id"] == v for n in near) for v in {n["video_id"] for n in near}) <= 2
+        xy = np.array(coords[level])
+        placed = np.array(out["placed"][level])
+        assert placed.shape == (6, 2) and out["method"][level] in ("pca", "umap")
+        if out["method"][level] == "pca":
+            assert np.all(placed >= xy.min(axis=0) - 1e-6) and np.all(placed <= xy.max(axis=0) + 1e-6)
+    assert client.predict(clip=handle_file(str(clip)), run="tiny", dataset=str(data), k=0,
+                          api_name="/find_similar")["ok"] is False
+    other = client.predict(clip=handle_file(str(clip)), run="nope", dataset=str(data), api_name="/find_similar")
+    assert other["ok"] is False and "nope" in other["message"]
 
 
 def test_explore_tables_say_how_well_each_layout_keeps_the_embedding(live_app):  # noqa: F811
