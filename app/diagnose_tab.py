@@ -1,7 +1,7 @@
 """The Diagnose tab: its layout, its handlers and the /predict and /find_similar endpoints.
 
 `DiagnoseTab` is mixed into `app.ui.HiCoApp` and uses its shared state (`diagnoser`, `explorer`,
-`access`, `examples`, `run_path`, `model_runs`, `refresh_choices`, `_item`); what the handlers compute lives in
+`access`, `examples`, `run_path`, `model_runs`, `refresh_choices`, and ExploreTab's `_item`, `_similar`); what the handlers compute lives in
 app/diagnose.py and `hico.predict`.
 """
 
@@ -15,7 +15,7 @@ from hico.errors import HiCoError
 
 from app.api_types import PredictReply, SimilarReply
 from app.diagnose import SALIENCY_CHOICES, summary
-from app.explore import NEIGHBOURS, PER_CLIP, similar
+from app.explore import NEIGHBOURS, PER_CLIP
 from app.explore_tab import LEVEL_PANELS, enlarged, neighbour_caption
 from app.figures import frame_probabilities, level_bars, probability_bars
 
@@ -93,17 +93,6 @@ class DiagnoseTab:
                 "familiarity_note": pred.familiarity.sentence() if pred.familiarity else pred.familiarity_note,
                 "overlay_video": gr.FileData(path=str(result.video)),  # a png for a one-frame input
                 "frames_csv": gr.FileData(path=str(result.csv))}
-
-    def _similar(self, clip, run, dataset, k: int = NEIGHBOURS):
-        """(the explore item, Similar) of an uploaded clip in a dataset's embeddings by a run."""
-        path = self.access.uploaded(clip)
-        run_dir = self.run_path(run)
-        try:
-            item = self._item(run, dataset)
-            vectors = self.diagnoser.embed_clip(run_dir, path)
-        except HiCoError as exc:
-            raise HiCoError(str(exc).replace(str(path), path.name)) from None
-        return item, similar(self.explorer, item, vectors, k=k)
 
     def show_similar(self, clip, run, dataset):
         """Diagnose's "Find similar frames": the clip's nearest frames in the dataset, per level side by side."""

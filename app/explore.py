@@ -283,13 +283,21 @@ class Similar:
     """A clip's nearest frames in a dataset's table, per level (Explorer.similar).
 
     rows / distances: {level: k table rows, nearest first, and their cosine distances};
-    placed: {level: T x 2}, where each of the clip's T frames falls on that level's panel (the
-    mean position of its PLACE_K nearest table frames there); method: the panels' projection."""
+    nearest: {level: T x PLACE_K}, each of the clip's T frames' nearest table rows; placed:
+    {level: T x 2}, where each frame falls on that level's panel now (`place`); method: the
+    panels' projection."""
 
     rows: dict[str, np.ndarray]
     distances: dict[str, np.ndarray]
+    nearest: dict[str, np.ndarray]
     placed: dict[str, np.ndarray]
     method: dict[str, str]
+
+
+def place(coords: np.ndarray, nearest: np.ndarray) -> np.ndarray:
+    """T x 2 positions of T frames that are not in a table: each at the mean of the positions
+    (coords: N x 2, a panel's projection) of its nearest table rows (nearest: T x K)."""
+    return np.asarray(coords, np.float64)[np.asarray(nearest, np.int64)].mean(axis=1)
 
 
 PLACE_K = 5  # table frames whose mean position places one of an uploaded clip's frames
@@ -301,7 +309,7 @@ def similar(explorer: Explorer, item: Embedded, vectors: dict[str, np.ndarray], 
     (the clip's frames, embedded by the table's run and checkpoint). A table frame's similarity to
     the clip is its best cosine similarity to any of the clip's frames; at most `per_clip` frames
     of any one table clip are kept."""
-    rows, distances, placed, method = {}, {}, {}, {}
+    rows, distances, nearest, placed, method = {}, {}, {}, {}, {}
     videos = item.table["video_id"].to_numpy()
     for column in LEVEL_COLUMNS:
         x = item.matrix(column)
@@ -320,6 +328,6 @@ def similar(explorer: Explorer, item: Embedded, vectors: dict[str, np.ndarray], 
         rows[column] = np.array(chosen, np.int64)
         distances[column] = 1.0 - best[rows[column]]
         xy, method[column] = explorer.projection(item, column)
-        nearest = np.argpartition(-sims, min(PLACE_K, sims.shape[1]) - 1, axis=1)[:, :PLACE_K]
-        placed[column] = xy[nearest].mean(axis=1)
-    return Similar(rows, distances, placed, method)
+        nearest[column] = np.argpartition(-sims, min(PLACE_K, sims.shape[1]) - 1, axis=1)[:, :PLACE_K]
+        placed[column] = place(xy, nearest[column])
+    return Similar(rows, distances, nearest, placed, method)

@@ -1,8 +1,8 @@
 """The Explore tab: its layout, its handlers and the /embeddings endpoint.
 
 `ExploreTab` is mixed into `app.ui.HiCoApp` and uses its shared state (`explorer`, `access`,
-`home`, `run_path`, `model_runs`, `refresh_choices`); what the handlers compute lives in
-app/explore.py and `hico.embed`.
+`home`, `run_path`, `model_runs`, `refresh_choices`, and `diagnoser` to embed an uploaded clip);
+what the handlers compute lives in app/explore.py and `hico.embed`.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from hico.errors import HiCoError
 
 from app.api_types import EmbeddingsReply, TimelineReply
 from app.default import synth_dir
-from app.explore import PAIRS, cross_summary, linked_rows
+from app.explore import NEIGHBOURS, PAIRS, cross_summary, linked_rows, place, similar
 from app.scatter import palette, panels_value, scatter, table_value
 from app.timeline_view import LEVELS as TIMELINE_LEVELS
 from app.timeline_view import TimelineViews, api_payload
@@ -36,10 +36,27 @@ class ExploreTab:
     def _item(self, run, dataset):
         return self.explorer.load(self.run_path(run), self.access.dataset(dataset or str(synth_dir(self.home))))
 
-    def explore_value(self, item, colour: str, pair: str) -> tuple[dict, str, int]:
+    def _similar(self, clip, run, dataset, k: int = NEIGHBOURS):
+        """(the explore item, Similar) of an uploaded clip in a dataset's embeddings by a run: what
+        Diagnose's find-similar, /find_similar and Explore's placed clip show."""
+        path = self.access.uploaded(clip)
+        run_dir = self.run_path(run)
+        try:
+            item = self._item(run, dataset)
+            vectors = self.diagnoser.embed_clip(run_dir, path)
+        except HiCoError as exc:
+            raise HiCoError(str(exc).replace(str(path), path.name)) from None
+        return item, similar(self.explorer, item, vectors, k=k)
+
+    def explore_value(self, item, colour: str, pair: str, placed: dict | None = None) -> tuple[dict, str, int]:
         """The scatter value for the four level panels and the cross-level panel, a note on which
-        panels are UMAP yet (each swaps from PCA as soon as its UMAP is done), and how many are."""
+        panels are UMAP yet (each swaps from PCA as soon as its UMAP is done), and how many are.
+        placed: a page's uploaded clip ({source, nearest: {level: T x K rows}}, `place_clip`), drawn
+        as stars on each level panel where its frames fall in the projection shown now."""
         coords = {column: self.explorer.projection(item, column)[0] for column in (*LEVEL_PANELS, pair)}
+        marks = None
+        if placed and placed.get("source") == item.source:
+            marks = {level: place(coords[level], nearest) for level, nearest in placed["nearest"].items()}
         umap_done = self.explorer.umap_ready(item, (*LEVEL_PANELS, pair))
         rows = linked_rows(len(item.table))
         a, b = PAIRS[pair]
@@ -57,20 +74,20 @@ class ExploreTab:
             note = "PCA (UMAP still running)"
         value = table_value(item.table, coords, column, view=f"umap{len(umap_done)}", show=list(LEVEL_PANELS),
                             cross=(a, b), cross_rows=rows, source=item.source,
-                            layer_colors=level_colours())
+                            layer_colors=level_colours(), marks=marks, marks_name="uploaded clip")
         return value, note, len(umap_done)
 
-    def explore(self, run, dataset, colour, pair, progress=gr.Progress(track_tqdm=True)):
+    def explore(self, run, dataset, colour, pair, placed=None, progress=gr.Progress(track_tqdm=True)):
         """-> (message, scatter value, accuracy, layout quality, cross-level summary, shown state)."""
         try:
             item = self._item(run, dataset)
         except HiCoError as exc:
             return f"⚠️ {exc}", gr.update(), None, None, None, ""
-        value, note, ready = self.explore_value(item, colour, pair)
+        value, note, ready = self.explore_value(item, colour, pair, placed)
         return (self._explore_message(item, note), value, self._accuracy(item), self.quality_table(item),
                 self.cross_table(item, pair), f"ready:{ready}")
 
-    def explore_tick(self, run, dataset, colour, pair, shown):
+    def explore_tick(self, run, dataset, colour, pair, shown, placed=None):
         """Swap each panel from PCA to UMAP as its UMAP is done; fill the tables when computed."""
         if not run or not shown or shown == "done":
             return (gr.update(),) * 5 + (shown,)
@@ -84,8 +101,24 @@ class ExploreTab:
         state = "done" if ready == len(LEVEL_PANELS) + 1 and finished else f"ready:{ready}"
         if shown == f"ready:{ready}":  # no panel has changed: leave the plot alone
             return gr.update(), gr.update(), *tables, state
-        value, note, _ = self.explore_value(item, colour, pair)
+        value, note, _ = self.explore_value(item, colour, pair, placed)
         return self._explore_message(item, note), value, *tables, state
+
+    def place_clip(self, clip, run, dataset, colour, pair):
+        """An uploaded clip placed among the dataset's points: (a note, the scatter value with its frames
+        as stars, the page's placed state). Each frame sits at the mean position of its 5 nearest
+        frames in the table at that level (app.explore.similar)."""
+        if not clip:
+            return "", gr.update(), None
+        try:
+            item, found = self._similar(clip, run, dataset)
+        except HiCoError as exc:
+            return f"⚠️ {exc}", gr.update(), None
+        placed = {"source": item.source, "nearest": {level: found.nearest[level].tolist() for level in LEVEL_PANELS}}
+        value, _, _ = self.explore_value(item, colour, pair, placed)
+        frames = len(found.nearest[LEVEL_PANELS[0]])
+        return (f"The uploaded clip's {frames} frame(s) are the ★ on each level panel, each where its 5 nearest "
+                f"frames of this dataset lie."), value, placed
 
     def quality_table(self, item) -> list[list]:
         """One row per level panel: how well the layout it shows keeps the embedding's neighbours
@@ -276,6 +309,10 @@ class ExploreTab:
             pair = gr.Radio(list(PAIRS), value=list(PAIRS)[0], label="Cross-level view", scale=2)
             show = gr.Button("Show embeddings", variant="primary", scale=1, elem_id="explore-go")
         message = gr.Markdown(elem_id="explore-message")
+        with gr.Accordion("Place a clip among these points", open=False):
+            place_file = gr.File(label="A clip (video, DICOM or image): its frames are drawn as ★ where they "
+                                       "fall on each level", type="filepath", elem_id="explore-place")
+            place_note = gr.Markdown(elem_id="explore-place-note")
         plot = scatter(thumbnail=self.thumbnail, elem_id="explore-scatter",
                        empty_text="Pick a run and press Show embeddings.")
         gr.Markdown("**Cross-level view** (the wide panel): each frame is drawn at both levels in one shared "
@@ -333,13 +370,16 @@ class ExploreTab:
         t_slider.input(self.timeline_step, [run, t_level, t_slider], [t_plot, t_caption, t_slider],
                        api_visibility="private", show_progress="hidden", trigger_mode="always_last")
         shown = gr.State(None)
-        inputs = [run, dataset, colour, pair]
+        placed = gr.State(None)  # this page's uploaded clip, placed among the points (place_clip)
+        inputs = [run, dataset, colour, pair, placed]
         outputs = [message, plot, accuracy, quality, cross, shown]
         show.click(self.explore, inputs, outputs, api_visibility="private")
         colour.change(self.explore, inputs, outputs, api_visibility="private", show_progress="hidden")
         pair.change(self.explore, inputs, outputs, api_visibility="private", show_progress="hidden")
-        gr.Timer(3.0).tick(self.explore_tick, [*inputs, shown], outputs, api_visibility="private",
-                           show_progress="hidden")
+        gr.Timer(3.0).tick(self.explore_tick, [run, dataset, colour, pair, shown, placed], outputs,
+                           api_visibility="private", show_progress="hidden")
+        place_file.change(self.place_clip, [place_file, run, dataset, colour, pair], [place_note, plot, placed],
+                          api_visibility="private")
         plot.select(self.selected_frames, [run, dataset], [gallery, selection_note], api_visibility="private")
         plot.click(self.neighbours, [run, dataset, same_clip], [picked, picked_note, *near], api_visibility="private")
         run.focus(self.refresh_choices, None, run, api_visibility="private")

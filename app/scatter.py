@@ -49,6 +49,9 @@ The value is a JSON dict (build it with `panels_value` or `table_value`)::
                  "layers": [{"name": str, "symbol": str, "x": [float] * M, "y": [float] * M}, ...],
                  "links": {"x": [...], "y": [...]},   # optional: segments, each `a, b, None`
                  "link_limit": int,                   # with links: most lines drawn for a selection
+                 "link_breaks": [float, float],       # with links: lengths where a line turns orange, red
+                 "marks": {"name": str, "x": [float], "y": [float]},  # optional: points that are no row
+                                                      # (an uploaded clip's frames), drawn on top as stars
                  "xrange": [lo, hi], "yrange": [lo, hi]}]}   # optional fixed axes
 
 Coordinates are rounded to 4 decimals and non-finite ones become None (plotly skips them).
@@ -265,7 +268,8 @@ def panels_value(coords: Mapping[str, Any], color: Any = None, *, ids: Sequence[
                  link_limit: int = MAX_LINKS,
                  ranges: Mapping[str, tuple[Sequence[float], Sequence[float]]] | None = None,
                  size: float | None = None, source: str = "",
-                 layer_colors: Mapping[str, str] | None = None) -> dict:
+                 layer_colors: Mapping[str, str] | None = None,
+                 marks: Mapping[str, Any] | None = None, marks_name: str = "") -> dict:
     """The scatter value for N frames projected at several levels.
 
     coords: level name -> N x 2 array (same N, same row order for every level), in panel order.
@@ -282,6 +286,8 @@ def panels_value(coords: Mapping[str, Any], color: Any = None, *, ids: Sequence[
     source: a name for the table the ids index, handed back to the thumbnail function.
     layer_colors: level name -> css colour for its points, when `color` is None (colour by level:
     on the cross-level panel a frame's two points then differ in colour as well as in symbol).
+    marks: panel title -> M x 2 points that are not rows (an uploaded clip's frames placed among
+    them), drawn as stars named `marks_name`; they take no part in hover, selection or clicks.
     """
     arrays = {name: np.asarray(xy, dtype=np.float64) for name, xy in coords.items()}
     if not arrays:
@@ -316,9 +322,13 @@ def panels_value(coords: Mapping[str, Any], color: Any = None, *, ids: Sequence[
         if name not in arrays:
             raise ValueError(f"show names {name!r}, which is not one of {list(arrays)}")
         xy = arrays[name]
-        panels.append({"title": name, "wide": False,
-                       "layers": [{"name": name, "symbol": "circle", "x": rounded(xy[:, 0]),
-                                   "y": rounded(xy[:, 1]), **tint(name)}], **limits(name)})
+        panel = {"title": name, "wide": False,
+                 "layers": [{"name": name, "symbol": "circle", "x": rounded(xy[:, 0]),
+                             "y": rounded(xy[:, 1]), **tint(name)}], **limits(name)}
+        if marks and name in marks:
+            placed = np.asarray(marks[name], dtype=np.float64).reshape(-1, 2)
+            panel["marks"] = {"name": marks_name, "x": rounded(placed[:, 0]), "y": rounded(placed[:, 1])}
+        panels.append(panel)
     if cross is not None:
         a_name, b_name = cross
         for name in cross:

@@ -120,6 +120,35 @@ def test_explore_tables_say_how_well_each_layout_keeps_the_embedding(live_app): 
     assert len(panel["links"]["x"]) == 3 * 48  # 48 frames: under MAX_LINKS, every frame has its line
 
 
+def test_a_clip_placed_in_explore_is_drawn_where_its_nearest_frames_lie(live_app):  # noqa: F811
+    """Explore's "Place a clip": each of the clip's frames is a star on every level panel, at the mean
+    position of its 5 nearest table frames in the projection shown; a redraw keeps them; another
+    table's page does not draw them."""
+    from app.explore import PAIRS, PLACE_K
+    from app.explore_tab import LEVEL_PANELS
+
+    _, _, data, hico_app = live_app
+    pair = next(iter(PAIRS))
+    note, value, placed = hico_app.place_clip(str(EXAMPLES / "lung_b_lines.mp4"), "tiny", str(data), "class", pair)
+    assert "32 frame(s) are the ★" in note
+    item = hico_app._item("tiny", str(data))
+    for panel in value["panels"]:
+        if panel["wide"]:
+            assert "marks" not in panel
+            continue
+        nearest = np.array(placed["nearest"][panel["title"]])
+        assert nearest.shape == (32, PLACE_K)
+        xy = hico_app.explorer.projection(item, panel["title"])[0][nearest].mean(axis=1)
+        assert panel["marks"]["x"] == pytest.approx(xy[:, 0].tolist(), abs=1e-4)
+        assert panel["marks"]["name"] == "uploaded clip"
+    assert {p["title"] for p in value["panels"] if "marks" in p} == set(LEVEL_PANELS)
+    again = hico_app.explore("tiny", str(data), "class", pair, placed)[1]
+    assert [p.get("marks") for p in again["panels"]] == [p.get("marks") for p in value["panels"]]
+    elsewhere = hico_app.explore("tiny", str(data), "class", pair, {**placed, "source": "another table"})[1]
+    assert not any("marks" in p for p in elsewhere["panels"])
+    assert hico_app.place_clip(None, "tiny", str(data), "class", pair)[2] is None
+
+
 def test_a_zip_uploaded_through_the_api_becomes_a_dataset_the_app_can_use(client, live_app, tmp_path):
     """/upload_dataset unpacks the archive under $HICO_HOME/datasets, says what it found, and the
     returned dataset works in the other endpoints; a second upload of the name, a bad name and an

@@ -568,3 +568,13 @@ def test_fifty_thousand_points_render_quickly(browser_app):
     assert result["points"] == [50_000] * 4 + [10_000]
     assert timings["payload_bytes"] < 6_000_000
     assert result["afterplot"] >= t0 and result["renderMs"] >= 0
+
+
+def test_marks_are_points_that_are_no_rows():
+    """An uploaded clip's frames placed on a panel: drawn as marks, absent where not given."""
+    a = np.array([[0.0, 0.0], [1.0, 1.0]])
+    v = panels_value({"local": a, "global": a}, marks={"global": [[0.5, 0.25], [2.0, 3.0]]}, marks_name="clip")
+    local, glob = v["panels"]
+    assert "marks" not in local
+    assert glob["marks"] == {"name": "clip", "x": [0.5, 2.0], "y": [0.25, 3.0]}
+    assert v["ids"] == [0, 1]  # marks add no rows

@@ -129,6 +129,15 @@ function buildTraces(value, panel) {
       traceCodes.push(null);
     }
   });
+  if (panel.marks) {   // points that are no row (an uploaded clip's frames): on top, inert
+    traces.push({
+      type: "scattergl", mode: "markers", x: panel.marks.x, y: panel.marks.y, hoverinfo: "skip",
+      showlegend: false, name: panel.marks.name,
+      marker: { symbol: "star", size: 15, color: "#111827", line: { color: "#fde047", width: 1.5 } },
+    });
+    traceRows.push(null);
+    traceCodes.push(null);
+  }
   return { traces, traceRows, traceCodes };
 }
 
