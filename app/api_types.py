@@ -43,6 +43,9 @@ class EmbeddingsReply(TypedDict):
     run: NotRequired[str]
     method: NotRequired[str]  # pca | umap
     frames: NotRequired[int]
+    checkpoint: NotRequired[str]
+    step: NotRequired[int]  # the checkpoint's step the table holds
+    newer_step: NotRequired[int | None]  # the run's newer checkpoint, when it has one (refresh=true loads it)
     coords: NotRequired[dict[str, list[list[float]]]]  # level -> N x 2
     video_id: NotRequired[list[str]]
     frame: NotRequired[list[int]]

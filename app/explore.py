@@ -52,6 +52,10 @@ class Embedded:
     path: Path
     data: DataConfig  # the run's `data` config (config.run_config): size, max_frames, cache_dir, limits, mask_screen
     source: str = ""
+    run_dir: str = ""  # the run and dataset (resolved) and the checkpoint and step the table holds
+    data_dir: str = ""
+    checkpoint: str = ""
+    step: int = 0
     matrices: dict[str, np.ndarray] = field(default_factory=dict)
     projections: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     scores: dict[tuple[str, str], dict] = field(default_factory=dict)  # (method, level) -> projection_scores
@@ -75,6 +79,12 @@ class Embedded:
             rows = linked_rows(len(self.table))
             return np.concatenate([videos[rows], videos[rows]])
         return videos
+
+
+def latest_step(run_dir: str | Path) -> tuple[str, int]:
+    """The checkpoint a new view of the run would embed, and its step (its sidecar; cheap)."""
+    name = find_checkpoint(run_dir)
+    return name, int(read_sidecar(Path(run_dir) / "checkpoints", name)["step"])
 
 
 def linked_rows(n: int, seed: int = 0) -> np.ndarray:
@@ -136,7 +146,8 @@ class Explorer:
                     return item
             table, path = embed_dataset(run_dir, data_dir, checkpoint=name, progress=progress)
             data = config_mod.run_config(sidecar["config"]).data
-            item = Embedded(table, path, data, hashlib.sha1(repr(key).encode()).hexdigest()[:16])
+            item = Embedded(table, path, data, hashlib.sha1(repr(key).encode()).hexdigest()[:16],
+                            str(Path(run_dir).resolve()), key[1], name, int(sidecar["step"]))
             self._load_cached_projections(item)
             for column in LEVEL_COLUMNS:
                 item.projections.setdefault(("pca", column), project(item.matrix(column), "pca"))
@@ -150,6 +161,22 @@ class Explorer:
                     self._loading.pop(oldest, None)
         threading.Thread(target=self._background, args=(item,), daemon=True).start()
         return item
+
+    def pinned(self, source: str | None, run_dir: str | Path, data_dir: str | Path) -> Embedded | None:
+        """The table a page shows (its `source`), if it is still cached and is of this run and dataset:
+        a page keeps exploring the checkpoint it showed while the run trains on, and never waits for a
+        re-embed it did not ask for."""
+        item = self.by_source(source) if source else None
+        if item is None or item.run_dir != str(Path(run_dir).resolve()):
+            return None
+        return item if item.data_dir == str(Path(data_dir).expanduser().resolve()) else None
+
+    def cached(self, run_dir: str | Path, data_dir: str | Path) -> Embedded | None:
+        """The newest cached table of this run and dataset (any step), or None."""
+        run_key, data_key = str(Path(run_dir).resolve()), str(Path(data_dir).expanduser().resolve())
+        with self._lock:
+            mine = [item for item in self.items.values() if item.run_dir == run_key and item.data_dir == data_key]
+        return max(mine, key=lambda item: item.step, default=None)
 
     def by_source(self, source: str) -> Embedded | None:
         """The cached table a page's scatter value names, or None (gone from the cache, or unknown)."""

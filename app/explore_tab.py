@@ -14,7 +14,7 @@ from hico.errors import HiCoError
 
 from app.api_types import EmbeddingsReply, TimelineReply
 from app.default import synth_dir
-from app.explore import NEIGHBOURS, PAIRS, cross_summary, linked_rows, place, similar
+from app.explore import NEIGHBOURS, PAIRS, cross_summary, latest_step, linked_rows, place, similar
 from app.scatter import palette, panels_value, scatter, table_value
 from app.timeline_view import LEVELS as TIMELINE_LEVELS
 from app.timeline_view import TimelineViews, api_payload
@@ -33,16 +33,26 @@ class ExploreTab:
 
     timeline_views = TimelineViews()  # shared by every session; it locks itself
 
-    def _item(self, run, dataset):
-        return self.explorer.load(self.run_path(run), self.access.dataset(dataset or str(synth_dir(self.home))))
+    def _item(self, run, dataset, pinned: str | None = None):
+        """The table of a run and dataset: the one the page shows (`pinned`, its source) while it is
+        cached, else the run's newest checkpoint's (embedded if need be: only a request that asks
+        for it, Show embeddings or an API call, waits for that)."""
+        run_dir = self.run_path(run)
+        data_dir = self.access.dataset(dataset or str(synth_dir(self.home)))
+        return self.explorer.pinned(pinned, run_dir, data_dir) or self.explorer.load(run_dir, data_dir)
 
-    def _similar(self, clip, run, dataset, k: int = NEIGHBOURS):
+    def _similar(self, clip, run, dataset, k: int = NEIGHBOURS, pinned: str | None = None):
         """(the explore item, Similar) of an uploaded clip in a dataset's embeddings by a run: what
-        Diagnose's find-similar, /find_similar and Explore's placed clip show."""
+        Diagnose's find-similar, /find_similar and Explore's placed clip (on its `pinned` table) show.
+        The clip is embedded by the checkpoint the table was, or HiCoError says the run moved on."""
         path = self.access.uploaded(clip)
         run_dir = self.run_path(run)
         try:
-            item = self._item(run, dataset)
+            item = self._item(run, dataset, pinned)
+            loaded = self.diagnoser.model(run_dir)
+            if (loaded.checkpoint, loaded.step) != (item.checkpoint, item.step):
+                raise HiCoError(f"The run has moved on to step {loaded.step} since this view (step {item.step}); "
+                                f"press Show embeddings, then place the clip.")
             vectors = self.diagnoser.embed_clip(run_dir, path)
         except HiCoError as exc:
             raise HiCoError(str(exc).replace(str(path), path.name)) from None
@@ -77,41 +87,52 @@ class ExploreTab:
                             layer_colors=level_colours(), marks=marks, marks_name="uploaded clip")
         return value, note, len(umap_done)
 
-    def explore(self, run, dataset, colour, pair, placed=None, progress=gr.Progress(track_tqdm=True)):
-        """-> (message, scatter value, accuracy, layout quality, cross-level summary, shown state)."""
+    def show_embeddings(self, run, dataset, colour, pair, placed=None, progress=gr.Progress(track_tqdm=True)):
+        """Show embeddings: the run's newest checkpoint (embedded now if it is not yet), pinned on the page."""
+        return self.explore(run, dataset, colour, pair, placed, None)
+
+    def explore(self, run, dataset, colour, pair, placed=None, pinned=None, progress=gr.Progress(track_tqdm=True)):
+        """-> (message, scatter value, accuracy, layout quality, cross-level summary, shown state,
+        pinned source). A page that shows a table keeps it (`pinned`) when a control changes."""
         try:
-            item = self._item(run, dataset)
+            item = self._item(run, dataset, pinned)
         except HiCoError as exc:
-            return f"⚠️ {exc}", gr.update(), None, None, None, ""
+            return f"⚠️ {exc}", gr.update(), None, None, None, "", pinned
         value, note, ready = self.explore_value(item, colour, pair, placed)
         return (self._explore_message(item, note), value, self._accuracy(item), self.quality_table(item),
-                self.cross_table(item, pair), f"ready:{ready}")
+                self.cross_table(item, pair), f"ready:{ready}", item.source)
 
-    def explore_tick(self, run, dataset, colour, pair, shown, placed=None):
-        """Swap each panel from PCA to UMAP as its UMAP is done; fill the tables when computed."""
-        if not run or not shown or shown == "done":
-            return (gr.update(),) * 5 + (shown,)
+    def explore_tick(self, run, dataset, colour, pair, shown, placed=None, pinned=None):
+        """Swap each panel from PCA to UMAP as its UMAP is done, fill the tables when computed, and
+        say when the run has a newer checkpoint than the one shown (never loading it unasked)."""
+        unchanged = (gr.update(),) * 5 + (shown, pinned)
+        if not run or not shown or not pinned:
+            return unchanged
         try:
-            item = self._item(run, dataset)
+            item = self.explorer.pinned(pinned, self.run_path(run),
+                                        self.access.dataset(dataset or str(synth_dir(self.home))))
         except HiCoError:
-            return (gr.update(),) * 5 + (shown,)
+            return unchanged
+        if item is None:
+            return unchanged
         tables = self._accuracy(item), self.quality_table(item), self.cross_table(item, pair)
         finished = item.accuracy is not None or item.accuracy_error is not None
         ready = len(self.explorer.umap_ready(item, (*LEVEL_PANELS, pair)))
         state = "done" if ready == len(LEVEL_PANELS) + 1 and finished else f"ready:{ready}"
-        if shown == f"ready:{ready}":  # no panel has changed: leave the plot alone
-            return gr.update(), gr.update(), *tables, state
         value, note, _ = self.explore_value(item, colour, pair, placed)
-        return self._explore_message(item, note), value, *tables, state
+        message = self._explore_message(item, note)
+        if shown == f"ready:{ready}":  # no panel has changed: leave the plot alone
+            return message, gr.update(), *tables, state, pinned
+        return message, value, *tables, state, pinned
 
-    def place_clip(self, clip, run, dataset, colour, pair):
+    def place_clip(self, clip, run, dataset, colour, pair, pinned=None):
         """An uploaded clip placed among the dataset's points: (a note, the scatter value with its frames
         as stars, the page's placed state). Each frame sits at the mean position of its 5 nearest
         frames in the table at that level (app.explore.similar)."""
         if not clip:
             return "", gr.update(), None
         try:
-            item, found = self._similar(clip, run, dataset)
+            item, found = self._similar(clip, run, dataset, pinned=pinned)
         except HiCoError as exc:
             return f"⚠️ {exc}", gr.update(), None
         placed = {"source": item.source, "nearest": {level: found.nearest[level].tolist() for level in LEVEL_PANELS}}
@@ -145,10 +166,19 @@ class ExploreTab:
 
     @staticmethod
     def _explore_message(item, method: str) -> str:
+        """What the page shows: frames, layout, the checkpoint and step, and whether the run has a
+        newer checkpoint (offered, never loaded unasked)."""
         table = item.table
+        newer = ""
+        try:
+            _, latest = latest_step(item.run_dir)
+            if latest > item.step:
+                newer = f" · **step {latest} is available: press Show embeddings to refresh**"
+        except HiCoError:  # the run's checkpoints are gone: the page keeps what it shows
+            pass
         return (f"{len(table):,} frames of {table['video_id'].nunique():,} clips · {method} · "
-                f"checkpoint {table.attrs.get('checkpoint', '')} · box or lasso to select frames, click one for "
-                f"its nearest neighbours")
+                f"checkpoint {item.checkpoint or table.attrs.get('checkpoint', '')} at step {item.step}{newer} · "
+                f"box or lasso to select frames, click one for its nearest neighbours")
 
     @staticmethod
     def _accuracy(item):
@@ -158,10 +188,10 @@ class ExploreTab:
             return [[item.accuracy_error, None, None, None, None]]
         return [["computing…", None, None, None, None]]
 
-    def selected_frames(self, run, dataset, evt: gr.EventData):
+    def selected_frames(self, run, dataset, pinned, evt: gr.EventData):
         """A box/lasso selection -> gallery of the selected frames (the first 60)."""
         try:
-            item = self._item(run, dataset)
+            item = self._item(run, dataset, pinned)
         except HiCoError:
             return [], "Nothing selected."
         ids = _row_ids(evt, len(item.table))
@@ -172,12 +202,12 @@ class ExploreTab:
                    for i, r in zip(ids[:60], rows.head(60).itertuples())]
         return gallery, f"{len(ids)} frames selected" + (" (first 60 shown)" if len(ids) > 60 else "")
 
-    def neighbours(self, run, dataset, same_clip, evt: gr.EventData):
+    def neighbours(self, run, dataset, same_clip, pinned, evt: gr.EventData):
         """A clicked frame -> itself, shown large, and its nearest frames at each level side by side
         (from other clips unless `same_clip`), each captioned with class, clip, frame and distance."""
         empty = [[]] * len(LEVEL_PANELS)
         try:
-            item = self._item(run, dataset)
+            item = self._item(run, dataset, pinned)
         except HiCoError:
             return None, "", *empty
         ids = _row_ids(evt, len(item.table))
@@ -203,18 +233,24 @@ class ExploreTab:
         return self.explorer.thumbnail(item, row_id)
 
     def api_embeddings(self, run: str = "", dataset: str = "", method: str = "pca",
-                       wait_s: float = 0) -> EmbeddingsReply:
+                       wait_s: float = 0, refresh: bool = False) -> EmbeddingsReply:
         """Per-frame 2-D projections of every level (local, medium, global, backbone) for a run and dataset,
         with video id, frame, label and split per frame, and the linear-probe / kNN accuracy per level.
         The accuracy is computed in the background after the projections: accuracy_state says
         ready, pending (accuracy null; call again, or pass wait_s to wait up to that many seconds,
         300 at most) or failed (accuracy_message says why). method=umap waits (up to 300 s) for
-        the app's one background UMAP of the table, which every page and request shares."""
+        the app's one background UMAP of the table, which every page and request shares.
+        A table already embedded for the run is answered at once (`step`), with `newer_step` when
+        the run has a newer checkpoint; refresh=true embeds the newest (and waits for it)."""
         if method not in ("pca", "umap"):
             return {"ok": False, "message": f"method must be pca or umap, not {str(method)[:40]!r}."}
         try:
             run = run or self.default_run() or ""
-            item = self._item(run, dataset)
+            run_dir = self.run_path(run)
+            data_dir = self.access.dataset(dataset or str(synth_dir(self.home)))
+            item = (None if refresh else self.explorer.cached(run_dir, data_dir)) or self.explorer.load(run_dir,
+                                                                                                     data_dir)
+            _, latest = latest_step(run_dir)
         except HiCoError as exc:
             return {"ok": False, "message": str(exc)}
         if method == "umap":
@@ -229,7 +265,8 @@ class ExploreTab:
             item.evaluated.wait(min(float(wait_s), MAX_WAIT_S))
         table = item.table
         state = "ready" if item.accuracy is not None else ("failed" if item.accuracy_error else "pending")
-        return {"ok": True, "run": run, "method": method, "frames": len(table),
+        return {"ok": True, "run": run, "method": method, "frames": len(table), "checkpoint": item.checkpoint,
+                "step": item.step, "newer_step": latest if latest > item.step else None,
                 "accuracy_state": state, "accuracy_message": item.accuracy_error or "",
                 "video_id": table["video_id"].tolist(), "frame": table["frame"].astype(int).tolist(),
                 "label": [None if lab is None else str(lab) for lab in table["label"]],
@@ -371,17 +408,20 @@ class ExploreTab:
                        api_visibility="private", show_progress="hidden", trigger_mode="always_last")
         shown = gr.State(None)
         placed = gr.State(None)  # this page's uploaded clip, placed among the points (place_clip)
+        pinned = gr.State(None)  # the table this page shows (its source): kept while the run trains on
         inputs = [run, dataset, colour, pair, placed]
-        outputs = [message, plot, accuracy, quality, cross, shown]
-        show.click(self.explore, inputs, outputs, api_visibility="private")
-        colour.change(self.explore, inputs, outputs, api_visibility="private", show_progress="hidden")
-        pair.change(self.explore, inputs, outputs, api_visibility="private", show_progress="hidden")
-        gr.Timer(3.0).tick(self.explore_tick, [run, dataset, colour, pair, shown, placed], outputs,
+        outputs = [message, plot, accuracy, quality, cross, shown, pinned]
+        show.click(self.show_embeddings, inputs, outputs, api_visibility="private")
+        for control in (colour, pair):  # applied at once to the table shown: no re-embed
+            control.change(self.explore, [*inputs, pinned], outputs, api_visibility="private",
+                           show_progress="hidden")
+        gr.Timer(3.0).tick(self.explore_tick, [run, dataset, colour, pair, shown, placed, pinned], outputs,
                            api_visibility="private", show_progress="hidden")
-        place_file.change(self.place_clip, [place_file, run, dataset, colour, pair], [place_note, plot, placed],
+        place_file.change(self.place_clip, [place_file, run, dataset, colour, pair, pinned], [place_note, plot, placed],
                           api_visibility="private")
-        plot.select(self.selected_frames, [run, dataset], [gallery, selection_note], api_visibility="private")
-        plot.click(self.neighbours, [run, dataset, same_clip], [picked, picked_note, *near], api_visibility="private")
+        plot.select(self.selected_frames, [run, dataset, pinned], [gallery, selection_note], api_visibility="private")
+        plot.click(self.neighbours, [run, dataset, same_clip, pinned], [picked, picked_note, *near],
+                   api_visibility="private")
         run.focus(self.refresh_choices, None, run, api_visibility="private")
         return run
 

@@ -36,12 +36,12 @@ def main() -> None:
     pair = next(iter(PAIRS))
     threading.Thread(target=_warm_up_umap, daemon=True).start()
     start = time.perf_counter()
-    message, *_, shown = hico.explore(run.name, "", "class", pair)
+    message, *_, shown, pinned = hico.show_embeddings(run.name, "", "class", pair)
     times = {"pca_view_s": time.perf_counter() - start}
     print(f"{time.perf_counter() - start:6.1f} s  {message.split(' · ')[1]}")
     while shown != "done":
         time.sleep(0.5)
-        message, *_, shown = hico.explore_tick(run.name, "", "class", pair, shown)
+        message, *_, shown, pinned = hico.explore_tick(run.name, "", "class", pair, shown, None, pinned)
         ready = int(shown.split(":")[1]) if shown.startswith("ready:") else 5
         if ready >= 1 and "first_umap_s" not in times:
             times["first_umap_s"] = time.perf_counter() - start
@@ -50,7 +50,7 @@ def main() -> None:
     print(f"{times['all_umap_s']:6.1f} s  every panel in UMAP, accuracy table filled")
     again = HiCoApp(HOME)
     start = time.perf_counter()
-    *_, shown = again.explore(run.name, "", "class", pair)
+    *_, shown, _ = again.show_embeddings(run.name, "", "class", pair)
     times["cached_s"] = time.perf_counter() - start
     print(f"{times['cached_s']:6.2f} s  the same request, cached ({shown})")
 

@@ -101,8 +101,11 @@ def test_explore_tables_say_how_well_each_layout_keeps_the_embedding(live_app): 
 
     _, _, data, hico_app = live_app
     pair = next(iter(PAIRS))
-    wait_for(lambda: hico_app.explore_tick("tiny", str(data), "class", pair, "ready:-1")[-1] == "done", timeout=240)
-    message, value, _, quality, cross, shown = hico_app.explore("tiny", str(data), "class", pair)
+    pinned = hico_app.show_embeddings("tiny", str(data), "class", pair)[-1]
+    wait_for(lambda: hico_app.explore_tick("tiny", str(data), "class", pair, "ready:-1", None, pinned)[-2] == "done",
+             timeout=240)
+    message, value, _, quality, cross, shown, again = hico_app.explore("tiny", str(data), "class", pair, None, pinned)
+    assert again == pinned
     assert shown == "ready:5" and "48 frames of 8 clips · UMAP" in message
     item = hico_app._item("tiny", str(data))
     labels, videos = item.table["label"].to_numpy(), item.table["video_id"].to_numpy()
@@ -120,6 +123,46 @@ def test_explore_tables_say_how_well_each_layout_keeps_the_embedding(live_app): 
     assert len(panel["links"]["x"]) == 3 * 48  # 48 frames: under MAX_LINKS, every frame has its line
 
 
+def test_a_run_that_moves_on_is_explored_at_the_checkpoint_shown_until_the_user_refreshes(live_app):  # noqa: F811
+    """While a run trains on, a page keeps its table: a control change and the tick never re-embed,
+    the message offers the newer step, and only Show embeddings loads it."""
+    import shutil
+
+    from app.explore import PAIRS
+    from hico.checkpoint import find_checkpoint
+
+    _, home, data, hico_app = live_app
+    run = home / "runs" / "tiny-moving"
+    shutil.copytree(home / "runs" / "tiny", run)
+    pair = next(iter(PAIRS))
+    message, *_, shown, pinned = hico_app.show_embeddings("tiny-moving", str(data), "class", pair)
+    first = hico_app.explorer.by_source(pinned)
+    assert f"at step {first.step}" in message and "is available" not in message
+    sidecar = run / "checkpoints" / f"{find_checkpoint(run)}.json"  # the run writes a newer checkpoint
+    values = json.loads(sidecar.read_text())
+    values["step"] = first.step + 10
+    sidecar.write_text(json.dumps(values))
+    loads = []
+    real_load = hico_app.explorer.load
+    hico_app.explorer.load = lambda *a, **k: loads.append(a) or real_load(*a, **k)
+    try:
+        changed = hico_app.explore("tiny-moving", str(data), "video", pair, None, pinned)
+        ticked = hico_app.explore_tick("tiny-moving", str(data), "video", pair, shown, None, pinned)
+        assert loads == [], "a control change or a tick loaded (re-embedded) the newer checkpoint"
+        assert changed[-1] == pinned and ticked[-1] == pinned
+        assert f"step {first.step + 10} is available: press Show embeddings" in changed[0]
+        assert changed[1]["source"] == pinned  # the plot still shows the pinned table
+        api = hico_app.api_embeddings("tiny-moving", str(data))  # answered at once, from the table it has
+        assert loads == [] and api["ok"] and api["step"] == first.step and api["newer_step"] == first.step + 10
+        refreshed = hico_app.show_embeddings("tiny-moving", str(data), "video", pair)
+        assert len(loads) == 1 and refreshed[-1] != pinned
+        fresh = hico_app.api_embeddings("tiny-moving", str(data), refresh=True)
+        assert fresh["step"] == first.step + 10 and fresh["newer_step"] is None
+        assert f"at step {first.step + 10}" in refreshed[0] and "is available" not in refreshed[0]
+    finally:
+        hico_app.explorer.load = real_load
+
+
 def test_a_clip_placed_in_explore_is_drawn_where_its_nearest_frames_lie(live_app):  # noqa: F811
     """Explore's "Place a clip": each of the clip's frames is a star on every level panel, at the mean
     position of its 5 nearest table frames in the projection shown; a redraw keeps them; another
@@ -130,6 +173,7 @@ def test_a_clip_placed_in_explore_is_drawn_where_its_nearest_frames_lie(live_app
     _, _, data, hico_app = live_app
     pair = next(iter(PAIRS))
     note, value, placed = hico_app.place_clip(str(EXAMPLES / "lung_b_lines.mp4"), "tiny", str(data), "class", pair)
+    assert "★" in note, note
     assert "32 frame(s) are the ★" in note
     item = hico_app._item("tiny", str(data))
     for panel in value["panels"]:
@@ -142,9 +186,10 @@ def test_a_clip_placed_in_explore_is_drawn_where_its_nearest_frames_lie(live_app
         assert panel["marks"]["x"] == pytest.approx(xy[:, 0].tolist(), abs=1e-4)
         assert panel["marks"]["name"] == "uploaded clip"
     assert {p["title"] for p in value["panels"] if "marks" in p} == set(LEVEL_PANELS)
-    again = hico_app.explore("tiny", str(data), "class", pair, placed)[1]
+    again = hico_app.explore("tiny", str(data), "class", pair, placed, placed["source"])[1]
     assert [p.get("marks") for p in again["panels"]] == [p.get("marks") for p in value["panels"]]
-    elsewhere = hico_app.explore("tiny", str(data), "class", pair, {**placed, "source": "another table"})[1]
+    elsewhere = hico_app.explore("tiny", str(data), "class", pair, {**placed, "source": "another table"},
+                                 placed["source"])[1]
     assert not any("marks" in p for p in elsewhere["panels"])
     assert hico_app.place_clip(None, "tiny", str(data), "class", pair)[2] is None
 
