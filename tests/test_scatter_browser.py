@@ -240,6 +240,10 @@ def browser_app():
                        None, small)
         new_view.click(lambda: table_value(table, coords, "video_id", view="other", cross=("a", "b"), ranges=ranges),
                        None, small)
+        for colour_by in ("label", "video_id"):  # the same table (source) drawn again, coloured by one or the other
+            gr.Button(f"the same table by {colour_by}", elem_id=f"same-table-{colour_by}").click(
+                lambda c=colour_by: table_value(table, coords, c, view="test", cross=("a", "b"), ranges=ranges,
+                                                source="small-table", link_limit=LINK_LIMIT), None, small)
 
     port = free_port()
     demo.launch(prevent_thread_lock=True, server_port=port, server_name="127.0.0.1", quiet=True)
@@ -299,6 +303,35 @@ _HIGHLIGHTED = """((k) => {
     gd.data.forEach((t, c) => (t.selectedpoints || []).forEach(i => ids.add(st.value.ids[st.plots[k].traceRows[c][i]])));
     return Array.from(ids).sort((a, b) => a - b);
 })"""
+
+
+def _lasso_box(page, coords: dict, events: queue.Queue) -> list[int]:
+    """Lasso BOX on panel 0 of the small scatter (after dropping the events earlier tests left);
+    returns the ids Python was sent, checked against the frames inside."""
+    time.sleep(0.5)
+    while not events.empty():
+        events.get()
+    area = _plot_area(page, "small", 0)
+    x0, x1, y0, y1 = BOX
+    corners = [_to_px(area, x, y) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0))]
+    page.mouse.move(*corners[0])
+    page.mouse.down()
+    for corner in corners[1:]:
+        page.mouse.move(*corner, steps=8)
+    page.mouse.up()
+    expected = (ID_OFFSET + np.flatnonzero(_inside(coords["a"], BOX))).tolist()
+    assert _next_event(events, "select")["ids"] == expected
+    return expected
+
+
+def _clear_by_double_click(page, coords: dict, events: queue.Queue) -> None:
+    """Double click panel 0 off its points (measured again: a button may have scrolled the page);
+    Python hears the cleared selection."""
+    area = _plot_area(page, "small", 0)
+    corner = max(((cx, cy) for cx in (-0.4, 10.4) for cy in (-0.4, 10.4)),
+                 key=lambda c: np.linalg.norm(coords["a"] - c, axis=1).min())
+    page.mouse.dblclick(*_to_px(area, *corner))
+    assert _next_event(events, "select")["ids"] == []
 
 
 # The lines drawn on panel k of the small scatter, over its line traces (one per colour, by
@@ -459,19 +492,7 @@ def test_a_click_on_a_point_keeps_the_lasso_selection(browser_app):
     """Clicking a point (to see its neighbours) while frames are lassoed sends the click and
     leaves the selection, its highlights and its lines as they were."""
     page, coords, events = browser_app["page"], browser_app["coords"], browser_app["events"]
-    time.sleep(0.5)
-    while not events.empty():  # what the tests before this one left
-        events.get()
-    area = _plot_area(page, "small", 0)
-    x0, x1, y0, y1 = BOX
-    corners = [_to_px(area, x, y) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0))]
-    page.mouse.move(*corners[0])
-    page.mouse.down()
-    for corner in corners[1:]:
-        page.mouse.move(*corner, steps=8)
-    page.mouse.up()
-    expected = (ID_OFFSET + np.flatnonzero(_inside(coords["a"], BOX))).tolist()
-    assert _next_event(events, "select")["ids"] == expected
+    expected = _lasso_box(page, coords, events)
     row, x, y = _isolated_point(page, coords["a"])
     page.mouse.move(x, y, steps=3)
     page.mouse.click(x, y)
@@ -483,12 +504,7 @@ def test_a_click_on_a_point_keeps_the_lasso_selection(browser_app):
     assert heard[0][1]["ids"] == [ID_OFFSET + row]
     assert page.evaluate(f"{_HIGHLIGHTED}(1)") == expected
     _assert_lines(page, coords, np.flatnonzero(_inside(coords["a"], BOX)))
-    # clear it again for the tests after this one (double click off the points)
-    points = coords["a"]
-    corner = max(((cx, cy) for cx in (-0.4, 10.4) for cy in (-0.4, 10.4)),
-                 key=lambda c: np.linalg.norm(points - c, axis=1).min())
-    page.mouse.dblclick(*_to_px(area, *corner))
-    assert _next_event(events, "select")["ids"] == []
+    _clear_by_double_click(page, coords, events)  # for the tests after this one
 
 
 @pytestmark_browser
@@ -517,6 +533,22 @@ def test_legend_toggles_categories_and_redraws_keep_the_zoom_of_the_same_view(br
     assert "30 values, one colour each" in page.inner_text("#small .hs-legend")
     _click_and_wait_redraw(page, "#new-view", "small")
     assert page.evaluate(x_range) == list(RANGE)   # same layout input, but a new view resets the zoom
+
+
+@pytestmark_browser
+def test_a_selection_survives_a_redraw_of_the_same_table(browser_app):
+    """A new colouring of the table shown (as Explore's controls and UMAP swaps redraw it) keeps the
+    lassoed frames highlighted on every panel, with their lines, and tells Python nothing."""
+    page, coords, events = browser_app["page"], browser_app["coords"], browser_app["events"]
+    _click_and_wait_redraw(page, "#same-table-video_id", "small")  # the table this test redraws (others drew others)
+    expected = _lasso_box(page, coords, events)
+    _click_and_wait_redraw(page, "#same-table-label", "small")
+    page.wait_for_function(f"{_HIGHLIGHTED}(1).length === {len(expected)}")
+    assert page.evaluate(f"{_HIGHLIGHTED}(1)") == expected and page.evaluate(f"{_HIGHLIGHTED}(0)") == expected
+    _assert_lines(page, coords, np.flatnonzero(_inside(coords["a"], BOX)), wait=5.0)
+    time.sleep(0.5)
+    assert all(kind != "select" for kind, _ in list(events.queue)), "the redraw sent a selection"
+    _clear_by_double_click(page, coords, events)  # though plotly no longer holds it (the redraw did)
 
 
 @pytestmark_browser

@@ -346,21 +346,38 @@ function justClicked() {
 // Keep the user's selection after a click dropped it: every panel highlights its rows again
 // (the clicked panel's outline is gone, its points stay highlighted), and Python hears nothing.
 function keepSelection() {
-  highlightOthers(-1, st.selected);
-  drawLinks(st.selected);
+  return Promise.all([highlightOthers(-1, st.selected), drawLinks(st.selected)]);
 }
 
 // plotly covers the page while the button is down, so the release is heard on the window (capture:
 // before plotly's own handler, which drops the selection).
 window.addEventListener("mouseup", (ev) => {
+  // A double click clears the selection, even one plotly no longer holds (a redraw kept it): after
+  // plotly's own handling, which clears what it holds. Its second press may land on plotly's cover,
+  // so it counts when the first press was on a panel just before.
+  if (ev.detail >= 2 && st.lastDown && Date.now() - st.lastDown.t < 800) {
+    const { k } = st.lastDown;
+    setTimeout(() => clearSelection(k), 50);
+  }
   if (!st.down) return;
   const still = Math.hypot(ev.clientX - st.down.x, ev.clientY - st.down.y) < 4;
   st.clickedAt = still && ev.detail === 1 ? Date.now() : 0;   // detail 2: the second click of a double
   st.down = null;
 }, true);
 
+function clearSelection(k) {
+  if (!st.value || !st.selected) return;
+  st.selected = null;
+  trigger("select", { ids: [], panel: k, title: st.value.panels[k].title || "" });
+  highlightOthers(-1, null);
+  drawLinks(null);
+}
+
 function bindEvents(k, div) {
-  div.addEventListener("mousedown", (ev) => { st.down = { x: ev.clientX, y: ev.clientY }; }, true);
+  div.addEventListener("mousedown", (ev) => {
+    st.down = { x: ev.clientX, y: ev.clientY };
+    st.lastDown = { k, t: Date.now() };
+  }, true);
   div.on("plotly_selected", (ev) => {
     if (!st.value || st.syncing) return;
     const { rows, ids } = selectionIds(k, ev && ev.points);
@@ -539,6 +556,9 @@ async function render(value) {
   });
   await Promise.all(jobs);
   if (seq !== st.seq) return;
+  // A redraw of the same table (a new colouring, PCA giving way to UMAP) keeps the user's selection:
+  // its rows are highlighted again on every panel, and the cross panel draws their lines.
+  if (st.selected) await keepSelection();
   element.dataset.renderMs = String(Math.round(performance.now() - t0));
   element.dataset.renderSeq = String(seq);
 }
