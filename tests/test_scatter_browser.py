@@ -305,12 +305,8 @@ _HIGHLIGHTED = """((k) => {
 })"""
 
 
-def _lasso_box(page, coords: dict, events: queue.Queue) -> list[int]:
-    """Lasso BOX on panel 0 of the small scatter (after dropping the events earlier tests left);
-    returns the ids Python was sent, checked against the frames inside."""
-    time.sleep(0.5)
-    while not events.empty():
-        events.get()
+def _draw_lasso(page) -> None:
+    """Draw a lasso around BOX on panel 0 of the small scatter."""
     area = _plot_area(page, "small", 0)
     x0, x1, y0, y1 = BOX
     corners = [_to_px(area, x, y) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0))]
@@ -319,6 +315,15 @@ def _lasso_box(page, coords: dict, events: queue.Queue) -> list[int]:
     for corner in corners[1:]:
         page.mouse.move(*corner, steps=8)
     page.mouse.up()
+
+
+def _lasso_box(page, coords: dict, events: queue.Queue) -> list[int]:
+    """Lasso BOX on panel 0 of the small scatter (after dropping the events earlier tests left);
+    returns the ids Python was sent, checked against the frames inside."""
+    time.sleep(0.5)
+    while not events.empty():
+        events.get()
+    _draw_lasso(page)
     expected = (ID_OFFSET + np.flatnonzero(_inside(coords["a"], BOX))).tolist()
     assert _next_event(events, "select")["ids"] == expected
     return expected
@@ -369,14 +374,7 @@ def test_lasso_selection_sends_the_ids_inside_to_python(browser_app):
     page, coords, events = browser_app["page"], browser_app["coords"], browser_app["events"]
     # Before any selection the cross panel joins an even sample of its frames' two points.
     _assert_lines(page, coords, np.arange(N_SMALL))
-    area = _plot_area(page, "small", 0)
-    x0, x1, y0, y1 = BOX
-    corners = [_to_px(area, x, y) for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1), (x0, y0))]
-    page.mouse.move(*corners[0])
-    page.mouse.down()
-    for corner in corners[1:]:
-        page.mouse.move(*corner, steps=8)
-    page.mouse.up()
+    _draw_lasso(page)
     data = _next_event(events, "select")
     expected = (ID_OFFSET + np.flatnonzero(_inside(coords["a"], BOX))).tolist()
     assert 20 < len(expected) < N_SMALL - 20
