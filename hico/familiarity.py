@@ -1,7 +1,7 @@
 """Whether a clip looks like the data a run was trained on: a model answers with one of its classes
 whatever it is shown, so a prediction on a clip unlike its training data must say so first.
 
-Three distances, each measured per frame and averaged over the clip's frames:
+Four distances, each measured per frame and averaged over the clip's frames:
 
 - ``mahalanobis``: the Mahalanobis distance of the backbone's pooled features (C5, 512 numbers
   for ResNet-18) to the nearest class mean, with one covariance shared by the classes and shrunk
@@ -26,7 +26,7 @@ videos, so about 95 % of held-out clips score 1 or less; a clip scoring above LI
 Chosen by measurement (python -m benchmarks.ood, README "Is the clip like the training data?"):
 on the demo model the old kNN score alone had AUROC 0.93 and flagged 52 % of real scanner files
 at its held-out 95th percentile; energy 0.86, max softmax 0.77; the four together 0.998, every
-real file flagged on two demo models trained with different seeds (2.5 % and 3.5 % of unseen
+real file flagged on two demo models trained with different seeds (1.5 % and 3.5 % of unseen
 synthetic clips flagged).
 
 A run writes its reference when it finishes (hico.train), from the frames its validation embeds;
