@@ -83,6 +83,21 @@ def summary(pred: Prediction) -> str:
     return message + (f"\n\n{pred.familiarity_note}" if pred.familiarity_note else "")
 
 
+def embed_clip(loaded: LoadedRun, clip: Path) -> dict[str, np.ndarray]:
+    """A clip's frames embedded by a loaded run (as `Diagnoser.model` gives it), prepared as its
+    training frames were: {column: T x d} (local, medium, global, backbone, ...), for find-similar."""
+    import torch
+
+    from hico.inference import embed_frames
+    from hico.io import ClipLimits
+    from hico.predict import read_for_prediction
+
+    data = loaded.cfg.data
+    original = read_for_prediction(Path(clip), data.max_clip_frames, None, ClipLimits.from_config(data))
+    frames, _ = loaded.prepare(original)
+    return embed_frames(loaded.model, torch.from_numpy(frames), loaded.device)
+
+
 class Diagnoser:
     """Runs predictions with a cached model per checkpoint and keeps the last few results.
 
@@ -107,21 +122,6 @@ class Diagnoser:
                 self._models.clear()  # requests still using the old model keep their own reference
                 self._models[key] = load_run(run_dir, name, "cpu")
             return self._models[key]
-
-    def embed_clip(self, run_dir: Path, clip: Path) -> dict[str, np.ndarray]:
-        """A clip's frames embedded by the run's cached model, prepared as its training frames were:
-        {column: T x d} (local, medium, global, backbone, ...), for find-similar."""
-        import torch
-
-        from hico.inference import embed_frames
-        from hico.io import ClipLimits
-        from hico.predict import read_for_prediction
-
-        loaded = self.model(run_dir)
-        data = loaded.cfg.data
-        original = read_for_prediction(Path(clip), data.max_clip_frames, None, ClipLimits.from_config(data))
-        frames, _ = loaded.prepare(original)
-        return embed_frames(loaded.model, torch.from_numpy(frames), loaded.device)
 
     def diagnose(self, run_dir: Path, clip: Path, level: str = "all") -> Diagnosis:
         """Predict, draw saliency, and write the overlay video (a PNG for a one-frame input) and the

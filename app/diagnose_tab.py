@@ -1,8 +1,8 @@
 """The Diagnose tab: its layout, its handlers and the /predict and /find_similar endpoints.
 
 `DiagnoseTab` is mixed into `app.ui.HiCoApp` and uses its shared state (`diagnoser`, `explorer`,
-`access`, `examples`, `run_path`, `model_runs`, `refresh_choices`, and ExploreTab's `_item`, `_similar`); what the handlers compute lives in
-app/diagnose.py and `hico.predict`.
+`access`, `examples`, `run_path`, `model_runs`, `refresh_choices`, and ExploreTab's `_similar`);
+what the handlers compute lives in app/diagnose.py and `hico.predict`.
 """
 
 from __future__ import annotations

@@ -25,7 +25,7 @@ from hico.config import DataConfig
 from hico.data import load_clip_frames
 from hico.embed import (LEVEL_COLUMNS, embed_dataset, level_matrix, load_projections, project, save_projections,
                         shared_space)
-from hico.neighbours import cross_level_agreement, projection_scores
+from hico.neighbours import cross_level_agreement, projection_scores, unit_rows
 from hico.evaluate import evaluate_table
 from hico.errors import HiCoError
 from hico.io import ClipLimits
@@ -79,6 +79,11 @@ class Embedded:
             rows = linked_rows(len(self.table))
             return np.concatenate([videos[rows], videos[rows]])
         return videos
+
+
+def _keys(run_dir: str | Path, data_dir: str | Path) -> tuple[str, str]:
+    """A run's and a dataset's resolved paths, as the cache keys its tables."""
+    return str(Path(run_dir).resolve()), str(Path(data_dir).expanduser().resolve())
 
 
 def latest_step(run_dir: str | Path) -> tuple[str, int]:
@@ -136,7 +141,8 @@ class Explorer:
         """Embed (or read the cached table), project with PCA, and start UMAP + evaluation."""
         name = find_checkpoint(run_dir)
         sidecar = read_sidecar(Path(run_dir) / "checkpoints", name)
-        key = (f"{Path(run_dir).resolve()}:{name}:{sidecar['step']}", str(Path(data_dir).expanduser().resolve()))
+        run_key, data_key = _keys(run_dir, data_dir)
+        key = (f"{run_key}:{name}:{sidecar['step']}", data_key)
         with self._lock:
             loading = self._loading.setdefault(key, threading.Lock())
         with loading:  # two sessions asking for the same table at once embed it once
@@ -147,7 +153,7 @@ class Explorer:
             table, path = embed_dataset(run_dir, data_dir, checkpoint=name, progress=progress)
             data = config_mod.run_config(sidecar["config"]).data
             item = Embedded(table, path, data, hashlib.sha1(repr(key).encode()).hexdigest()[:16],
-                            str(Path(run_dir).resolve()), key[1], name, int(sidecar["step"]))
+                            run_key, data_key, name, int(sidecar["step"]))
             self._load_cached_projections(item)
             for column in LEVEL_COLUMNS:
                 item.projections.setdefault(("pca", column), project(item.matrix(column), "pca"))
@@ -167,15 +173,13 @@ class Explorer:
         a page keeps exploring the checkpoint it showed while the run trains on, and never waits for a
         re-embed it did not ask for."""
         item = self.by_source(source) if source else None
-        if item is None or item.run_dir != str(Path(run_dir).resolve()):
-            return None
-        return item if item.data_dir == str(Path(data_dir).expanduser().resolve()) else None
+        return item if item is not None and (item.run_dir, item.data_dir) == _keys(run_dir, data_dir) else None
 
     def cached(self, run_dir: str | Path, data_dir: str | Path) -> Embedded | None:
         """The newest cached table of this run and dataset (any step), or None."""
-        run_key, data_key = str(Path(run_dir).resolve()), str(Path(data_dir).expanduser().resolve())
+        keys = _keys(run_dir, data_dir)
         with self._lock:
-            mine = [item for item in self.items.values() if item.run_dir == run_key and item.data_dir == data_key]
+            mine = [item for item in self.items.values() if (item.run_dir, item.data_dir) == keys]
         return max(mine, key=lambda item: item.step, default=None)
 
     def by_source(self, source: str) -> Embedded | None:
@@ -284,25 +288,30 @@ class Explorer:
         and their cosine distances: from other clips only unless `same_clip` (a clip's own frames
         are always its nearest, which teaches nothing), at most `per_clip` frames of any one clip
         (so the row shows which clips a level groups with it); never the row itself."""
-        x = item.matrix(column)
-        unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        unit = unit_rows(item.matrix(column))
         sims = unit @ unit[int(row)]
         sims[int(row)] = -np.inf
         videos = item.table["video_id"].to_numpy()
         if not same_clip:
             sims[videos == videos[int(row)]] = -np.inf
-        order = np.argsort(-sims, kind="stable")
-        chosen, taken = [], {}
-        for i in order:
-            if not np.isfinite(sims[i]) or len(chosen) == k:
-                break
-            video = videos[i]
-            if video != videos[int(row)] and taken.get(video, 0) >= per_clip:
-                continue  # the picked frame's own clip, when asked for, is not capped
-            taken[video] = taken.get(video, 0) + 1
-            chosen.append(i)
-        top = np.array(chosen, np.int64)
+        # the picked frame's own clip, when asked for, is not capped
+        top = capped_nearest(sims, videos, k, per_clip, uncapped=videos[int(row)])
         return top, 1.0 - sims[top]
+
+
+def capped_nearest(sims: np.ndarray, videos: np.ndarray, k: int, per_clip: int, uncapped=None) -> np.ndarray:
+    """The rows of the k highest finite `sims` (N), highest first, with at most `per_clip` rows of
+    any one video (N ids) but `uncapped`."""
+    chosen, taken = [], {}
+    for i in np.argsort(-sims, kind="stable"):
+        if not np.isfinite(sims[i]) or len(chosen) == k:
+            break
+        video = videos[i]
+        if video != uncapped and taken.get(video, 0) >= per_clip:
+            continue
+        taken[video] = taken.get(video, 0) + 1
+        chosen.append(i)
+    return np.array(chosen, np.int64)
 
 
 @dataclass
@@ -339,20 +348,9 @@ def similar(explorer: Explorer, item: Embedded, vectors: dict[str, np.ndarray], 
     rows, distances, nearest, placed, method = {}, {}, {}, {}, {}
     videos = item.table["video_id"].to_numpy()
     for column in LEVEL_COLUMNS:
-        x = item.matrix(column)
-        table_unit = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-        clip = np.asarray(vectors[column], np.float32)
-        clip_unit = clip / np.maximum(np.linalg.norm(clip, axis=1, keepdims=True), 1e-12)
-        sims = clip_unit @ table_unit.T  # T x N
+        sims = unit_rows(np.asarray(vectors[column], np.float32)) @ unit_rows(item.matrix(column)).T  # T x N
         best = sims.max(axis=0)
-        chosen, taken = [], {}
-        for i in np.argsort(-best, kind="stable"):
-            if len(chosen) == k:
-                break
-            if taken.get(videos[i], 0) < per_clip:
-                taken[videos[i]] = taken.get(videos[i], 0) + 1
-                chosen.append(i)
-        rows[column] = np.array(chosen, np.int64)
+        rows[column] = capped_nearest(best, videos, k, per_clip)
         distances[column] = 1.0 - best[rows[column]]
         xy, method[column] = explorer.projection(item, column)
         nearest[column] = np.argpartition(-sims, min(PLACE_K, sims.shape[1]) - 1, axis=1)[:, :PLACE_K]

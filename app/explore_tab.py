@@ -1,7 +1,7 @@
 """The Explore tab: its layout, its handlers and the /embeddings endpoint.
 
 `ExploreTab` is mixed into `app.ui.HiCoApp` and uses its shared state (`explorer`, `access`,
-`home`, `run_path`, `model_runs`, `refresh_choices`, and `diagnoser` to embed an uploaded clip);
+`home`, `run_path`, `model_runs`, `refresh_choices`, and `diagnoser`'s model to embed an uploaded clip);
 what the handlers compute lives in app/explore.py and `hico.embed`.
 """
 
@@ -14,6 +14,7 @@ from hico.errors import HiCoError
 
 from app.api_types import EmbeddingsReply, TimelineReply
 from app.default import synth_dir
+from app.diagnose import embed_clip
 from app.explore import NEIGHBOURS, PAIRS, cross_summary, latest_step, linked_rows, place, similar
 from app.scatter import palette, panels_value, scatter, table_value
 from app.timeline_view import LEVELS as TIMELINE_LEVELS
@@ -53,7 +54,7 @@ class ExploreTab:
             if (loaded.checkpoint, loaded.step) != (item.checkpoint, item.step):
                 raise HiCoError(f"The run has moved on to step {loaded.step} since this view (step {item.step}); "
                                 f"press Show embeddings, then place the clip.")
-            vectors = self.diagnoser.embed_clip(run_dir, path)
+            vectors = embed_clip(loaded, path)
         except HiCoError as exc:
             raise HiCoError(str(exc).replace(str(path), path.name)) from None
         return item, similar(self.explorer, item, vectors, k=k)

@@ -123,16 +123,16 @@ def upload_dataset(access: Access, archive, name: str = "") -> tuple[str, str]:
 LIVE = "live run"  # the Train tab's "Show" choice that follows whatever trains (else the newest run)
 
 
-def training_status(jobs: Jobs, shown: str | None = None) -> dict:
+def training_status(jobs: Jobs, shown: str | None = None, startup: str = "") -> dict:
     """The live (or latest) run, or the run named `shown` (a page that follows one run): state,
-    progress, speed, ETA, the last metrics, and every run. A `shown` name that is not a run (gone,
-    or not a name) falls back to the live run."""
+    progress, speed, ETA, the last metrics, every run, and `startup` (what the first start is doing).
+    A `shown` name that is not a run (gone, or not a name) falls back to the live run."""
     active = jobs.active()
     runs = list_runs(jobs.runs_dir)
     current = read_run(active) if active else (runs[0] if runs else None)
     if shown and shown != LIVE:
         current = next((r for r in runs if r.name == shown), current)
-    out = {"active": active is not None, "run": None, "runs": [_run_row(r) for r in runs]}
+    out = {"active": active is not None, "run": None, "runs": [_run_row(r) for r in runs], "startup": startup}
     if current is None:
         return out
     rows = metrics_cache.rows(current.path)
@@ -208,6 +208,11 @@ def resume_choices(jobs: Jobs) -> list[str]:
     more epochs)."""
     return [NEW_RUN] + [r.name for r in list_runs(jobs.runs_dir)
                         if r.resumable or (r.state == "finished" and "last" in r.checkpoints)]
+
+
+def shown_choices(jobs: Jobs) -> list[str]:
+    """The Train tab's Show choices: the live run, then every run."""
+    return [LIVE, *run_names(jobs)]
 
 
 def run_names(jobs: Jobs) -> list[str]:
@@ -290,7 +295,7 @@ class TrainTab:
         except HiCoError as exc:
             return f"⚠️ {exc}", gr.update(choices=resume_choices(self.jobs), value=NEW_RUN), gr.update()
         return (message, gr.update(choices=resume_choices(self.jobs), value=NEW_RUN),
-                gr.update(choices=[LIVE, *run_names(self.jobs)], value=run_dir.name))
+                gr.update(choices=shown_choices(self.jobs), value=run_dir.name))
 
     def stop(self):
         return self.jobs.stop(timeout=30)[1]
@@ -318,8 +323,7 @@ class TrainTab:
     def refresh_training(self, compare=None, drawn=None, shown=LIVE):
         """Every 2 s and when the overlaid runs or the shown run change: progress, chart (redrawn only
         when a metrics file it shows changed), run list, error, and the key of the chart now on the page."""
-        status = training_status(self.jobs, shown)
-        status["startup"] = self.startup.note
+        status = training_status(self.jobs, shown, self.startup.note)
         runs = status["runs"] or [[""] * len(RUN_COLUMNS)]
         error = error_text(status)
         chart, drawn = chart_update(status, self.access, compare, drawn)
@@ -346,8 +350,7 @@ class TrainTab:
     def api_training_status(self) -> StatusReply:
         """The live or latest run's state, step, total_steps, epoch, images_per_s, eta_s, last metrics,
         and the list of runs."""
-        status = training_status(self.jobs)
-        status["startup"] = self.startup.note
+        status = training_status(self.jobs, startup=self.startup.note)
         status.pop("metrics", None)
         status["runs"] = [dict(zip(RUN_COLUMNS, row)) for row in status["runs"]]
         return status
@@ -421,7 +424,7 @@ class TrainTab:
                     stop = gr.Button("Stop", variant="stop", elem_id="stop-training")
                 message = gr.Markdown(elem_id="train-message")
             with gr.Column(scale=3, min_width=420):
-                shown = gr.Dropdown([LIVE, *run_names(self.jobs)], value=LIVE, label="Show",
+                shown = gr.Dropdown(shown_choices(self.jobs), value=LIVE, label="Show",
                                     info="the run training now, or one run: a run you start stays shown, "
                                          "finished too, until you pick another", elem_id="train-shown")
                 progress = gr.HTML(elem_id="train-progress")
@@ -454,4 +457,4 @@ class TrainTab:
         for control in (compare, shown):
             control.change(self.refresh_training, [compare, drawn, shown], outputs, api_visibility="private",
                            show_progress="hidden")
-        shown.focus(lambda: gr.update(choices=[LIVE, *run_names(self.jobs)]), None, shown, api_visibility="private")
+        shown.focus(lambda: gr.update(choices=shown_choices(self.jobs)), None, shown, api_visibility="private")

@@ -89,7 +89,7 @@ def cmd_eval(args) -> None:
     elif loaded.classes:
         print(f"\nCalibration: none stored for checkpoint {loaded.checkpoint} (a run fits it when it finishes "
               f"with labelled held-out videos; see {calibration.FILE})")
-    on_data = calibration_on_data(args.run_dir, args.data_dir, args.device)
+    on_data = calibration_on_data(loaded, args.data_dir, args.device)
     if on_data is not None:
         print(f"Calibration on {args.data_dir} ({on_data['frames']} frames): expected calibration error "
               f"{on_data['ece_before']:.3f} at temperature 1 -> {on_data['ece_after']:.3f} at "

@@ -196,27 +196,28 @@ def evaluate_run(run_dir: str | Path, data_dir: str | Path, folds: int = 5, k: i
     return evaluate_table(table, table_path, folds, k, seed, reuse)
 
 
-def calibration_on_data(run_dir: str | Path, data_dir: str | Path, device: str = "auto") -> dict | None:
+def calibration_on_data(loaded, data_dir: str | Path, device: str = "auto") -> dict | None:
     """The classifier's expected calibration error on a labelled dataset's frames, at temperature 1
     and at the temperature the run fitted (hico.calibration); None when the run has no classifier
-    or the dataset no frames of the run's classes. {frames, ece_before, ece_after, temperature}."""
+    or the dataset no frames of the run's classes. `loaded`: the run (hico.inference.LoadedRun),
+    whose checkpoint's embeddings table of the dataset is read (embedded on `device` if missing).
+    {frames, ece_before, ece_after, temperature}."""
     import torch
 
     from hico.calibration import expected_calibration_error, softmax
     from hico.embed import level_matrix
-    from hico.inference import load_run
 
-    loaded = load_run(run_dir, "auto", "cpu" if device == "auto" else device)
     if loaded.model.classifier is None or not loaded.classes:
         return None
-    table, _ = embed_dataset(run_dir, data_dir, checkpoint=loaded.checkpoint, device=device, progress=False)
+    table, _ = embed_dataset(loaded.run_dir, data_dir, checkpoint=loaded.checkpoint, device=device, progress=False)
     index = {name: i for i, name in enumerate(loaded.classes)}
     labels = np.array([index.get(label, -1) for label in table["label"]])
     known = labels >= 0
     if not known.any():
         return None
     with torch.no_grad():
-        logits = loaded.model.classifier(torch.from_numpy(level_matrix(table, "backbone")[known])).numpy()
+        backbone = torch.from_numpy(level_matrix(table, "backbone")[known]).to(loaded.device)
+        logits = loaded.model.classifier(backbone).float().cpu().numpy()
     fitted = loaded.calibration
     temperature = fitted.temperature if fitted is not None else 1.0
     return {"frames": int(known.sum()), "temperature": temperature,

@@ -46,6 +46,7 @@ import numpy as np
 
 from hico.errors import HiCoError
 from hico.files import atomic_path
+from hico.neighbours import unit_rows
 from hico.paths import expand_path
 
 log = logging.getLogger(__name__)
@@ -349,5 +350,4 @@ def _mahalanobis(x: np.ndarray, means: np.ndarray, precision: np.ndarray) -> np.
 
 
 def _unit(features: np.ndarray, mean: np.ndarray) -> np.ndarray:
-    centred = np.asarray(features, dtype=np.float64) - mean
-    return centred / np.maximum(np.linalg.norm(centred, axis=1, keepdims=True), 1e-12)
+    return unit_rows(np.asarray(features, dtype=np.float64) - mean)

@@ -13,6 +13,11 @@ SCORE_K = 10  # neighbours compared by the scores
 SCORE_SAMPLE = 2000  # rows whose neighbours are compared (all rows are candidate neighbours)
 
 
+def unit_rows(x: np.ndarray) -> np.ndarray:
+    """N x d rows scaled to unit length (a zero row stays zero): cosine similarity is then a dot product."""
+    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+
+
 def _codes(groups, n: int) -> np.ndarray | None:
     if groups is None:
         return None
@@ -39,7 +44,7 @@ def knn(x: np.ndarray, k: int, metric: str = "cosine", groups=None, same_group: 
     if not 1 <= k <= n:
         raise ValueError(f"k must be between 1 and the number of rows ({n}), got {k}")
     if metric == "cosine":
-        data = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+        data = unit_rows(x)
     elif metric == "euclidean":
         data = np.asarray(x, dtype=np.float64)
         squares = (data * data).sum(axis=1)

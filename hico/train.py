@@ -402,16 +402,16 @@ class Trainer:
         """Calibrate the classifier and write the familiarity reference (hico.held_out) of the
         checkpoint Diagnose will use; the calibration for summary.json, or None."""
         positions = np.arange(self.n_train, self.n_train + len(self.data.val_idx))
-        rows = [np.arange(self.cache.offsets[p], self.cache.offsets[p] + self.cache.lengths[p]) for p in positions]
+        lengths = self.cache.lengths[positions]
+        rows = np.concatenate([np.arange(self.cache.offsets[p], self.cache.offsets[p] + self.cache.lengths[p])
+                               for p in positions] or [np.array([], np.int64)])
         clips = [self.data.dataset.clips[i] for i in self.data.val_idx]
-        videos = np.concatenate([[c.video_id] * len(r) for c, r in zip(clips, rows)]) if rows else np.array([])
-        labels = np.concatenate([[self.data.dataset.label_index(c)] * len(r) for c, r in zip(clips, rows)]) \
-            if rows else np.array([], np.int64)
+        videos = np.repeat(np.array([c.video_id for c in clips]), lengths)
+        labels = np.repeat(np.array([self.data.dataset.label_index(c) for c in clips], np.int64), lengths)
         trained_on = familiarity.describe_training(self.n_train, self.classes, self.cfg.data.root)
         started = time.perf_counter()
         result = held_out.measure(self.run_dir, self.device, lambda r: gather_frames(self.cache, r, self.device),
-                                  self._watched_frames(), np.concatenate(rows) if rows else np.array([], np.int64),
-                                  videos, labels, trained_on)
+                                  self._watched_frames(), rows, videos, labels, trained_on)
         log.info("held-out calibration and familiarity reference in %.1f s", time.perf_counter() - started)
         return result
 

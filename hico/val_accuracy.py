@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from hico.neighbours import unit_rows
+
 KNN_K = 10
 KNN_LEVELS = ("local", "medium", "global", "backbone")
 PROBE_LEVELS = ("local", "medium", "global")
@@ -61,11 +63,7 @@ def knn_predict(train_x: np.ndarray, train_y: np.ndarray, test_x: np.ndarray, k:
     mean, std = train_x.mean(axis=0), train_x.std(axis=0)
     std[std < 1e-12] = 1.0
 
-    def unit(x):
-        x = (x - mean) / std
-        return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-
-    sim = unit(test_x) @ unit(train_x).T  # M x N
+    sim = unit_rows((test_x - mean) / std) @ unit_rows((train_x - mean) / std).T  # M x N
     k = min(k, len(train_y))
     nearest = np.argpartition(-sim, k - 1, axis=1)[:, :k]  # M x k, unordered
     near_sim = np.take_along_axis(sim, nearest, axis=1)

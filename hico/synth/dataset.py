@@ -10,9 +10,9 @@ import os
 import re
 import sys
 import threading
-from typing import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
