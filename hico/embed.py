@@ -14,10 +14,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import torch
+from tqdm.auto import tqdm
 
 from hico.checkpoint import find_checkpoint, read_sidecar
 from hico.data import assign_splits, build_cache, find_clips
@@ -48,14 +51,45 @@ def _drop_stale(target: Path) -> None:
             old.unlink(missing_ok=True)
 
 
+CHUNK_FRAMES = 256  # the first chunk of frames embedded; each later chunk is twice the one before
+
+
+def embed_order(lengths: np.ndarray, seed: int = 0, first: int = CHUNK_FRAMES) -> list[np.ndarray]:
+    """Frame indices (into the packed frames of clips of these `lengths`) in the chunks they are
+    embedded in: whole clips in a seeded random order, so that the first chunks already hold every
+    class, in chunks of `first` frames or more, each at least twice the one before (few chunks:
+    the app redraws its partial view after each)."""
+    lengths = np.asarray(lengths, np.int64)
+    offsets = np.cumsum(lengths) - lengths
+    chunks, current, size, target = [], [], 0, first
+    for clip in np.random.default_rng(seed).permutation(len(lengths)):
+        current.append(np.arange(offsets[clip], offsets[clip] + lengths[clip]))
+        size += int(lengths[clip])
+        if size >= target:
+            chunks.append(np.concatenate(current))
+            current, size, target = [], 0, 2 * target
+    if current:
+        chunks.append(np.concatenate(current))
+    return chunks
+
+
 def embed_dataset(run_dir: str | Path, data_dir: str | Path, out: str | Path | None = None,
                   checkpoint: str = "auto", device: str = "auto", batch_size: int = 64,
-                  max_frames: int | None = None, reuse: bool = True, progress: bool = True) -> tuple[pd.DataFrame, Path]:
+                  max_frames: int | None = None, reuse: bool = True, progress: bool = True,
+                  on_clip: Callable[[int, int], None] | None = None,
+                  on_chunk: Callable[[pd.DataFrame, dict[str, np.ndarray], np.ndarray], None] | None = None,
+                  ) -> tuple[pd.DataFrame, Path]:
     """Embed every frame of every clip under data_dir with a run's checkpoint.
 
     Writes the table as Parquet (to `out`, or a file in RUN_DIR/embeddings named for the data,
     checkpoint and step) and returns (table, path). With `reuse`, an existing table for the same
     data, checkpoint and step is read instead of recomputed.
+
+    Frames are embedded in chunks of whole clips in a random order (`embed_order`), so a caller can
+    show a part that already spans the dataset: `on_clip(done, total)` as clips are decoded, then
+    `on_chunk(meta, vectors, done)` after each chunk, with meta the table's N rows without vectors,
+    vectors {column: N x d float32} for every vector column (rows filled where done is true), and
+    done (N bools, a new array each time). The table's rows are in the dataset's order.
     """
     run_dir, data_dir = expand_path(run_dir), expand_path(data_dir)
     name = find_checkpoint(run_dir, checkpoint)
@@ -72,17 +106,30 @@ def embed_dataset(run_dir: str | Path, data_dir: str | Path, out: str | Path | N
     splits = assign_splits(dataset, cfg.data.val_fraction, cfg.train.seed) if same_data else None
     cache_dir = expand_path(cfg.data.cache_dir) if cfg.data.cache_dir else None
     cache = build_cache([c.path for c in dataset.clips], cfg.data.size, frames_cap, cache_dir, progress,
-                        limits=ClipLimits.from_config(cfg.data), mask_screen=cfg.data.mask_screen)
-    vectors = embed_frames(loaded.model, cache.frames, dev, batch_size, progress)
-    rows = {"video_id": [], "frame": [], "label": [], "path": [], "split": []}
-    for i, clip in enumerate(dataset.clips):
-        n = int(cache.lengths[i])
-        rows["video_id"] += [clip.video_id] * n
-        rows["frame"] += list(range(n))
-        rows["label"] += [clip.label] * n
-        rows["path"] += [str(clip.path)] * n
-        rows["split"] += [(clip.split or (splits[i] if splits else "external"))] * n
-    table = pd.DataFrame(rows)
+                        limits=ClipLimits.from_config(cfg.data), mask_screen=cfg.data.mask_screen, on_clip=on_clip)
+    lengths = np.asarray(cache.lengths, np.int64)
+    table = pd.DataFrame({
+        "video_id": np.repeat([c.video_id for c in dataset.clips], lengths).tolist(),
+        "frame": np.concatenate([np.arange(n) for n in lengths]).tolist(),
+        "label": np.repeat(np.array([c.label for c in dataset.clips], dtype=object), lengths).tolist(),
+        "path": np.repeat([str(c.path) for c in dataset.clips], lengths).tolist(),
+        "split": np.repeat([clip.split or (splits[i] if splits else "external")
+                            for i, clip in enumerate(dataset.clips)], lengths).tolist()})
+    vectors: dict[str, np.ndarray] = {}
+    done = np.zeros(len(table), bool)
+    with tqdm(total=len(table), desc="embedding", unit="frame", disable=not progress, leave=False) as bar:
+        for rows in embed_order(lengths):
+            part = embed_frames(loaded.model, cache.frames[torch.from_numpy(rows)], dev, batch_size)
+            for col in VECTOR_COLUMNS:
+                if col not in vectors:
+                    vectors[col] = np.zeros((len(table), part[col].shape[1]), np.float32)
+                vectors[col][rows] = part[col]
+            done = done.copy()
+            done[rows] = True
+            bar.update(len(rows))
+            if on_chunk is not None:
+                on_chunk(table, vectors, done)
+    table = table.copy()
     for col in VECTOR_COLUMNS:
         table[col] = list(vectors[col])
     table.attrs.update({"checkpoint": name, "step": sidecar["step"]})

@@ -143,6 +143,13 @@ def feature_size(size: int, level: str) -> int:
     return side
 
 
+def spatial_mean(fmap: torch.Tensor) -> torch.Tensor:
+    """B x C x H x W -> B x C, the mean over positions, as a sum divided by H * W: on a CPU a bf16
+    channels_last `mean` takes a slow path (18 ms for a 64 x 256 x 24 x 24 map on two cores, the sum
+    1.1 ms), which made the means 12 % of embedding a dataset. Same value up to bf16 rounding."""
+    return fmap.sum(dim=(2, 3)) / (fmap.shape[2] * fmap.shape[3])
+
+
 class ProjectionHead(nn.Module):
     """Linear -> ReLU -> Linear on a pooled (`pooled`) or flattened (`flatten`) level map."""
 
@@ -216,13 +223,13 @@ class HiCoModel(nn.Module):
         """Per-frame embeddings: pooled level maps (local, medium, global: B x fpn_dim),
         pooled C5 (backbone: B x C5 channels), pooled C2 and C3 (c2, c3: the first two residual
         stages' channel means, image statistics that hico.familiarity reads) and the head outputs
-        (z_local, ...: B x proj_dim)."""
+        (z_local, ...: B x proj_dim). A pooled head reuses its level's pooled map."""
         maps = self.features(x)
-        out = {"backbone": maps["C5"].mean(dim=(2, 3)), "c2": maps["C2"].mean(dim=(2, 3)),
-               "c3": maps["C3"].mean(dim=(2, 3))}
+        out = {"backbone": spatial_mean(maps["C5"]), "c2": spatial_mean(maps["C2"]), "c3": spatial_mean(maps["C3"])}
         for name, lvl in zip(LEVELS, self.levels):
-            out[name] = maps[lvl].mean(dim=(2, 3))
-            out[f"z_{name}"] = self.heads[name](maps[lvl])
+            out[name] = spatial_mean(maps[lvl])
+            head = self.heads[name]
+            out[f"z_{name}"] = head.mlp(out[name]) if head.kind == "pooled" else head(maps[lvl])
         if self.classifier is not None:
             out["logits"] = self.classifier(out["backbone"])
         if self.probes is not None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -140,7 +141,8 @@ class FrameCache:
 
 def build_cache(paths: list[Path], size: int, max_frames: int = 0, cache_dir: Path | None = None,
                 progress: bool = True, desc: str = "decoding clips",
-                limits: ClipLimits | None = None, mask_screen: bool = False) -> FrameCache:
+                limits: ClipLimits | None = None, mask_screen: bool = False,
+                on_clip: Callable[[int, int], None] | None = None) -> FrameCache:
     """Decode (or load) every clip at `size` and pack them; raise HiCoError naming a bad clip.
 
     Clips not yet cached are decoded within `limits` (ClipLimits.from_config(cfg.data); None: the
@@ -150,6 +152,7 @@ def build_cache(paths: list[Path], size: int, max_frames: int = 0, cache_dir: Pa
     Clips are decoded by a few threads at once (the decoders and the resize release the GIL):
     on two cores that takes 45% off decoding the embedded dataset, and more on bigger machines.
     Peak host memory is one copy of the packed frames plus a clip per thread.
+    `on_clip(done, total)` is called as each clip is decoded or found cached (a progress line).
     """
     if not paths:
         raise HiCoError("There are no clips to decode.")
@@ -161,7 +164,7 @@ def build_cache(paths: list[Path], size: int, max_frames: int = 0, cache_dir: Pa
                                       mask_screen=mask_screen)
         return file, frames.shape
 
-    files, shapes = zip(*_threaded(cache_one, paths, progress, desc))
+    files, shapes = zip(*_threaded(cache_one, paths, progress, desc, on_clip))
     channels = max(shape[1] for shape in shapes)
     lengths = np.array([shape[0] for shape in shapes], dtype=np.int64)
     offsets = np.cumsum(lengths) - lengths
@@ -175,13 +178,19 @@ def build_cache(paths: list[Path], size: int, max_frames: int = 0, cache_dir: Pa
     return FrameCache(frames, offsets, lengths)
 
 
-def _threaded(work, items, progress: bool, desc: str) -> list:
-    """[work(item) for item in items] on a few threads, in order; the first error ends the rest."""
+def _threaded(work, items, progress: bool, desc: str, on_item: Callable[[int, int], None] | None = None) -> list:
+    """[work(item) for item in items] on a few threads, in order; the first error ends the rest.
+    on_item(done, total) after each result, in order."""
     items = list(items)
     workers = max(1, min(DECODE_THREADS, len(items), os.cpu_count() or 1))
     pool = ThreadPoolExecutor(workers, thread_name_prefix="decode")
     try:
-        jobs = pool.map(work, items)
-        return list(tqdm(jobs, total=len(items), desc=desc, unit="clip", disable=not progress, leave=False))
+        results = []
+        for result in tqdm(pool.map(work, items), total=len(items), desc=desc, unit="clip", disable=not progress,
+                           leave=False):
+            results.append(result)
+            if on_item is not None:
+                on_item(len(results), len(items))
+        return results
     finally:  # a bad clip (or Ctrl-C) ends the decoding: the clips still queued are dropped
         pool.shutdown(wait=True, cancel_futures=True)
