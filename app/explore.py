@@ -23,8 +23,8 @@ from hico import config as config_mod
 from hico.checkpoint import find_checkpoint, read_sidecar
 from hico.config import DataConfig
 from hico.data import load_clip_frames
-from hico.embed import (LEVEL_COLUMNS, embed_dataset, level_matrix, load_projections, project, save_projections,
-                        shared_space)
+from hico.embed import (LEVEL_COLUMNS, VECTOR_COLUMNS, embed_dataset, level_matrix, load_projections, project,
+                        save_projections, shared_space)
 from hico.neighbours import cross_level_agreement, projection_scores, unit_rows
 from hico.evaluate import evaluate_table
 from hico.errors import HiCoError
@@ -41,30 +41,61 @@ NEIGHBOURS = 6  # nearest frames shown per level for a clicked frame
 PER_CLIP = 2  # of which at most this many from any one other clip
 
 
+SHOW_WAIT_S = 4.0  # Show embeddings waits this long for the first chunk of a table being embedded
+
+
 @dataclass
 class Embedded:
     """One (checkpoint, dataset) pair: the table, its matrices, projections and evaluation.
 
+    A table is embedded in the background in chunks (`Explorer.start`): `table` holds every row's
+    video, frame, label and split once the clips are decoded, `done` says which rows are embedded
+    yet (None: all), and `progress` says what is happening in words. `first` is set once the
+    first chunk is in, `embedded` once the whole table is (or `error` says why it is not).
+
     `source` names it to the page (the scatter value carries it, and hover thumbnails ask for
     it), so each browser session reads the frames of the table it shows."""
 
-    table: pd.DataFrame
-    path: Path
+    table: pd.DataFrame | None
+    path: Path | None
     data: DataConfig  # the run's `data` config (config.run_config): size, max_frames, cache_dir, limits, mask_screen
     source: str = ""
     run_dir: str = ""  # the run and dataset (resolved) and the checkpoint and step the table holds
     data_dir: str = ""
     checkpoint: str = ""
     step: int = 0
+    done: np.ndarray | None = None  # N bools: the rows embedded so far; None once all are
+    progress: str = ""
+    error: str | None = None
     matrices: dict[str, np.ndarray] = field(default_factory=dict)
     projections: dict[tuple[str, str], np.ndarray] = field(default_factory=dict)
     scores: dict[tuple[str, str], dict] = field(default_factory=dict)  # (method, level) -> projection_scores
     agreement: dict[str, np.ndarray] = field(default_factory=dict)  # pair -> per linked row, cross_level_agreement
     accuracy: pd.DataFrame | None = None
     accuracy_error: str | None = None
+    first: threading.Event = field(default_factory=threading.Event)  # set once the first chunk is in
+    embedded: threading.Event = field(default_factory=threading.Event)  # set once all is in, or it failed
     evaluated: threading.Event = field(default_factory=threading.Event)  # set once accuracy or its error is in
     projected: threading.Event = field(default_factory=threading.Event)  # set once the UMAP stage is over
     umap_done: bool = False
+    partial: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)  # view -> (rows done, its PCA)
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self):
+        if self.table is not None and self.done is None:  # made from a whole table
+            self.first.set()
+            self.embedded.set()
+
+    @property
+    def complete(self) -> bool:
+        return self.embedded.is_set() and self.error is None and self.table is not None
+
+    @property
+    def count(self) -> int:
+        """Rows embedded so far."""
+        if self.table is None:
+            return 0
+        return len(self.table) if self.done is None else int(self.done.sum())
 
     def matrix(self, column: str) -> np.ndarray:
         if column not in self.matrices:
@@ -124,8 +155,25 @@ def _mean(values: pd.Series) -> float:
     return float(finite.mean()) if len(finite) else float("nan")
 
 
+def steady(coords: np.ndarray, before: np.ndarray | None) -> np.ndarray:
+    """coords (K x 2, NaN for rows not drawn) turned and mirrored (a 2 x 2 orthogonal map) to lie
+    as close as it can to `before`, the same rows' previous layout, on the rows both have: a
+    view that fills in as its table is embedded, or swaps a partial PCA for the whole one, keeps
+    its orientation instead of flipping at each redraw."""
+    if before is None:
+        return coords
+    both = np.isfinite(coords).all(axis=1) & np.isfinite(before).all(axis=1)
+    if both.sum() < 3:
+        return coords
+    a = coords[both] - coords[both].mean(axis=0)
+    b = before[both] - before[both].mean(axis=0)
+    u, _, vt = np.linalg.svd(a.T @ b)
+    return (coords @ (u @ vt)).astype(np.float32)
+
+
 class Explorer:
-    """Caches embeddings and projections; computes UMAP and accuracy in background threads.
+    """Caches embeddings and projections; embeds tables, computes UMAP and accuracy in background
+    threads.
 
     Shared by every browser session: it holds only caches keyed by what they were computed from,
     and nothing that says what one session is looking at."""
@@ -134,39 +182,118 @@ class Explorer:
         self.items: dict[tuple[str, str], Embedded] = {}
         self.keep = keep
         self._lock = threading.Lock()
-        self._loading: dict[tuple[str, str], threading.Lock] = {}
         self._frames: dict[tuple[str, int, int], np.ndarray] = {}
 
-    def load(self, run_dir: str | Path, data_dir: str | Path, progress: bool = True) -> Embedded:
-        """Embed (or read the cached table), project with PCA, and start UMAP + evaluation."""
-        name = find_checkpoint(run_dir)
-        sidecar = read_sidecar(Path(run_dir) / "checkpoints", name)
+    def start(self, run_dir: str | Path, data_dir: str | Path) -> Embedded:
+        """The table of the run's newest checkpoint and this dataset: the cached one, or one that
+        starts embedding now in the background (and is returned at once; see Embedded). Two
+        sessions asking for the same table share one."""
+        name, step = latest_step(run_dir)
         run_key, data_key = _keys(run_dir, data_dir)
-        key = (f"{run_key}:{name}:{sidecar['step']}", data_key)
+        key = (f"{run_key}:{name}:{step}", data_key)
         with self._lock:
-            loading = self._loading.setdefault(key, threading.Lock())
-        with loading:  # two sessions asking for the same table at once embed it once
-            with self._lock:
-                item = self.items.get(key)
-                if item is not None and item.path.is_file():
-                    return item
-            table, path = embed_dataset(run_dir, data_dir, checkpoint=name, progress=progress)
-            data = config_mod.run_config(sidecar["config"]).data
-            item = Embedded(table, path, data, hashlib.sha1(repr(key).encode()).hexdigest()[:16],
-                            run_key, data_key, name, int(sidecar["step"]))
-            self._load_cached_projections(item)
-            for column in LEVEL_COLUMNS:
-                item.projections.setdefault(("pca", column), project(item.matrix(column), "pca"))
-            for pair, columns in PAIRS.items():
-                item.projections.setdefault(("pca", pair), project(self.stacked(item, columns), "pca"))
-            with self._lock:
-                self.items[key] = item
-                while len(self.items) > self.keep:  # the oldest table goes first, with its lock
-                    oldest = next(iter(self.items))
-                    del self.items[oldest]
-                    self._loading.pop(oldest, None)
-        threading.Thread(target=self._background, args=(item,), daemon=True).start()
+            item = self.items.get(key)
+            if item is not None and item.error is None and (item.path is None or item.path.is_file()):
+                return item
+            sidecar = read_sidecar(Path(run_dir) / "checkpoints", name)
+            item = Embedded(None, None, config_mod.run_config(sidecar["config"]).data,
+                            hashlib.sha1(repr(key).encode()).hexdigest()[:16], run_key, data_key, name, step,
+                            progress="starting")
+            self.items[key] = item
+            while len(self.items) > self.keep:  # the oldest table goes first (one being embedded finishes)
+                del self.items[next(iter(self.items))]
+        threading.Thread(target=self._embed, args=(item,), daemon=True, name="hico-embed").start()
         return item
+
+    def load(self, run_dir: str | Path, data_dir: str | Path) -> Embedded:
+        """`start`, then wait for the whole table; HiCoError if it cannot be embedded."""
+        return self.whole(self.start(run_dir, data_dir))
+
+    @staticmethod
+    def whole(item: Embedded) -> Embedded:
+        """The item once its whole table is embedded; HiCoError if that failed."""
+        item.embedded.wait()
+        if item.error:
+            raise HiCoError(item.error)
+        return item
+
+    def _embed(self, item: Embedded) -> None:
+        """Embed the item's table chunk by chunk (each chunk's rows at once usable), then its PCA
+        layouts; then UMAP, scores and accuracy (`_background`)."""
+
+        def on_clip(done: int, total: int) -> None:
+            item.progress = f"reading clips: {done:,} of {total:,}"
+
+        def on_chunk(meta: pd.DataFrame, vectors: dict[str, np.ndarray], done: np.ndarray) -> None:
+            if item.table is None:
+                item.table, item.matrices = meta, vectors
+            item.done = done
+            item.progress = f"embedding: {int(done.sum()):,} of {len(done):,} frames"
+            item.first.set()
+
+        try:
+            table, path = embed_dataset(item.run_dir, item.data_dir, checkpoint=item.checkpoint, progress=False,
+                                        on_clip=on_clip, on_chunk=on_chunk)
+            whole = Embedded(table, path, item.data)
+            for column in VECTOR_COLUMNS:  # the chunks' matrices, or the cached table's
+                whole.matrices[column] = item.matrices[column] if column in item.matrices else whole.matrix(column)
+            for key, coords in load_projections(path).items():
+                item.projections[("umap", key)] = coords
+            for view in (*LEVEL_COLUMNS, *PAIRS):
+                item.projections[("pca", view)] = steady(self.pca(whole, view, None), self._last_partial(item, view))
+            with item.lock:
+                item.table, item.path, item.matrices, item.done, item.progress = table, path, whole.matrices, None, ""
+            item.umap_done = all(("umap", k) in item.projections for k in (*LEVEL_COLUMNS, *PAIRS))
+        except HiCoError as exc:
+            item.error = str(exc)
+        except Exception as exc:  # a bug: logged in full, and the page says so in a sentence
+            log.exception("embedding %s with %s failed", item.data_dir, item.run_dir)
+            item.error = f"Embedding failed ({type(exc).__name__}); the app's log has the details."
+        finally:
+            item.first.set()
+            item.embedded.set()
+        if item.error is None:
+            self._background(item)
+
+    @staticmethod
+    def _last_partial(item: Embedded, view: str) -> np.ndarray | None:
+        last = item.partial.get(view)
+        return None if last is None else last[1]
+
+    def pca(self, item: Embedded, view: str, done: np.ndarray | None) -> np.ndarray:
+        """PCA of a view over the rows embedded (done; None: all): N x 2 for a level (2M x 2 for a
+        cross-level pair's linked rows at both levels), NaN for rows not embedded yet."""
+        n = len(item.table)
+        done = np.ones(n, bool) if done is None else done
+        if view in PAIRS:
+            rows = linked_rows(n)
+            ok = done[rows]
+            shown = np.concatenate([ok, ok])
+            a, b = PAIRS[view]
+            matrix = np.concatenate(shared_space(item.matrix(a)[rows[ok]], item.matrix(b)[rows[ok]])) \
+                if ok.sum() >= 2 else None
+        else:
+            shown = done
+            matrix = item.matrix(view)[done] if done.sum() >= 2 else None
+        out = np.full((len(shown), 2), np.nan, np.float32)
+        if matrix is not None:
+            out[shown] = project(matrix, "pca")
+        return out
+
+    def partial_pca(self, item: Embedded, view: str) -> np.ndarray:
+        """The PCA of a view over the rows embedded so far, computed once per chunk for every page
+        and kept steady (`steady`) from one chunk to the next."""
+        with item.lock:
+            done = item.done
+            if done is None:  # finished meanwhile
+                return item.projections[("pca", view)]
+            count = int(done.sum())
+            last = item.partial.get(view)
+            if last is not None and last[0] == count:
+                return last[1]
+            coords = steady(self.pca(item, view, done), None if last is None else last[1])
+            item.partial[view] = (count, coords)
+            return coords
 
     def pinned(self, source: str | None, run_dir: str | Path, data_dir: str | Path) -> Embedded | None:
         """The table a page shows (its `source`), if it is still cached and is of this run and dataset:
@@ -176,10 +303,11 @@ class Explorer:
         return item if item is not None and (item.run_dir, item.data_dir) == _keys(run_dir, data_dir) else None
 
     def cached(self, run_dir: str | Path, data_dir: str | Path) -> Embedded | None:
-        """The newest cached table of this run and dataset (any step), or None."""
+        """The newest cached table of this run and dataset (any step; perhaps still being embedded), or None."""
         keys = _keys(run_dir, data_dir)
         with self._lock:
-            mine = [item for item in self.items.values() if (item.run_dir, item.data_dir) == keys]
+            mine = [item for item in self.items.values()
+                    if (item.run_dir, item.data_dir) == keys and item.error is None]
         return max(mine, key=lambda item: item.step, default=None)
 
     def by_source(self, source: str) -> Embedded | None:
@@ -202,17 +330,17 @@ class Explorer:
         """The view's UMAP (N x 2), its neighbour graph drawn across clips (hico.embed.project)."""
         return project(self.view_matrix(item, view), "umap", groups=item.groups(view))
 
-    def _load_cached_projections(self, item: Embedded) -> None:
-        for key, coords in load_projections(item.path).items():
-            item.projections[("umap", key)] = coords
-        item.umap_done = all(("umap", k) in item.projections for k in (*LEVEL_COLUMNS, *PAIRS))
-
     def _background(self, item: Embedded) -> None:
-        """The PCA layouts' scores and the cross-level agreement, then the UMAP of every view not
-        cached yet (each saved as soon as it is done, and its layout scored), then the evaluation."""
+        """The PCA layouts' scores, the accuracy table (a user waits for it; seconds), the cross-level
+        agreement, then the UMAP of every view not cached yet (each saved as soon as it is done, and
+        its layout scored)."""
         try:
             for column in LEVEL_COLUMNS:
                 self._score(item, "pca", column)
+        except Exception:  # scores are a help, not the view: logged, and the rest goes on
+            log.exception("layout scores failed for %s", item.path)
+        self._evaluate(item)
+        try:
             for pair, (a, b) in PAIRS.items():
                 rows = linked_rows(len(item.table))
                 item.agreement[pair] = cross_level_agreement(item.matrix(a)[rows], item.matrix(b)[rows],
@@ -228,7 +356,6 @@ class Explorer:
             log.exception("UMAP failed for %s", item.path)
         finally:
             item.projected.set()
-        self._evaluate(item)
 
     @staticmethod
     def _score(item: Embedded, method: str, column: str) -> None:
@@ -251,7 +378,10 @@ class Explorer:
         return [v for v in views if ("umap", v) in item.projections]
 
     def projection(self, item: Embedded, view: str) -> tuple[np.ndarray, str]:
-        """The best projection ready for a level column or a cross-level pair: (N x 2, method)."""
+        """The best projection ready for a level column or a cross-level pair: (N x 2, method);
+        while the table is embedded, the PCA of its rows embedded so far (NaN for the others)."""
+        if not item.complete:
+            return self.partial_pca(item, view), f"PCA of the {item.count:,} frames embedded so far"
         if ("umap", view) in item.projections:
             return item.projections[("umap", view)], "UMAP"
         return item.projections[("pca", view)], "PCA (UMAP still running)"
@@ -291,6 +421,8 @@ class Explorer:
         unit = unit_rows(item.matrix(column))
         sims = unit @ unit[int(row)]
         sims[int(row)] = -np.inf
+        if item.done is not None:  # a table still being embedded: only the rows in so far
+            sims[~item.done] = -np.inf
         videos = item.table["video_id"].to_numpy()
         if not same_clip:
             sims[videos == videos[int(row)]] = -np.inf

@@ -15,7 +15,7 @@ from hico.errors import HiCoError
 from app.api_types import EmbeddingsReply, TimelineReply
 from app.default import synth_dir
 from app.diagnose import embed_clip
-from app.explore import NEIGHBOURS, PAIRS, cross_summary, latest_step, linked_rows, place, similar
+from app.explore import NEIGHBOURS, PAIRS, SHOW_WAIT_S, cross_summary, latest_step, linked_rows, place, similar
 from app.scatter import palette, panels_value, scatter, table_value
 from app.timeline_view import LEVELS as TIMELINE_LEVELS
 from app.timeline_view import TimelineViews, api_payload
@@ -36,11 +36,14 @@ class ExploreTab:
 
     def _item(self, run, dataset, pinned: str | None = None):
         """The table of a run and dataset: the one the page shows (`pinned`, its source) while it is
-        cached, else the run's newest checkpoint's (embedded if need be: only a request that asks
-        for it, Show embeddings or an API call, waits for that)."""
-        run_dir = self.run_path(run)
-        data_dir = self.access.dataset(dataset or str(synth_dir(self.home)))
+        cached (perhaps still being embedded), else the run's newest checkpoint's, whole (embedded
+        if need be: only a request that asks for it, Show embeddings or an API call, waits for that)."""
+        run_dir, data_dir = self._paths(run, dataset)
         return self.explorer.pinned(pinned, run_dir, data_dir) or self.explorer.load(run_dir, data_dir)
+
+    def _paths(self, run, dataset):
+        """(run folder, dataset folder) a request names, checked; HiCoError for what it may not read."""
+        return self.run_path(run), self.access.dataset(dataset or str(synth_dir(self.home)))
 
     def _similar(self, clip, run, dataset, k: int = NEIGHBOURS, pinned: str | None = None):
         """(the explore item, Similar) of an uploaded clip in a dataset's embeddings by a run: what
@@ -49,7 +52,7 @@ class ExploreTab:
         path = self.access.uploaded(clip)
         run_dir = self.run_path(run)
         try:
-            item = self._item(run, dataset, pinned)
+            item = self.explorer.whole(self._item(run, dataset, pinned))
             loaded = self.diagnoser.model(run_dir)
             if (loaded.checkpoint, loaded.step) != (item.checkpoint, item.step):
                 raise HiCoError(f"The run has moved on to step {loaded.step} since this view (step {item.step}); "
@@ -77,54 +80,79 @@ class ExploreTab:
             full[rows] = part
             coords[name] = full
         column = {"class": "label", "video": "video_id", "split": "split", "level": None}[colour]
-        if len(umap_done) == len(LEVEL_PANELS) + 1:
-            note = "UMAP"
-        elif umap_done:
-            note = f"UMAP for {', '.join(umap_done)}; PCA for the rest until their UMAP is done"
-        else:
-            note = "PCA (UMAP still running)"
-        value = table_value(item.table, coords, column, view=f"umap{len(umap_done)}", show=list(LEVEL_PANELS),
+        if item.complete:
+            note, view = self._umap_note(item, pair), f"umap{len(umap_done)}"
+        else:  # one view name while the table fills in: a user's zoom is kept across the redraws
+            note, view = self.explorer.projection(item, LEVEL_PANELS[0])[1], "partial"
+        value = table_value(item.table, coords, column, view=view, show=list(LEVEL_PANELS),
                             cross=(a, b), cross_rows=rows, source=item.source,
                             layer_colors=level_colours(), marks=marks, marks_name="uploaded clip")
         return value, note, len(umap_done)
 
-    def show_embeddings(self, run, dataset, colour, pair, placed=None, progress=gr.Progress(track_tqdm=True)):
-        """Show embeddings: the run's newest checkpoint (embedded now if it is not yet), pinned on the page."""
-        return self.explore(run, dataset, colour, pair, placed, None)
-
-    def explore(self, run, dataset, colour, pair, placed=None, pinned=None, progress=gr.Progress(track_tqdm=True)):
-        """-> (message, scatter value, accuracy, layout quality, cross-level summary, shown state,
-        pinned source). A page that shows a table keeps it (`pinned`) when a control changes."""
+    def show_embeddings(self, run, dataset, colour, pair, placed=None):
+        """Show embeddings: the run's newest checkpoint, pinned on the page. A table not embedded yet
+        is embedded in the background: this waits for its first chunk (SHOW_WAIT_S at most) and
+        shows what is in; the page's tick fills in the rest."""
         try:
-            item = self._item(run, dataset, pinned)
+            item = self.explorer.start(*self._paths(run, dataset))
+        except HiCoError as exc:
+            return f"⚠️ {exc}", gr.update(), None, None, None, "", None
+        if item.first.wait(SHOW_WAIT_S) and item.done is not None and item.done.all():
+            item.embedded.wait(SHOW_WAIT_S)  # a small table, in one chunk: whole a moment later
+        return self._explore_view(item, colour, pair, placed)
+
+    def explore(self, run, dataset, colour, pair, placed=None, pinned=None):
+        """A control changed: the table the page shows (`pinned`) drawn again at once, never
+        re-embedded. -> (message, scatter value, accuracy, layout quality, cross-level summary,
+        shown state, pinned source)."""
+        try:
+            item = self.explorer.pinned(pinned, *self._paths(run, dataset)) if pinned else None
         except HiCoError as exc:
             return f"⚠️ {exc}", gr.update(), None, None, None, "", pinned
-        value, note, ready = self.explore_value(item, colour, pair, placed)
-        return (self._explore_message(item, note), value, self._accuracy(item), self.quality_table(item),
-                self.cross_table(item, pair), f"ready:{ready}", item.source)
+        if item is None:
+            return "Press **Show embeddings** to embed and show this run.", gr.update(), None, None, None, "", None
+        return self._explore_view(item, colour, pair, placed)
+
+    def _explore_view(self, item, colour, pair, placed=None):
+        """Everything the page shows of an item, as it stands: the whole view, the part embedded so
+        far (PCA of those rows), or a progress line while its clips are read."""
+        if item.error:
+            return f"⚠️ {item.error}", gr.update(), None, None, None, "", None
+        if item.table is None:
+            return (self._progress_message(item), {"panels": [], "empty": f"Reading the clips ({item.progress})…"},
+                    *self._pending_tables(), "embedding:0", item.source)
+        value, note, _ = self.explore_value(item, colour, pair, placed)
+        tables = (self._accuracy(item), self.quality_table(item), self.cross_table(item, pair))
+        return self._explore_message(item, note), value, *tables, self._drawn(item, pair), item.source
+
+    def _drawn(self, item, pair) -> str:
+        """What a view of the item draws now: `embedding:<rows in>` while it is embedded, then
+        `ready:<panels in UMAP>`; a tick redraws the plot only when this changes."""
+        if not item.complete:
+            return f"embedding:{item.count}"
+        return f"ready:{len(self.explorer.umap_ready(item, (*LEVEL_PANELS, pair)))}"
 
     def explore_tick(self, run, dataset, colour, pair, shown, placed=None, pinned=None):
-        """Swap each panel from PCA to UMAP as its UMAP is done, fill the tables when computed, and
-        say when the run has a newer checkpoint than the one shown (never loading it unasked)."""
+        """Fill the view in as the table is embedded, swap each panel from PCA to UMAP as its UMAP is
+        done, fill the tables when computed, and say when the run has a newer checkpoint than the
+        one shown (never loading it unasked)."""
         unchanged = (gr.update(),) * 5 + (shown, pinned)
-        if not run or not shown or not pinned:
+        if not run or not shown or not pinned or shown == "done":
             return unchanged
         try:
-            item = self.explorer.pinned(pinned, self.run_path(run),
-                                        self.access.dataset(dataset or str(synth_dir(self.home))))
+            item = self.explorer.pinned(pinned, *self._paths(run, dataset))
         except HiCoError:
             return unchanged
         if item is None:
             return unchanged
-        tables = self._accuracy(item), self.quality_table(item), self.cross_table(item, pair)
+        drawn = self._drawn(item, pair)
         finished = item.accuracy is not None or item.accuracy_error is not None
-        ready = len(self.explorer.umap_ready(item, (*LEVEL_PANELS, pair)))
-        state = "done" if ready == len(LEVEL_PANELS) + 1 and finished else f"ready:{ready}"
-        value, note, _ = self.explore_value(item, colour, pair, placed)
-        message = self._explore_message(item, note)
-        if shown == f"ready:{ready}":  # no panel has changed: leave the plot alone
-            return message, gr.update(), *tables, state, pinned
-        return message, value, *tables, state, pinned
+        state = "done" if drawn == f"ready:{len(LEVEL_PANELS) + 1}" and finished else drawn
+        if item.error or item.table is None or shown != drawn:
+            return *self._explore_view(item, colour, pair, placed)[:5], state, pinned
+        note = self.explorer.projection(item, LEVEL_PANELS[0])[1] if not item.complete else self._umap_note(item, pair)
+        tables = self._accuracy(item), self.quality_table(item), self.cross_table(item, pair)
+        return self._explore_message(item, note), gr.update(), *tables, state, pinned
 
     def place_clip(self, clip, run, dataset, colour, pair, pinned=None):
         """An uploaded clip placed among the dataset's points: (a note, the scatter value with its frames
@@ -142,6 +170,24 @@ class ExploreTab:
         return (f"The uploaded clip's {frames} frame(s) are the ★ on each level panel, each where its 5 nearest "
                 f"frames of this dataset lie."), value, placed
 
+    def _umap_note(self, item, pair) -> str:
+        """Which panels of a whole table are laid out by UMAP yet."""
+        umap_done = self.explorer.umap_ready(item, (*LEVEL_PANELS, pair))
+        if len(umap_done) == len(LEVEL_PANELS) + 1:
+            return "UMAP"
+        if umap_done:
+            return f"UMAP for {', '.join(umap_done)}; PCA for the rest until their UMAP is done"
+        return "PCA (UMAP still running)"
+
+    @staticmethod
+    def _pending_tables():
+        return ([["computing…", None, None, None, None]], [[panel, "", "computing…", None, None, None] for panel in LEVEL_PANELS],
+                [["computing…", None, None, None]])
+
+    def _progress_message(self, item) -> str:
+        return (f"Embedding the dataset with checkpoint {item.checkpoint} at step {item.step}: {item.progress}. "
+                f"Points appear as chunks of frames are embedded; nothing else waits for this.")
+
     def quality_table(self, item) -> list[list]:
         """One row per level panel: how well the layout it shows keeps the embedding's neighbours
         (hico.neighbours.projection_scores), or "computing…"."""
@@ -158,6 +204,8 @@ class ExploreTab:
 
     def cross_table(self, item, pair: str):
         """Per class of the cross-level panel: mean line length and shared neighbours (app.explore.cross_summary)."""
+        if not item.complete:
+            return self._pending_tables()[2]
         joint = self.explorer.projection(item, pair)[0]
         rows = linked_rows(len(item.table))
         summary = cross_summary(item.table["label"].to_numpy()[rows], joint[:len(rows)], joint[len(rows):],
@@ -170,6 +218,8 @@ class ExploreTab:
         """What the page shows: frames, layout, the checkpoint and step, and whether the run has a
         newer checkpoint (offered, never loaded unasked)."""
         table = item.table
+        if not item.complete:
+            method = f"{method} ({item.progress}; the rest fill in)"
         newer = ""
         try:
             _, latest = latest_step(item.run_dir)
@@ -195,6 +245,8 @@ class ExploreTab:
             item = self._item(run, dataset, pinned)
         except HiCoError:
             return [], "Nothing selected."
+        if item.table is None:
+            return [], "Nothing selected."
         ids = _row_ids(evt, len(item.table))
         rows = item.table.loc[ids]
         # the clip's own name and the frame: a gallery tile has room for a dozen characters, and the
@@ -210,6 +262,8 @@ class ExploreTab:
         try:
             item = self._item(run, dataset, pinned)
         except HiCoError:
+            return None, "", *empty
+        if item.table is None:
             return None, "", *empty
         ids = _row_ids(evt, len(item.table))
         if not ids:
@@ -249,8 +303,9 @@ class ExploreTab:
             run = run or self.default_run() or ""
             run_dir = self.run_path(run)
             data_dir = self.access.dataset(dataset or str(synth_dir(self.home)))
-            item = (None if refresh else self.explorer.cached(run_dir, data_dir)) or self.explorer.load(run_dir,
-                                                                                                     data_dir)
+            item = (None if refresh else self.explorer.cached(run_dir, data_dir)) or self.explorer.start(run_dir,
+                                                                                                      data_dir)
+            item = self.explorer.whole(item)
             _, latest = latest_step(run_dir)
         except HiCoError as exc:
             return {"ok": False, "message": str(exc)}
@@ -416,7 +471,7 @@ class ExploreTab:
         for control in (colour, pair):  # applied at once to the table shown: no re-embed
             control.change(self.explore, [*inputs, pinned], outputs, api_visibility="private",
                            show_progress="hidden")
-        gr.Timer(3.0).tick(self.explore_tick, [run, dataset, colour, pair, shown, placed, pinned], outputs,
+        gr.Timer(1.5).tick(self.explore_tick, [run, dataset, colour, pair, shown, placed, pinned], outputs,
                            api_visibility="private", show_progress="hidden")
         place_file.change(self.place_clip, [place_file, run, dataset, colour, pair, pinned], [place_note, plot, placed],
                           api_visibility="private")

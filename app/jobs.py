@@ -22,6 +22,10 @@ from hico import runs
 from hico.errors import HiCoError
 
 POLL_S = 0.2
+# Training runs at a lower CPU priority than the app: on a machine with few cores the pages (Explore's
+# embedding, Diagnose) are served first and training takes what they leave. With a run beside it on
+# two cores, Explore's first whole view of the demo took 36 s at the same priority (see the README).
+TRAIN_NICE = 10
 
 
 class Jobs:
@@ -121,6 +125,11 @@ class Jobs:
             self._proc = subprocess.Popen([self.python, "-m", "hico", "train", *args], stdout=log,
                                           stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                           env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=os.getcwd())
+        if hasattr(os, "setpriority"):  # before the child starts its threads, which inherit it
+            try:
+                os.setpriority(os.PRIO_PROCESS, self._proc.pid, TRAIN_NICE)
+            except OSError:  # it has ended already, or the system refuses: it trains at our priority
+                pass
         self._proc_run = run_dir
         # Running from now on, with the child's pid, for anyone who looks before the child has
         # imported torch and taken the run's lock (see hico.runs, liveness).

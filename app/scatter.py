@@ -54,6 +54,9 @@ The value is a JSON dict (build it with `panels_value` or `table_value`)::
                                                       # (an uploaded clip's frames), drawn on top as stars
                  "xrange": [lo, hi], "yrange": [lo, hi]}]}   # optional fixed axes
 
+A value with no panels shows its `empty` text, if any, in place of the plots (else the
+component's `empty_text`): what is on the way, for instance.
+
 Coordinates are rounded to 4 decimals and non-finite ones become None (plotly skips them).
 The component turns the dict into one JSON string on its way to the page (`to_wire`).
 """

@@ -143,8 +143,8 @@ def test_a_run_that_moves_on_is_explored_at_the_checkpoint_shown_until_the_user_
     values["step"] = first.step + 10
     sidecar.write_text(json.dumps(values))
     loads = []
-    real_load = hico_app.explorer.load
-    hico_app.explorer.load = lambda *a, **k: loads.append(a) or real_load(*a, **k)
+    real_start = hico_app.explorer.start  # every embedding (load, show, the API) starts here
+    hico_app.explorer.start = lambda *a, **k: loads.append(a) or real_start(*a, **k)
     try:
         changed = hico_app.explore("tiny-moving", str(data), "video", pair, None, pinned)
         ticked = hico_app.explore_tick("tiny-moving", str(data), "video", pair, shown, None, pinned)
@@ -160,7 +160,7 @@ def test_a_run_that_moves_on_is_explored_at_the_checkpoint_shown_until_the_user_
         assert fresh["step"] == first.step + 10 and fresh["newer_step"] is None
         assert f"at step {first.step + 10}" in refreshed[0] and "is available" not in refreshed[0]
     finally:
-        hico_app.explorer.load = real_load
+        hico_app.explorer.start = real_start
 
 
 def test_a_clip_placed_in_explore_is_drawn_where_its_nearest_frames_lie(live_app):  # noqa: F811

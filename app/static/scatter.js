@@ -529,7 +529,7 @@ async function render(value) {
     legendEl.replaceChildren();
     const empty = document.createElement("div");
     empty.className = "hs-empty";
-    empty.textContent = props.empty_text || "Nothing to show yet.";
+    empty.textContent = (value && value.empty) || props.empty_text || "Nothing to show yet.";
     gridEl.replaceChildren(empty);
     element.dataset.renderSeq = String(seq);
     return;
