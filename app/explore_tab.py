@@ -137,7 +137,7 @@ class ExploreTab:
         done, fill the tables when computed, and say when the run has a newer checkpoint than the
         one shown (never loading it unasked)."""
         unchanged = (gr.update(),) * 5 + (shown, pinned)
-        if not run or not shown or not pinned or shown == "done":
+        if not run or not shown or not pinned:
             return unchanged
         try:
             item = self.explorer.pinned(pinned, *self._paths(run, dataset))
@@ -145,6 +145,8 @@ class ExploreTab:
             return unchanged
         if item is None:
             return unchanged
+        if shown == "done":  # all drawn: only whether the run has a newer checkpoint can change
+            return (self._explore_message(item, self._umap_note(item, pair)), *unchanged[1:])
         drawn = self._drawn(item, pair)
         finished = item.accuracy is not None or item.accuracy_error is not None
         state = "done" if drawn == f"ready:{len(LEVEL_PANELS) + 1}" and finished else drawn

@@ -28,7 +28,7 @@ from hico.errors import HiCoError
 from hico.files import atomic_path
 from hico.inference import embed_frames, load_run, resolve_device
 from hico.io import ClipLimits
-from hico.neighbours import knn, limit_group
+from hico.neighbours import knn, limit_group, unit_rows
 from hico.paths import expand_path
 
 log = logging.getLogger(__name__)
@@ -221,6 +221,8 @@ UMAP_NEIGHBOURS = 15  # neighbours per point in UMAP's graph
 UMAP_SAME_GROUP = 2  # of which at most this many from the point's own video (when videos are given)
 UMAP_MIN_DIST = 0.3  # UMAP's default 0.1 stacks near-identical frames of a clip on one spot
 NN_DESCENT_MAX = 128  # most candidates per point asked of NN-descent (above EXACT_KNN_MAX rows)
+UMAP_FIT_MAX = 20_000  # UMAP lays out at most this many rows; the others are placed among them
+PLACE_NEIGHBOURS = 5  # sample rows whose positions place one other row
 
 
 DENSE_EIGH_MAX = 64  # Gram matrices up to this size get a dense eigensolver
@@ -253,7 +255,8 @@ def principal_axes(x: np.ndarray) -> np.ndarray:
 
 
 def project(x: np.ndarray, method: str = "pca", seed: int = 0, groups=None, neighbours: int = UMAP_NEIGHBOURS,
-            same_group: int | None = UMAP_SAME_GROUP, min_dist: float = UMAP_MIN_DIST) -> np.ndarray:
+            same_group: int | None = UMAP_SAME_GROUP, min_dist: float = UMAP_MIN_DIST,
+            fit_max: int = UMAP_FIT_MAX) -> np.ndarray:
     """N x d -> N x 2 with PCA (instant) or UMAP (cosine metric; slower, first call compiles).
 
     groups: N video ids. A clip's frames are each other's nearest neighbours, so with the plain
@@ -270,11 +273,20 @@ def project(x: np.ndarray, method: str = "pca", seed: int = 0, groups=None, neig
     `neighbours` + the longest video's rows candidates (NN_DESCENT_MAX at most), cut down by
     `hico.neighbours.limit_group` (where a video is longer than that, its frames may keep more clip
     mates). UMAP's spectral start needs at least UMAP_MIN_ROWS rows; fewer are laid out by PCA.
+
+    Above `fit_max` rows UMAP lays out a random sample of fit_max rows and every other row is placed
+    among them (`place_rows`): on 100,000 frames that took a fraction of UMAP's time on all of them
+    for the same layout quality (benchmarks/RESULTS.md, `python -m benchmarks.explore_scale`).
     """
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"project needs an N x d matrix with N >= 2, got shape {x.shape}")
     if method == "pca" or (method == "umap" and x.shape[0] < UMAP_MIN_ROWS):
         return principal_axes(x).astype(np.float32)
+    if method == "umap" and x.shape[0] > fit_max:
+        sample = np.sort(np.random.default_rng(seed).choice(x.shape[0], fit_max, replace=False))
+        sample_groups = None if groups is None else np.asarray(groups)[sample]
+        laid = project(x[sample], "umap", seed, sample_groups, neighbours, same_group, min_dist, fit_max)
+        return place_rows(x, sample, laid)
     if method == "umap":
         import umap  # imported here: it takes seconds and only projections need it
 
@@ -286,6 +298,25 @@ def project(x: np.ndarray, method: str = "pca", seed: int = 0, groups=None, neig
             warnings.filterwarnings("ignore", message=".*precomputed.*", category=UserWarning)
             return reducer.fit_transform(x).astype(np.float32)
     raise ValueError(f"method must be pca or umap, got {method!r}")
+
+
+def place_rows(x: np.ndarray, sample: np.ndarray, laid: np.ndarray, k: int = PLACE_NEIGHBOURS,
+               block: int = 4096) -> np.ndarray:
+    """N x 2: the `sample` rows (indices into x, N x d) where `laid` (len(sample) x 2) put them, and
+    every other row at the mean position of its k nearest sample rows by cosine similarity,
+    weighted by similarity (so frames that share neighbours still spread a little)."""
+    out = np.empty((x.shape[0], 2), np.float32)
+    out[sample] = laid
+    rest = np.setdiff1d(np.arange(x.shape[0]), sample)
+    reference = unit_rows(np.asarray(x[sample], np.float32))
+    k = min(k, len(sample))
+    for start in range(0, len(rest), block):
+        rows = rest[start:start + block]
+        sims = unit_rows(np.asarray(x[rows], np.float32)) @ reference.T
+        near = np.argpartition(-sims, k - 1, axis=1)[:, :k]
+        weights = np.maximum(np.take_along_axis(sims, near, axis=1), 0.0) + 1e-6
+        out[rows] = (laid[near] * weights[..., None]).sum(axis=1) / weights.sum(axis=1, keepdims=True)
+    return out
 
 
 def _umap_neighbours(x: np.ndarray, k: int, groups, same_group: int | None, seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -10,6 +10,12 @@ const SYMBOL_GLYPHS = {
 const VIRIDIS = ["#440154", "#482878", "#3e4989", "#31688e", "#26828e", "#1f9e89", "#35b779",
                  "#6ece58", "#b5de2b", "#fde725"];
 const HOVER_FETCH_DELAY_MS = 90;   // wait this long on one point before asking the server
+// A panel of this many points or more gets density shading below its points (a 2-D histogram,
+// transparent where empty, darker where many points overlap), and its points are more transparent.
+const DENSITY_MIN_POINTS = 10000;
+const DENSITY_BINS = 60;
+const DENSITY_SCALE = [[0, "rgba(40,44,52,0)"], [0.02, "rgba(40,44,52,0.07)"], [0.25, "rgba(40,44,52,0.22)"],
+                       [1, "rgba(40,44,52,0.5)"]];
 const THUMB_CACHE_SIZE = 600;
 
 const root = element.querySelector(".hs-root");
@@ -24,6 +30,7 @@ root.style.setProperty("--hs-height", `${props.panel_height || 320}px`);
 root.style.setProperty("--hs-wide-height", `${props.wide_height || 520}px`);
 
 const st = {
+  timing: {},
   value: null, plots: [], structure: "", seq: 0, hidden: new Set(), categoryKey: "",
   syncing: 0, hoverId: null, hoverTimer: null, hideTimer: null, thumbs: new Map(), pending: new Map(),
   selected: null, down: null, clickedAt: 0,   // the user's selection (rows) and the last single click
@@ -72,7 +79,8 @@ function buildTraces(value, panel) {
   const rows = panelRows(panel);
   const color = value.color || null;
   const size = markerSize(value);
-  const opacity = (value.ids || []).length > 5000 ? 0.7 : 0.9;   // dense clouds: let colours mix
+  const n = (value.ids || []).length;   // dense clouds: let colours mix, and the shading show
+  const opacity = n >= DENSITY_MIN_POINTS ? 0.45 : n > 5000 ? 0.7 : 0.9;
   const traces = [];
   const traceRows = [];
   const traceCodes = [];
@@ -89,6 +97,16 @@ function buildTraces(value, panel) {
       traceRows.push(null);
       traceCodes.push(null);
     });
+  }
+  if (rows.length >= DENSITY_MIN_POINTS && !panel.links) {   // where points overlap: how many, as shading below them
+    const xs = [].concat(...panel.layers.map((layer) => layer.x));
+    const ys = [].concat(...panel.layers.map((layer) => layer.y));
+    traces.push({
+      type: "histogram2d", x: xs, y: ys, nbinsx: DENSITY_BINS, nbinsy: DENSITY_BINS, zsmooth: "best",
+      colorscale: DENSITY_SCALE, showscale: false, hoverinfo: "skip", name: "density",
+    });
+    traceRows.push(null);
+    traceCodes.push(null);
   }
   const buckets = new Map();
   if (color && color.kind === "category") {
@@ -305,6 +323,7 @@ function showTip(k, ev) {
   if (st.hoverId !== id) {
     st.hoverId = id;
     tipText.textContent = text;
+    st.timing.hoverAt = performance.now();   // when the tooltip showed this point (benchmarks read it)
     clearTimeout(st.hoverTimer);
     tipEl.dataset.id = String(id);
     if (hasThumbs) {
@@ -384,8 +403,9 @@ function bindEvents(k, div) {
     if (!rows.size && st.selected && justClicked()) { keepSelection(); return; }
     st.selected = rows.size ? rows : null;
     trigger("select", { ids, panel: k, title: st.value.panels[k].title || "" });
-    highlightOthers(k, st.selected);
-    drawLinks(st.selected);
+    Promise.all([highlightOthers(k, st.selected), drawLinks(st.selected)]).then(() => {
+      st.timing.selectedAt = performance.now();   // every panel shows the selection (benchmarks read it)
+    });
   });
   div.on("plotly_deselect", () => {
     if (!st.value || st.syncing || !st.selected) return;   // nothing selected: nothing to clear
@@ -574,7 +594,7 @@ function renderSafely() {
     gridEl.textContent = `Could not read the scatter's data: ${err.message}`;
     return;
   }
-  st.timing = { valueAt: t, parseMs: performance.now() - t };
+  Object.assign(st.timing, { valueAt: t, parseMs: performance.now() - t });
   render(value).catch((err) => {
     console.error("scatter: render failed", err);
     gridEl.textContent = `Could not draw the scatter: ${err.message}`;
