@@ -17,8 +17,7 @@ clips near the class's centre. It prints:
    panel of 2,000 linked frames, coloured by class:
    - the time from the click that loads the value to the last panel drawn;
    - pan and zoom: frames per second while panel 1 is dragged in pan mode, and while it is zoomed
-     with the mouse wheel (redraws counted by plotly's `plotly_relayouting` / `plotly_relayout`
-     events, over the time from the first input to the last redraw);
+     with the mouse wheel, one input per animation frame (`_INTERACT`);
    - hover: from the mouse move onto a point to its tooltip (median of 15 points);
    - lasso: from the mouse release to every panel showing the selection (median of 3).
 """
@@ -82,7 +81,7 @@ def projection_figures(x, labels, videos, full_umap: bool) -> tuple[dict, np.nda
     return figures, layout
 
 
-def browser_figures(layout: np.ndarray, labels, videos) -> dict:
+def browser_figures(layout: np.ndarray, labels, videos, screenshot: Path | None = None) -> dict:
     import gradio as gr
     import pandas as pd
     from playwright.sync_api import sync_playwright
@@ -115,6 +114,8 @@ def browser_figures(layout: np.ndarray, labels, videos) -> dict:
             page.goto(f"http://127.0.0.1:{port}/")
             page.wait_for_selector("#scale .hs-root")
             figures.update(_render(page))
+            if screenshot:
+                page.locator("#scale").screenshot(path=str(screenshot))
             figures.update(_pan_and_zoom(page))
             figures["hover_ms"] = _hover(page, coords["local"])
             figures["lasso_ms"] = _lasso(page)
@@ -154,51 +155,49 @@ def _area(page, panel: int) -> dict:
         return {{left: r.left, top: r.top, width: r.width, height: r.height}}; }}""")
 
 
-def _count_redraws(page, panel: int, event: str) -> None:
-    page.evaluate(f"""() => {{
-        const gd = document.querySelector("#scale .hs-plot[data-panel='{panel}']");
-        window.__redraws = [];
-        if (!gd.__counting) {{
-            gd.on('plotly_relayouting', () => window.__redraws && window.__redraws.push(performance.now()));
-            gd.on('plotly_relayout', () => window.__redraws && window.__redraws.push(performance.now()));
-            gd.__counting = true;
-        }}
-        window.__inputAt = null;
-        window.addEventListener('{event}', () => {{ if (window.__inputAt === null) window.__inputAt = performance.now(); }},
-                                {{capture: true, once: true}});
-    }}""")
-
-
-def _fps(page) -> float:
-    time.sleep(0.5)  # the last redraws land
-    redraws, start = page.evaluate("() => [window.__redraws, window.__inputAt]")
-    if len(redraws) < 2 or start is None:
-        return 0.0
-    return round(len(redraws) / ((redraws[-1] - start) / 1000), 1)
+# Pan or zoom panel `panel` for 60 animation frames: each frame sends one input (a mouse move of
+# a drag in pan mode, or a wheel step) from inside the page, and the next frame comes only once
+# the browser has handled it and drawn. Frames per second = 60 / the time they took. (Inputs sent
+# one by one from Python would time the round trips to the browser instead.)
+_INTERACT = """async ([panel, kind]) => {
+    const gd = document.querySelector(`#scale .hs-plot[data-panel='${panel}']`);
+    const drag = gd.querySelector('.nsewdrag');
+    const r = drag.getBoundingClientRect();
+    const cx = r.left + r.width / 2, cy = r.top + r.height / 2;
+    const at = (x, y) => ({clientX: x, clientY: y, bubbles: true, cancelable: true, view: window, buttons: 1});
+    const P = await window.__hicoPlotly;
+    await P.relayout(gd, {dragmode: 'pan'});
+    let redraws = 0;
+    gd.on('plotly_relayouting', () => { redraws += 1; });
+    gd.on('plotly_relayout', () => { redraws += 1; });
+    if (kind === 'pan') drag.dispatchEvent(new MouseEvent('mousedown', {...at(cx, cy), button: 0}));
+    const frames = 60;
+    const t0 = await new Promise(r => requestAnimationFrame(r));
+    const t1 = await new Promise(resolve => {
+        let k = 0;
+        const step = (t) => {
+            if (k === frames) { resolve(t); return; }
+            const a = 2 * Math.PI * k / frames;
+            if (kind === 'pan') document.dispatchEvent(new MouseEvent('mousemove', at(cx + 40 * Math.cos(a), cy + 40 * Math.sin(a))));
+            else drag.dispatchEvent(new WheelEvent('wheel', {...at(cx, cy), deltaY: k < frames / 2 ? -40 : 40}));
+            k += 1;
+            requestAnimationFrame(step);
+        };
+        requestAnimationFrame(step);
+    });
+    if (kind === 'pan') document.dispatchEvent(new MouseEvent('mouseup', at(cx, cy)));
+    await P.relayout(gd, {dragmode: 'lasso', 'xaxis.autorange': true, 'yaxis.autorange': true});
+    return [frames / ((t1 - t0) / 1000), redraws];
+}"""
 
 
 def _pan_and_zoom(page) -> dict:
-    area = _area(page, 1)
-    page.evaluate("() => Plotly === undefined || true")
-    page.evaluate(f"() => window.__hicoPlotly.then(P => P.relayout(document.querySelector(\"#scale .hs-plot[data-panel='1']\"),"
-                  f" {{dragmode: 'pan'}}))")
-    cx, cy = area["left"] + area["width"] / 2, area["top"] + area["height"] / 2
-    _count_redraws(page, 1, "mousedown")
-    page.mouse.move(cx, cy)
-    page.mouse.down()
-    for k in range(60):  # a slow circle: 60 moves of a few pixels
-        angle = 2 * np.pi * k / 60
-        page.mouse.move(cx + 40 * np.cos(angle), cy + 40 * np.sin(angle))
-    page.mouse.up()
-    pan = _fps(page)
-    _count_redraws(page, 1, "wheel")
-    page.mouse.move(cx, cy)
-    for k in range(30):
-        page.mouse.wheel(0, -40 if k < 15 else 40)
-    zoom = _fps(page)
-    page.evaluate("() => window.__hicoPlotly.then(P => P.relayout(document.querySelector(\"#scale .hs-plot[data-panel='1']\"),"
-                  " {dragmode: 'lasso', 'xaxis.autorange': true, 'yaxis.autorange': true}))")
-    return {"pan_fps": pan, "zoom_fps": zoom}
+    _area(page, 1)
+    out = {}
+    for kind in ("pan", "zoom"):
+        fps, redraws = page.evaluate(_INTERACT, [1, kind])
+        out[f"{kind}_fps"], out[f"{kind}_redraws"] = round(fps, 1), redraws
+    return out
 
 
 def _hover(page, xy: np.ndarray) -> float:
@@ -254,18 +253,25 @@ def main(argv=None) -> int:
     parser.add_argument("--frames", type=int, default=100_000)
     parser.add_argument("--full-umap", action="store_true", help="also UMAP of every row (many minutes)")
     parser.add_argument("--no-browser", action="store_true")
+    parser.add_argument("--pca-only", action="store_true", help="skip UMAP: the browser part draws the PCA layout")
     parser.add_argument("--json", type=Path, help="write the figures here too")
+    parser.add_argument("--screenshot", type=Path, help="save the drawn panels as a PNG here")
     args = parser.parse_args(argv)
     x, labels, videos = synthetic_embeddings(args.frames)
     print(f"{args.frames:,} synthetic frames, {x.shape[1]} dimensions, {len(set(videos)):,} clips, "
           f"{len(CLASSES)} classes", flush=True)
-    figures, layout = projection_figures(x, labels, videos, args.full_umap)
+    if args.pca_only:
+        from hico.embed import project
+
+        figures, layout = {}, project(x, "pca")
+    else:
+        figures, layout = projection_figures(x, labels, videos, args.full_umap)
     result = {"frames": args.frames, "projection": figures}
     if not args.no_browser:
         if not CHROMIUM.exists():
             print("no Chromium at /usr/bin/chromium: the browser figures are skipped", file=sys.stderr)
         else:
-            result["browser"] = browser_figures(layout, labels, videos)
+            result["browser"] = browser_figures(layout, labels, videos, args.screenshot)
     if args.json:
         args.json.write_text(json.dumps(result, indent=1))
     return 0
