@@ -21,6 +21,8 @@ from app.timeline_view import LEVELS as TIMELINE_LEVELS
 from app.timeline_view import TimelineViews, api_payload
 
 LEVEL_PANELS = ("local", "medium", "global", "backbone")
+TICK_S = 1.5  # how often a page asks for what changed while its view fills in
+IDLE_TICK_S = 10.0  # and once all is drawn (whether the run has a newer checkpoint)
 MAX_WAIT_S = 300.0  # the longest an /embeddings request waits for the background (UMAP, accuracy)
 ACCURACY_COLUMNS = ("feature", "linear_acc", "knn_acc", "linear_video_acc", "knn_video_acc")
 ACCURACY_HEADERS = ("level", "probe", "kNN", "probe, videos", "kNN, videos")  # short: the table fits its column
@@ -80,13 +82,15 @@ class ExploreTab:
             full[rows] = part
             coords[name] = full
         column = {"class": "label", "video": "video_id", "split": "split", "level": None}[colour]
-        if item.complete:
-            note, view = self._umap_note(item, pair), f"umap{len(umap_done)}"
+        if item.complete:  # each panel names its own layout: one swapping to UMAP leaves the others' zoom alone
+            note, view = self._umap_note(item, pair), "whole"
         else:  # one view name while the table fills in: a user's zoom is kept across the redraws
             note, view = self.explorer.projection(item, LEVEL_PANELS[0])[1], "partial"
         value = table_value(item.table, coords, column, view=view, show=list(LEVEL_PANELS),
                             cross=(a, b), cross_rows=rows, source=item.source,
                             layer_colors=level_colours(), marks=marks, marks_name="uploaded clip")
+        for panel, name in zip(value["panels"], (*LEVEL_PANELS, pair)):
+            panel["view"] = "umap" if name in umap_done else "pca"
         return value, note, len(umap_done)
 
     def show_embeddings(self, run, dataset, colour, pair, placed=None):
@@ -147,6 +151,8 @@ class ExploreTab:
             return unchanged
         if shown == "done":  # all drawn: only whether the run has a newer checkpoint can change
             return (self._explore_message(item, self._umap_note(item, pair)), *unchanged[1:])
+        if not item.complete and item.table is not None and item.count == len(item.table):
+            return (self._explore_message(item, "PCA"), *unchanged[1:])  # whole in a moment: drawn once then
         drawn = self._drawn(item, pair)
         finished = item.accuracy is not None or item.accuracy_error is not None
         state = "done" if drawn == f"ready:{len(LEVEL_PANELS) + 1}" and finished else drawn
@@ -473,8 +479,13 @@ class ExploreTab:
         for control in (colour, pair):  # applied at once to the table shown: no re-embed
             control.change(self.explore, [*inputs, pinned], outputs, api_visibility="private",
                            show_progress="hidden")
-        gr.Timer(1.5).tick(self.explore_tick, [run, dataset, colour, pair, shown, placed, pinned], outputs,
-                           api_visibility="private", show_progress="hidden")
+        timer = gr.Timer(TICK_S)
+        timer.tick(self.explore_tick, [run, dataset, colour, pair, shown, placed, pinned], outputs,
+                   api_visibility="private", show_progress="hidden")
+        # every event makes the page snapshot its components (Gradio's get_data; a tenth of a core
+        # at this rate): once all is drawn the page only looks for a newer checkpoint, less often
+        shown.change(lambda state: gr.Timer(IDLE_TICK_S if state == "done" else TICK_S), shown, timer,
+                     api_visibility="private", show_progress="hidden")
         place_file.change(self.place_clip, [place_file, run, dataset, colour, pair, pinned], [place_note, plot, placed],
                           api_visibility="private")
         plot.select(self.selected_frames, [run, dataset, pinned], [gallery, selection_note], api_visibility="private")

@@ -36,6 +36,7 @@ loads nothing from the internet.
 The value is a JSON dict (build it with `panels_value` or `table_value`)::
 
     {"view": str,                     # same view => a redraw keeps each panel's zoom; new view => reset
+                                      # (a panel may add its own "view": the same rule, per panel)
      "source": str,                   # names the table the ids index; passed back to thumbnail()
      "ids": [int] * N,                # row id of every point; what select/click/thumbnail receive
      "hover": [str] * N | None,       # tooltip text per row

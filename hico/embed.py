@@ -51,14 +51,14 @@ def _drop_stale(target: Path) -> None:
             old.unlink(missing_ok=True)
 
 
-CHUNK_FRAMES = 256  # the first chunk of frames embedded; each later chunk is twice the one before
+CHUNK_FRAMES = 256  # the first chunk of frames embedded; each later chunk is three times the one before
 
 
 def embed_order(lengths: np.ndarray, seed: int = 0, first: int = CHUNK_FRAMES) -> list[np.ndarray]:
     """Frame indices (into the packed frames of clips of these `lengths`) in the chunks they are
     embedded in: whole clips in a seeded random order, so that the first chunks already hold every
-    class, in chunks of `first` frames or more, each at least twice the one before (few chunks:
-    the app redraws its partial view after each)."""
+    class, in chunks of `first` frames or more, each at least three times the one before (few
+    chunks: the app redraws its partial view after each)."""
     lengths = np.asarray(lengths, np.int64)
     offsets = np.cumsum(lengths) - lengths
     chunks, current, size, target = [], [], 0, first
@@ -67,7 +67,7 @@ def embed_order(lengths: np.ndarray, seed: int = 0, first: int = CHUNK_FRAMES) -
         size += int(lengths[clip])
         if size >= target:
             chunks.append(np.concatenate(current))
-            current, size, target = [], 0, 2 * target
+            current, size, target = [], 0, 3 * target
     if current:
         chunks.append(np.concatenate(current))
     return chunks

@@ -46,6 +46,7 @@ def _show(page, run: str, data) -> None:
 
 def _lasso_all(page) -> None:
     """A lasso around the whole of panel 0."""
+    page.locator("#explore-scatter .hs-plot[data-panel='0']").scroll_into_view_if_needed()
     box = page.locator("#explore-scatter .hs-plot[data-panel='0'] .nsewdrag").bounding_box()
     x0, y0, x1, y1 = box["x"] + 3, box["y"] + 3, box["x"] + box["width"] - 3, box["y"] + box["height"] - 3
     page.mouse.move(x0, y0)
@@ -70,9 +71,10 @@ def test_umap_replaces_pca_without_a_click(page, live_app):  # noqa: F811
         _show(page, "tiny", data)
         page.wait_for_function(f"{MESSAGE}.includes('PCA') && {SCATTER}.value && {SCATTER}.plots.length === 5",
                                timeout=120_000)
-        assert page.evaluate(f"{SCATTER}.value.view") == "umap0"
+        assert page.evaluate(f"{SCATTER}.value.panels.map(p => p.view)") == ["pca"] * 5
         gate.set()
-        page.wait_for_function(f"{SCATTER}.value.view === 'umap5' && {MESSAGE}.includes('· UMAP ·')", timeout=180_000)
+        page.wait_for_function(f"{SCATTER}.value.panels.every(p => p.view === 'umap') && {MESSAGE}.includes('· UMAP ·')",
+                               timeout=180_000)
     finally:
         gate.set()
         hico_app.explorer.umap = real_umap
@@ -137,9 +139,11 @@ def test_a_run_that_trains_on_is_explored_at_the_checkpoint_shown(page, live_app
     real_start = hico_app.explorer.start
     hico_app.explorer.start = lambda *a, **k: starts.append(a) or real_start(*a, **k)
     try:
+        before = page.evaluate(f"{SCATTER}.value && {SCATTER}.value.source")
         _show(page, "tiny-moving", data)
-        page.wait_for_function(f"{MESSAGE}.includes('48 frames') && {SCATTER}.value && "
-                               f"{SCATTER}.plots.every(p => p.ready)", timeout=120_000)
+        page.wait_for_function(f"{MESSAGE}.includes('48 frames') && {SCATTER}.value && {SCATTER}.value.source !== "
+                               f"{json.dumps(before)} && {SCATTER}.plots.every(p => p.ready) && "
+                               f"{MESSAGE}.includes('· UMAP ·')", timeout=180_000)
         step = hico_app.explorer.by_source(page.evaluate(f"{SCATTER}.value.source")).step
         assert len(starts) == 1
         _lasso_all(page)

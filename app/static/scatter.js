@@ -292,7 +292,7 @@ function axis(range) {
 
 function buildLayout(value, panel) {
   return {
-    uirevision: `${value.view || ""}|${panel.title}`,
+    uirevision: `${value.view || ""}|${panel.view || ""}|${panel.title}`,
     dragmode: "lasso", hovermode: "closest", showlegend: false, clickmode: "event",
     margin: { l: 32, r: 6, t: 24, b: 20 }, paper_bgcolor: "#ffffff", plot_bgcolor: "#ffffff",
     font: { size: 10, color: "#1f2328" },
@@ -506,6 +506,7 @@ window.addEventListener("mouseup", (ev) => {
   const still = Math.hypot(ev.clientX - st.down.x, ev.clientY - st.down.y) < 4;
   st.clickedAt = still && ev.detail === 1 ? Date.now() : 0;   // detail 2: the second click of a double
   st.down = null;
+  if (st.deferred) { st.deferred = false; setTimeout(renderSafely, 0); }   // after plotly's own mouseup
 }, true);
 
 function clearSelection(k) {
@@ -518,7 +519,7 @@ function clearSelection(k) {
 
 function bindEvents(k, div) {
   div.addEventListener("mousedown", (ev) => {
-    st.down = { x: ev.clientX, y: ev.clientY };
+    st.down = { x: ev.clientX, y: ev.clientY, t: Date.now() };
     st.lastDown = { k, t: Date.now() };
   }, true);
   div.on("plotly_selected", (ev) => {
@@ -687,8 +688,15 @@ async function render(value) {
   if (!st.value || st.value.source !== value.source || st.value.ids.length !== value.ids.length) st.selected = null;
   st.value = value;
   renderLegend(value);
+  // A panel whose points, colours and hidden categories are as drawn is left alone: when one panel
+  // swaps from PCA to UMAP the others are not drawn again (in software WebGL a panel of 3,200
+  // points costs the page about a fifth of a second each time).
+  const style = JSON.stringify([value.view, value.color, value.marker_size, value.ids.length, Array.from(st.hidden)]);
   const jobs = value.panels.map((panel, k) => {
     const plot = st.plots[k];
+    const key = style + JSON.stringify(panel);
+    if (plot.ready && plot.key === key) return null;
+    plot.key = key;
     const { traces, traceRows, traceCodes, decimated } = buildTraces(value, panel);
     plot.traceRows = traceRows;
     plot.traceCodes = traceCodes;
@@ -718,6 +726,10 @@ async function render(value) {
 // The value arrives as a JSON string (app/scatter.py `to_wire`): parsed once here, plotly gets
 // plain arrays instead of Svelte's reactive proxies.
 function renderSafely() {
+  if (st.down && Date.now() - st.down.t < 15000) {   // never redraw under a drag (a lasso would be lost)
+    st.deferred = true;
+    return;
+  }
   let value;
   const t = performance.now();
   try {
