@@ -21,7 +21,7 @@ from app.timeline_view import LEVELS as TIMELINE_LEVELS
 from app.timeline_view import TimelineViews, api_payload
 
 LEVEL_PANELS = ("local", "medium", "global", "backbone")
-TICK_S = 1.5  # how often a page asks for what changed while its view fills in
+TICK_S = 3.0  # how often a page asks for what changed while its view fills in
 IDLE_TICK_S = 10.0  # and once all is drawn (whether the run has a newer checkpoint)
 MAX_WAIT_S = 300.0  # the longest an /embeddings request waits for the background (UMAP, accuracy)
 ACCURACY_COLUMNS = ("feature", "linear_acc", "knn_acc", "linear_video_acc", "knn_video_acc")

@@ -155,6 +155,14 @@ _PAGE_STATE = """() => {
 }"""
 
 
+def _pick_run(page, run: str) -> None:
+    page.get_by_role("tab", name="Explore").click()
+    box = page.locator("#explore-run input").first
+    box.click()
+    box.fill(run)
+    page.get_by_role("option", name=run, exact=True).click()
+
+
 def measure_browser(run: str) -> dict:
     """The same press in headless Chromium at 1366 x 768, on the app as `python app.py` serves it
     (its page ticks every 1.5 s); the seconds from the click to what the page shows."""
@@ -175,11 +183,7 @@ def measure_browser(run: str) -> dict:
                                          args=["--headless", "--no-sandbox", "--disable-gpu"])
             page = browser.new_page(viewport={"width": 1366, "height": 768})
             page.goto(f"http://127.0.0.1:{port}/")
-            page.get_by_role("tab", name="Explore").click()
-            box = page.locator("#explore-run input").first
-            box.click()
-            box.fill(run)
-            page.get_by_role("option", name=run, exact=True).click()
+            _pick_run(page, run)
             start = time.perf_counter()
             page.click("#explore-go")
 
@@ -202,11 +206,7 @@ def measure_browser(run: str) -> dict:
                 time.sleep(0.1)
             times["accuracy_after_whole_s"] = round(times["accuracy_s"] - times["whole_view_s"], 2)
             page.reload()
-            page.get_by_role("tab", name="Explore").click()
-            box = page.locator("#explore-run input").first
-            box.click()
-            box.fill(run)
-            page.get_by_role("option", name=run, exact=True).click()
+            _pick_run(page, run)
             start = time.perf_counter()
             page.click("#explore-go")
             page.wait_for_function(f"({_PAGE_STATE})()[0] > 0 && ({_PAGE_STATE})()[1].includes('· UMAP ·')",
