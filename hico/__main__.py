@@ -25,7 +25,12 @@ def cmd_synth(args) -> None:
     print(f"synthetic dataset in {out}")
 
 
-def cmd_train(args) -> None:
+EXIT_STOPPED = 3  # `hico train` stopped before its last step (Stop, SIGTERM, SIGINT): checkpointed, resumable
+
+
+def cmd_train(args) -> int:
+    """Exit 0 for a finished run, EXIT_STOPPED for one stopped before its last step (it saved a
+    checkpoint first; --resume continues it), so scripts and schedulers can tell them apart."""
     from hico import config as config_mod
     from hico.train import train
 
@@ -46,8 +51,9 @@ def cmd_train(args) -> None:
     if main_rank:
         print(f"run folder: {run_dir}", file=sys.stderr)
     summary = train(cfg, run_dir, resume=bool(args.resume))
+    code = EXIT_STOPPED if summary["state"] == "stopped" else 0
     if not main_rank:
-        return
+        return code
     final = summary["final"]
     print(f"{summary['state']} at step {summary['step']}/{summary['total_steps']} "
           f"(epoch {summary['epochs']:.2f}) in {summary['elapsed_s']:.1f} s, "
@@ -55,6 +61,10 @@ def cmd_train(args) -> None:
     if summary["best_step"] is not None:
         print(f"best held-out contrastive loss {summary['best_val_contrastive']:.4f} at step {summary['best_step']}")
     print(f"run folder: {run_dir}")
+    if code:
+        print(f"hico train: stopped before step {summary['total_steps']}; continue it with --resume {run_dir}",
+              file=sys.stderr)
+    return code
 
 
 def cmd_embed(args) -> None:
@@ -270,14 +280,14 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
                         stream=sys.stderr)
     try:
-        args.func(args)
+        code = args.func(args)
     except HiCoError as exc:
         print(f"hico {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C or SIGTERM before a command could stop cleanly on its own
         print(f"hico {args.command}: interrupted", file=sys.stderr)
         return 130
-    return 0
+    return code or 0
 
 
 def cli() -> None:

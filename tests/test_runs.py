@@ -326,3 +326,33 @@ def test_sigterm_before_the_training_loop_stops_the_run_cleanly(class_dataset, t
     assert child.wait(timeout=60) == 130  # well before its 30 s of preparation were over
     assert "Traceback" not in child.stderr.read()
     assert runs.read_status(run)["state"] == "stopped" and not runs.is_alive(run)
+
+
+def test_hico_train_exits_non_zero_when_stopped_and_zero_when_finished(class_dataset, tmp_path):
+    """A run stopped by SIGTERM in its loop saves a checkpoint and exits EXIT_STOPPED (3); a finished
+    run exits 0: `timeout`, batch schedulers and scripts can tell them apart."""
+    from hico.__main__ import EXIT_STOPPED, main
+
+    run = tmp_path / "run"
+    first_step = """
+        import hico.train as t
+        real = t.Trainer.train_step
+        def train_step(self, *a, **k):
+            if self.step == 1:
+                print('stepping', flush=True)
+            return real(self, *a, **k)
+        t.Trainer.train_step = train_step
+    """
+    config.save(make_cfg(class_dataset, "train.max_steps=100000"), tmp_path / "c.yaml")
+    code = "\n".join(["import sys", textwrap.dedent(first_step), "from hico.__main__ import main",
+                      f"sys.exit(main(['train', '--config', {str(tmp_path / 'c.yaml')!r}, '--run-dir', {str(run)!r}]))"])
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "stepping"
+    child.send_signal(signal.SIGTERM)
+    assert child.wait(timeout=120) == EXIT_STOPPED == 3
+    stderr = child.stderr.read()
+    assert "Traceback" not in stderr and "continue it with --resume" in stderr
+    info = runs.read_run(run)
+    assert info.state == "stopped" and 1 <= info.step < 100000 and "last" in info.checkpoints
+    config.save(make_cfg(class_dataset, "train.max_steps=1"), tmp_path / "one.yaml")
+    assert main(["train", "--config", str(tmp_path / "one.yaml"), "--run-dir", str(tmp_path / "done")]) == 0
