@@ -306,6 +306,18 @@ def test_stop_right_after_a_resume_is_honoured(class_dataset, tmp_path):
     assert info.state == "stopped" and not info.alive and step <= info.step < step + 5
 
 
+def _sigterm_when(cfg, tmp_path, run, patch: str, line: str) -> subprocess.Popen:
+    """`hico train` of cfg into run in a child process with `patch` (code run first) applied; SIGTERM
+    is sent once the child prints `line`. Returns the child."""
+    config.save(cfg, tmp_path / "c.yaml")
+    code = "\n".join(["import sys", textwrap.dedent(patch), "from hico.__main__ import main",
+                      f"sys.exit(main(['train', '--config', {str(tmp_path / 'c.yaml')!r}, '--run-dir', {str(run)!r}]))"])
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == line
+    child.send_signal(signal.SIGTERM)
+    return child
+
+
 def test_sigterm_before_the_training_loop_stops_the_run_cleanly(class_dataset, tmp_path):
     run = tmp_path / "run"
     slow_start = """
@@ -317,12 +329,7 @@ def test_sigterm_before_the_training_loop_stops_the_run_cleanly(class_dataset, t
             return real(*a, **k)
         t.prepare_data = prepare_data
     """
-    config.save(make_cfg(class_dataset, "train.max_steps=5"), tmp_path / "c.yaml")
-    code = "\n".join(["import sys", textwrap.dedent(slow_start), "from hico.__main__ import main",
-                      f"sys.exit(main(['train', '--config', {str(tmp_path / 'c.yaml')!r}, '--run-dir', {str(run)!r}]))"])
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert child.stdout.readline().strip() == "preparing"
-    child.send_signal(signal.SIGTERM)
+    child = _sigterm_when(make_cfg(class_dataset, "train.max_steps=5"), tmp_path, run, slow_start, "preparing")
     assert child.wait(timeout=60) == 130  # well before its 30 s of preparation were over
     assert "Traceback" not in child.stderr.read()
     assert runs.read_status(run)["state"] == "stopped" and not runs.is_alive(run)
@@ -343,12 +350,7 @@ def test_hico_train_exits_non_zero_when_stopped_and_zero_when_finished(class_dat
             return real(self, *a, **k)
         t.Trainer.train_step = train_step
     """
-    config.save(make_cfg(class_dataset, "train.max_steps=100000"), tmp_path / "c.yaml")
-    code = "\n".join(["import sys", textwrap.dedent(first_step), "from hico.__main__ import main",
-                      f"sys.exit(main(['train', '--config', {str(tmp_path / 'c.yaml')!r}, '--run-dir', {str(run)!r}]))"])
-    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    assert child.stdout.readline().strip() == "stepping"
-    child.send_signal(signal.SIGTERM)
+    child = _sigterm_when(make_cfg(class_dataset, "train.max_steps=100000"), tmp_path, run, first_step, "stepping")
     assert child.wait(timeout=120) == EXIT_STOPPED == 3
     stderr = child.stderr.read()
     assert "Traceback" not in stderr and "continue it with --resume" in stderr
