@@ -33,8 +33,22 @@ GRACE_S = 30.0  # a yielded demo waits this long: the user's run it made room fo
 SYNTH_CLIPS, SYNTH_FRAMES, SYNTH_SIZE = 200, 16, 128
 
 
+SYNTH_NAME = "synth"  # the embedded dataset's folder under $HICO_HOME/datasets
+
+
 def synth_dir(home: Path) -> Path:
-    return Path(home) / "datasets" / "synth"
+    return Path(home) / "datasets" / SYNTH_NAME
+
+
+def reserved_dataset(name: str) -> str | None:
+    """Why an upload may not take this dataset name (the app's own), or None. Case is ignored:
+    on a case-insensitive disk "Synth" is the same folder."""
+    lowered = name.lower()
+    if lowered == SYNTH_NAME:
+        return "the app's embedded dataset (the demo trains on it)"
+    if lowered.startswith("bench-"):
+        return "kept for `hico bench`'s datasets"
+    return None
 
 
 def ensure_dataset(home: Path, on_clip=None) -> Path:

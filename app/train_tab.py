@@ -12,13 +12,13 @@ import gradio as gr
 import torch
 
 from hico import config as config_mod
-from hico.archive import import_dataset
+from hico.archive import dataset_name, import_dataset
 from hico.errors import HiCoError
 from hico.runs import list_runs, read_run
 
 from app.access import Access
 from app.api_types import CompareReply, Reply, StartReply, StatusReply, UploadReply
-from app.default import DEMO_RUN, YIELDED, demo_values, synth_dir, yield_demo
+from app.default import DEMO_RUN, YIELDED, demo_values, reserved_dataset, synth_dir, yield_demo
 from app.figures import training_figure
 from app.jobs import Jobs
 from app.run_metrics import metrics_cache
@@ -116,7 +116,11 @@ def upload_dataset(access: Access, archive, name: str = "") -> tuple[str, str]:
     train on, a sentence describing what was found)."""
     path = access.uploaded(archive, "a .zip of class folders, or of clips and a CSV manifest,")
     original = archive.get("orig_name") if isinstance(archive, dict) else getattr(archive, "orig_name", None)
-    result = import_dataset(path, access.datasets_dir, name or "", shown_name=original or path.name)
+    chosen = dataset_name(name or "", Path(original or path.name))
+    why = reserved_dataset(chosen)
+    if why:
+        raise HiCoError(f"Dataset name {chosen} is reserved: {why}; give the upload another name.")
+    result = import_dataset(path, access.datasets_dir, chosen, shown_name=original or path.name)
     return str(result.dataset), result.message()
 
 

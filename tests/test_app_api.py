@@ -221,6 +221,9 @@ def test_a_zip_uploaded_through_the_api_becomes_a_dataset_the_app_can_use(client
         zf.writestr("../../runs/tiny/config.yaml", b"x")
     refused = client.predict(archive=handle_file(str(evil)), name="evil", api_name="/upload_dataset")
     assert refused["ok"] is False and refused["message"].startswith("Archive evil.zip has an entry outside")
+    for reserved in ("synth", "Synth", "bench-480x640-160"):  # the app's own names, before they exist too
+        taken = client.predict(archive=handle_file(str(archive)), name=reserved, api_name="/upload_dataset")
+        assert taken["ok"] is False and taken["message"].startswith(f"Dataset name {reserved} is reserved"), taken
     assert sorted(p.name for p in (home / "datasets").iterdir()) == ["ward3"]
     embedded = client.predict(run="tiny", dataset="ward3", method="pca", api_name="/embeddings")
     assert embedded["ok"] and embedded["frames"] == 8 * 6
