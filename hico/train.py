@@ -28,7 +28,7 @@ from hico import distributed, familiarity, held_out, runs, timeline
 from hico.checkpoint import (checkpoint_file, clean_checkpoints, load_init_weights, load_state, load_weights,
                              read_sidecar, save_checkpoint)
 from hico.config import Config
-from hico.data import FrameCache, assign_splits, build_cache, find_clips, labelled_mask, sample_views
+from hico.data import FrameCache, assign_splits, build_cache, find_clips, held_out_note, labelled_mask, sample_views
 from hico.data.dataset import Dataset
 from hico.data.views import gather_frames, host_to_device
 from hico.errors import HiCoError
@@ -69,6 +69,9 @@ def prepare_data(cfg: Config, progress: bool = True, dataset: Dataset | None = N
     d = cfg.data
     dataset = dataset or find_clips(d.root, d.frame_folders)
     splits = assign_splits(dataset, d.val_fraction, cfg.train.seed)
+    note = held_out_note(splits, d.val_fraction)
+    if note:
+        log.warning(note)
     keep = labelled_mask(dataset, d.label_fraction, cfg.train.seed)
     labels = np.array([dataset.label_index(c) if keep[i] else -1 for i, c in enumerate(dataset.clips)], dtype=np.int64)
     train_idx = np.array([i for i, s in enumerate(splits) if s == "train"], dtype=np.int64)

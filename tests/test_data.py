@@ -6,7 +6,7 @@ import torch
 from PIL import Image
 
 from hico.config import DataConfig
-from hico.data import assign_splits, build_cache, draw_frames, find_clips, labelled_mask, sample_views
+from hico.data import assign_splits, build_cache, draw_frames, find_clips, held_out_note, labelled_mask, sample_views
 from hico.data.augment import augment, draw_params
 from hico.data.cache import cache_path
 from hico.data.views import gather_frames, stage_rows
@@ -72,6 +72,29 @@ def test_splits_are_by_video_stratified_and_seeded(class_dataset):
     keep = labelled_mask(ds, 0.5, seed=1)
     assert sum(keep) == 4 and sum(k for k, c in zip(keep, ds.clips) if c.label == "dark") == 2
     assert sum(labelled_mask(ds, 0.01, seed=1)) == 2  # at least one per class
+
+
+def test_a_small_set_of_many_classes_still_holds_out_videos():
+    """12 videos of 8 classes at 0.2: rounded per class nothing was held out (and held-out accuracy
+    never appeared). Now 2 videos are (0.2 of 12), from classes that keep a training video; a set
+    with one video per class holds out none and says so."""
+    from pathlib import Path
+
+    from hico.data.dataset import Clip, Dataset
+
+    labels = [f"c{k}" for k in range(8)] + ["c0", "c1", "c2", "c3"]  # c0..c3 have two videos, c4..c7 one
+    ds = Dataset(Path("."), [Clip(f"v{i}", Path(f"v{i}.mp4"), label) for i, label in enumerate(labels)],
+                 sorted(set(labels)))
+    splits = assign_splits(ds, 0.2, seed=0)
+    assert splits == assign_splits(ds, 0.2, seed=0) and splits.count("val") == 2
+    for label in set(labels):  # every class keeps a training video
+        assert any(s == "train" for s, c in zip(splits, ds.clips) if c.label == label)
+    assert held_out_note(splits, 0.2) is None
+    single = Dataset(Path("."), ds.clips[:8], sorted(set(labels)))
+    alone = assign_splits(single, 0.2, seed=0)
+    assert alone.count("val") == 0
+    assert "no video could be held out (each class has one video)" in held_out_note(alone, 0.2)
+    assert held_out_note(alone, 0.0) is None
 
 
 def test_cache_decodes_once_and_packs_gray_and_colour(class_dataset, hico_home):

@@ -25,16 +25,30 @@ def assign_splits(dataset: Dataset, val_fraction: float, seed: int) -> list[str]
 
     A manifest's split column wins. Otherwise `val_fraction` of the videos of each class
     (unlabelled videos form a group of their own) go to val, chosen with `seed`; at least one
-    video always stays in train.
+    video always stays in train. Rounded per class, a small set of many classes would hold out
+    nothing (12 videos of 8 classes at 0.2): then videos of the classes with the most videos
+    still in train go to val too, never a class's last one, until `val_fraction` of all videos
+    (at least one) is held out, where the data allows (`held_out_note` says when it does not).
     """
     splits = [c.split or "" for c in dataset.clips]
     free = [i for i, s in enumerate(splits) if not s]
     rng = np.random.default_rng([seed, 17])
+    trains = {}
     for label, members in sorted(_by_class(dataset, free).items(), key=lambda kv: str(kv[0])):
         members = list(rng.permutation(members))
         n_val = int(round(val_fraction * len(members)))
         for j, i in enumerate(members):
             splits[i] = "val" if j < n_val else "train"
+        trains[str(label)] = [int(i) for i in members[n_val:]]
+    if val_fraction > 0 and free:
+        target = max(1, int(round(val_fraction * len(free))))
+        held = sum(splits[i] == "val" for i in free)
+        while held < target:
+            label = max(sorted(trains), key=lambda name: len(trains[name]))  # most videos left; ties by name
+            if len(trains[label]) < 2:
+                break
+            splits[trains[label].pop(0)] = "val"
+            held += 1
     if splits and "train" not in splits:
         splits[int(np.argmax([s == "val" for s in splits]))] = "train"
     return splits
@@ -53,3 +67,12 @@ def labelled_mask(dataset: Dataset, label_fraction: float, seed: int) -> list[bo
         for i in rng.permutation(members)[:n]:
             keep[int(i)] = True
     return keep
+
+
+def held_out_note(splits: list[str], val_fraction: float) -> str | None:
+    """A sentence when `val_fraction` asked for held-out videos and none could be held out (every
+    class has a single video), else None."""
+    if val_fraction > 0 and "val" not in splits:
+        return (f"data.val_fraction is {val_fraction} but no video could be held out (each class has one video): "
+                f"held-out loss and accuracy will not be measured; add videos, or give a manifest split column.")
+    return None
