@@ -234,6 +234,9 @@ class Explorer:
         try:
             table, path = embed_dataset(item.run_dir, item.data_dir, checkpoint=item.checkpoint, progress=False,
                                         on_clip=on_clip, on_chunk=on_chunk)
+            if len(table) < 2:
+                raise HiCoError(f"Dataset {Path(item.data_dir).name} gives {len(table)} frame(s); a layout needs "
+                                f"at least 2.")
             whole = Embedded(table, path, item.data)
             for column in VECTOR_COLUMNS:  # the chunks' matrices, or the cached table's
                 whole.matrices[column] = item.matrices[column] if column in item.matrices else whole.matrix(column)

@@ -77,6 +77,15 @@ class ImportedDataset:
         return text
 
 
+def byte_size(n: float) -> str:
+    """A byte count for a sentence: 812 bytes, 3.4 KiB, 12 MiB, 1.5 GiB (never "0.0 GiB")."""
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            value = n / scale
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:.0f} {unit}"
+    return f"{int(n)} bytes"
+
+
 def dataset_name(text: str, archive: Path) -> str:
     """The name a dataset gets: the one asked for, else the archive's file name without .zip."""
     name = (text or "").strip() or archive.name.rsplit(".", 1)[0]
@@ -158,10 +167,12 @@ def _checked_members(zf: zipfile.ZipFile, label: str, limits: ArchiveLimits,
         total += info.file_size
         files.append((info, path))
     if total > limits.max_bytes:
-        raise HiCoError(f"Archive {label} unpacks to {total / 2**30:.1f} GiB, more than the "
-                        f"{limits.max_bytes / 2**30:.1f} GiB allowed.")
-    if total > shutil.disk_usage(datasets_dir).free * 0.9:
-        raise HiCoError(f"Archive {label} unpacks to {total / 2**30:.1f} GiB, more than the free disk space allows.")
+        raise HiCoError(f"Archive {label} unpacks to {byte_size(total)}, more than the "
+                        f"{byte_size(limits.max_bytes)} allowed.")
+    free = shutil.disk_usage(datasets_dir).free
+    if total > free * 0.9:
+        raise HiCoError(f"Archive {label} unpacks to {byte_size(total)}, more than the disk can take: "
+                        f"{byte_size(free)} is free, and a tenth of that is kept free.")
     if not files:
         raise HiCoError(f"Archive {label} holds no files.")
     tops = {path.parts[0] for _, path in files}
@@ -182,7 +193,7 @@ def _extract(zf: zipfile.ZipFile, members, folder: Path, label: str, limits: Arc
                     written += len(chunk)
                     if written > limits.max_bytes:
                         raise HiCoError(f"Archive {label} unpacks to more than the "
-                                        f"{limits.max_bytes / 2**30:.1f} GiB allowed.")
+                                        f"{byte_size(limits.max_bytes)} allowed.")
                     dst.write(chunk)
         except (FileExistsError, NotADirectoryError):  # twice, or as a file and as a folder
             raise HiCoError(f"Archive {label} lists {info.filename} twice.") from None

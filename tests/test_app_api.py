@@ -1,6 +1,7 @@
 """The app through gradio_client (its API names) and its job runner and helpers directly."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -66,6 +67,16 @@ def test_embeddings_endpoint(client, live_app):  # noqa: F811
     assert [row["feature"] for row in waited["accuracy"]] == ["local", "medium", "global", "backbone", "concat"]
     bad = client.predict(run="nope", dataset=str(data), api_name="/embeddings")
     assert bad["ok"] is False and "nope" in bad["message"]
+    from PIL import Image
+
+    one = live_app[1] / "datasets" / "one-frame"  # a single still image: one frame, no layout
+    (one / "bright").mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((48, 48), 200, np.uint8)).save(one / "bright" / "still.png")
+    try:
+        single = client.predict(run="tiny", dataset=str(one), api_name="/embeddings")
+    finally:
+        shutil.rmtree(one)  # the upload test counts the datasets
+    assert single == {**single, "ok": False, "message": "Dataset one-frame gives 1 frame(s); a layout needs at least 2."}
 
 
 def test_find_similar_gives_a_clips_nearest_frames_per_level_and_where_it_falls(client, live_app):  # noqa: F811

@@ -78,7 +78,7 @@ def _member(name, data=b"x", mode=stat.S_IFREG | 0o644):
     ([_member("a/link.mp4", b"/etc/passwd", stat.S_IFLNK | 0o777)], ArchiveLimits(), "a link or a device"),
     ([_member("a/zeros.mp4", bytes(20 << 20))], ArchiveLimits(), "looks like a zip bomb"),
     ([_member(f"a/{i}.mp4") for i in range(5)], ArchiveLimits(max_members=4), "holds 5 entries, more than the 4"),
-    ([_member("a/big.mp4", bytes(3000))], ArchiveLimits(max_bytes=2000), "unpacks to 0.0 GiB, more than"),
+    ([_member("a/big.mp4", bytes(3000))], ArchiveLimits(max_bytes=2000), "unpacks to 2.9 KiB, more than the 2.0 KiB allowed"),
     ([_member("a/")], ArchiveLimits(), "holds no files"),
     ([_member("a/notes.txt", b"hello")], ArchiveLimits(), "holds no clips"),
     ([_member("a/x"), _member("a/x/y.mp4")], ArchiveLimits(), "lists a/x/y.mp4 twice"),
@@ -116,3 +116,10 @@ def test_names_empty_files_and_non_archives_get_one_sentence(tmp_path):
     with pytest.raises(HiCoError, match="^File notes.zip is not a .zip archive.$"):
         import_dataset(text, datasets)
     assert left_in(datasets) == ["first"]
+
+
+def test_byte_sizes_read_as_people_write_them():
+    from hico.archive import byte_size
+
+    assert [byte_size(n) for n in (0, 812, 3000, 12 * 2**20, 1.5 * 2**30, 64 * 2**30)] == \
+        ["0 bytes", "812 bytes", "2.9 KiB", "12 MiB", "1.5 GiB", "64 GiB"]
