@@ -275,8 +275,9 @@ def project(x: np.ndarray, method: str = "pca", seed: int = 0, groups=None, neig
     mates). UMAP's spectral start needs at least UMAP_MIN_ROWS rows; fewer are laid out by PCA.
 
     Above `fit_max` rows UMAP lays out a random sample of fit_max rows and every other row is placed
-    among them (`place_rows`): on 100,000 frames that took a fraction of UMAP's time on all of them
-    for the same layout quality (benchmarks/RESULTS.md, `python -m benchmarks.explore_scale`).
+    among them (`place_rows`): on 100,000 frames that took about a third of the time of UMAP on all
+    of them, for a slightly less faithful layout (class share of a frame's 10 nearest other clips in
+    2-D 0.956 against 0.992; benchmarks/RESULTS.md, `python -m benchmarks.explore_scale`).
     """
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"project needs an N x d matrix with N >= 2, got shape {x.shape}")
