@@ -189,6 +189,18 @@ def _big_value(n: int, levels=("local", "medium", "global", "backbone"), cross_r
 
 
 
+PARTIAL_ROWS = 3000  # rows with points in a partial view of 50,000 (the rest not embedded yet)
+
+
+def _partial_big_value() -> dict:
+    value = _big_value(50_000)
+    for panel in value["panels"][:4]:
+        layer = panel["layers"][0]
+        layer["x"] = layer["x"][:PARTIAL_ROWS] + [None] * (50_000 - PARTIAL_ROWS)
+        layer["y"] = layer["y"][:PARTIAL_ROWS] + [None] * (50_000 - PARTIAL_ROWS)
+    return value
+
+
 @pytest.fixture(scope="module")
 def browser_app():
     """A small Gradio app with two scatters, and a Chromium page on it."""
@@ -229,6 +241,7 @@ def browser_app():
         selected = gr.Textbox(label="selected ids", elem_id="selected")
         big = scatter(_big_value(8, cross_rows=8), elem_id="big", panel_height=220, wide_height=260)
         big_button = gr.Button("50k points", elem_id="load-big")
+        gr.Button("50k rows, 3,000 with points", elem_id="load-partial").click(_partial_big_value, None, big)
         # gr.Plot brings Gradio's own plotly.js 3.x, which sets window.Plotly too: both must work.
         gr.Plot(go.Figure(go.Scatter(x=[1, 2, 3], y=[3, 1, 2])), elem_id="std-plot")
         recolour = gr.Button("colour by video", elem_id="recolour")
@@ -654,3 +667,18 @@ def test_a_dense_panel_selects_every_point_inside_and_draws_more_when_zoomed(bro
     drawn = page.evaluate(f"""() => document.querySelector("{sel}").data.filter(t => t.mode === 'markers')
         .reduce((s, t) => s + t.x.length, 0)""")
     assert drawn == min(inside, 7_500)
+
+
+@pytestmark_browser
+def test_a_dense_panel_being_filled_in_draws_the_rows_that_have_points(browser_app):
+    """A partial view of a big table (most rows not embedded yet: no coordinates) still draws every
+    row that has a point, up to the sample's size, not a sample of empty rows."""
+    page = browser_app["page"]
+    big = "document.querySelector('#big .hs-root').parentElement"
+    before = page.evaluate(f"{big}.dataset.renderSeq")
+    page.click("#load-partial")
+    page.wait_for_function(f"{big}.dataset.renderSeq !== {json.dumps(before)} && "
+                           f"{big}.__hicoScatter.plots.every(p => p.ready)", timeout=60_000)
+    drawn = page.evaluate(f"""{big}.__hicoScatter.plots.slice(0, 4).map(p => p.div.data.filter(t => t.mode === 'markers')
+        .reduce((s, t) => s + t.x.filter(v => v !== null).length, 0))""")
+    assert drawn == [PARTIAL_ROWS] * 4

@@ -132,6 +132,7 @@ function drawnPositions(panel, range) {
   const { x, y } = panel.layers[0];
   const out = [];
   for (const i of drawOrder(panel)) {
+    if (x[i] === null || y[i] === null) continue;   // a row not embedded yet (a partial view): nothing to draw
     if (range && !(x[i] >= range[0] && x[i] <= range[1] && y[i] >= range[2] && y[i] <= range[3])) continue;
     out.push(i);
     if (out.length === DRAW_MAX) break;
