@@ -254,14 +254,20 @@ def chart_update(status: dict, access: Access, compare, drawn):
                            name=shown or "this run"), key
 
 
+MAX_COMPARED = 20  # runs one /compare request may name
+MAX_COMPARE_TEXT = 20 * 130  # characters of names read (a run name is at most 128)
+
+
 def run_comparison(access: Access, names: str) -> dict:
     """Held-out accuracy of several runs side by side (the /compare endpoint): `names` is a
     comma-separated list of run names. Returns {ok, message, runs: [{run, mode, seed, state, step,
     latest: {field: value} of the last validation, series: {field: [[step, value], ...]}}]}, the
     fields being the val_knn_acc_<level> and val_probe_acc_<level> of metrics.jsonl."""
-    wanted = [n.strip() for n in (names or "").split(",") if n.strip()]
+    wanted = [n.strip() for n in (names or "")[:MAX_COMPARE_TEXT].split(",") if n.strip()]
     if not wanted:
         return {"ok": False, "message": "Name one or more runs, separated by commas.", "runs": []}
+    if len(dict.fromkeys(wanted)) > MAX_COMPARED:
+        return {"ok": False, "message": f"Name at most {MAX_COMPARED} runs to compare at once.", "runs": []}
     found, missing = [], []
     for name in dict.fromkeys(wanted):
         try:
@@ -281,8 +287,9 @@ def run_comparison(access: Access, names: str) -> dict:
                       "seed": (info.config.get("train") or {}).get("seed"), "state": info.state,
                       "step": info.step, "latest": latest, "series": series})
     message = f"{len(found)} run{'s' * (len(found) != 1)}"
-    if missing:
-        message += f"; not runs here: {', '.join(repr(m) for m in missing)}"
+    if missing:  # echoed shortened: a request's text is not sent back whole
+        shown = [repr(m if len(m) <= 64 else m[:64] + "…") for m in missing[:5]]
+        message += f"; not runs here: {', '.join(shown)}" + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
     return {"ok": bool(found), "message": message + ".", "runs": found}
 
 

@@ -158,6 +158,12 @@ def test_compare_endpoint_gives_each_runs_held_out_accuracy(tmp_path):
     empty = train_tab.run_comparison(access, " , ")
     assert not empty["ok"] and empty["runs"] == []
     assert not train_tab.run_comparison(access, "nope")["ok"]
+    huge = train_tab.run_comparison(access, "x" * 5_000_000)  # a 5 MB name is not echoed back
+    assert not huge["ok"] and len(huge["message"]) < 200 and huge["message"].endswith("…'.")
+    many = train_tab.run_comparison(access, ",".join(f"r{i}" for i in range(21)))
+    assert many == {"ok": False, "message": "Name at most 20 runs to compare at once.", "runs": []}
+    some = train_tab.run_comparison(access, "hico-s0," + ",".join(f"gone{i}" for i in range(8)))
+    assert some["message"] == "1 run; not runs here: 'gone0', 'gone1', 'gone2', 'gone3', 'gone4' and 3 more."
 
 
 def test_a_page_keeps_showing_its_run_when_another_trains(tmp_path):
