@@ -77,7 +77,6 @@ class Embedded:
     embedded: threading.Event = field(default_factory=threading.Event)  # set once all is in, or it failed
     evaluated: threading.Event = field(default_factory=threading.Event)  # set once accuracy or its error is in
     projected: threading.Event = field(default_factory=threading.Event)  # set once the UMAP stage is over
-    umap_done: bool = False
     partial: dict[str, tuple[int, np.ndarray]] = field(default_factory=dict)  # view -> (rows done, its PCA)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -246,7 +245,6 @@ class Explorer:
                 item.projections[("pca", view)] = steady(self.pca(whole, view, None), self._last_partial(item, view))
             with item.lock:
                 item.table, item.path, item.matrices, item.done, item.progress = table, path, whole.matrices, None, ""
-            item.umap_done = all(("umap", k) in item.projections for k in (*LEVEL_COLUMNS, *PAIRS))
         except HiCoError as exc:
             item.error = str(exc)
         except Exception as exc:  # a bug: logged in full, and the page says so in a sentence
@@ -272,9 +270,7 @@ class Explorer:
             rows = linked_rows(n)
             ok = done[rows]
             shown = np.concatenate([ok, ok])
-            a, b = PAIRS[view]
-            matrix = np.concatenate(shared_space(item.matrix(a)[rows[ok]], item.matrix(b)[rows[ok]])) \
-                if ok.sum() >= 2 else None
+            matrix = self.stacked(item, PAIRS[view], rows[ok]) if ok.sum() >= 2 else None
         else:
             shown = done
             matrix = item.matrix(view)[done] if done.sum() >= 2 else None
@@ -319,10 +315,11 @@ class Explorer:
             return next((item for item in self.items.values() if item.source == source), None)
 
     @staticmethod
-    def stacked(item: Embedded, columns: tuple[str, str]) -> np.ndarray:
-        """2M x d: the linked rows' embeddings at one level, then at the other (M = len(linked_rows)),
-        in one shared space (hico.embed.shared_space), so a frame's line is short where its levels agree."""
-        rows = linked_rows(len(item.table))
+    def stacked(item: Embedded, columns: tuple[str, str], rows: np.ndarray | None = None) -> np.ndarray:
+        """2M x d: the linked rows' embeddings (or these `rows`' of them) at one level, then at the
+        other (M = len(rows)), in one shared space (hico.embed.shared_space), so a frame's line is
+        short where its levels agree."""
+        rows = linked_rows(len(item.table)) if rows is None else rows
         return np.concatenate(shared_space(item.matrix(columns[0])[rows], item.matrix(columns[1])[rows]))
 
     def view_matrix(self, item: Embedded, view: str) -> np.ndarray:
@@ -354,7 +351,6 @@ class Explorer:
                     save_projections(item.path, {k[1]: v for k, v in item.projections.items() if k[0] == "umap"})
                 if view in LEVEL_COLUMNS:
                     self._score(item, "umap", view)
-            item.umap_done = True
         except Exception:  # a projection failing must not take the app down; PCA stays
             log.exception("UMAP failed for %s", item.path)
         finally:

@@ -309,8 +309,7 @@ class ExploreTab:
             return {"ok": False, "message": f"method must be pca or umap, not {str(method)[:40]!r}."}
         try:
             run = run or self.default_run() or ""
-            run_dir = self.run_path(run)
-            data_dir = self.access.dataset(dataset or str(synth_dir(self.home)))
+            run_dir, data_dir = self._paths(run, dataset)
             item = (None if refresh else self.explorer.cached(run_dir, data_dir)) or self.explorer.start(run_dir,
                                                                                                       data_dir)
             item = self.explorer.whole(item)

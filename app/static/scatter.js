@@ -233,13 +233,13 @@ function shapeRows(k, ev) {
   const rows = new Set();
   let inside = null;
   if (ev && ev.range && ev.range.x && ev.range.y) {
-    const [x0, x1] = [Math.min(...ev.range.x), Math.max(...ev.range.x)];
-    const [y0, y1] = [Math.min(...ev.range.y), Math.max(...ev.range.y)];
+    const [x0, x1] = span(ev.range.x);
+    const [y0, y1] = span(ev.range.y);
     inside = (x, y) => x >= x0 && x <= x1 && y >= y0 && y <= y1;
   } else if (ev && ev.lassoPoints && ev.lassoPoints.x) {
     const px = ev.lassoPoints.x;
     const py = ev.lassoPoints.y;
-    const [bx0, bx1, by0, by1] = [Math.min(...px), Math.max(...px), Math.min(...py), Math.max(...py)];
+    const [bx0, bx1, by0, by1] = [...span(px), ...span(py)];
     inside = (x, y) => {   // even-odd rule, inside the lasso's bounding box
       if (x < bx0 || x > bx1 || y < by0 || y > by1) return false;
       let c = false;
@@ -256,9 +256,7 @@ function shapeRows(k, ev) {
       }
     }
   }
-  const ids = Array.from(rows, (r) => st.value.ids[r]);
-  ids.sort((a, b) => a - b);
-  return { rows, ids };
+  return selection(rows);
 }
 
 function categoryOf(row) {
@@ -271,11 +269,8 @@ function categoryOf(row) {
 async function redrawDrawn(k) {
   const plot = st.plots[k];
   const full = plot.div._fullLayout;
-  const range = [...full.xaxis.range, ...full.yaxis.range];
-  const lo = (a, b) => [Math.min(a, b), Math.max(a, b)];
-  const [x0, x1] = lo(range[0], range[1]);
-  const [y0, y1] = lo(range[2], range[3]);
-  const { traces, traceRows, traceCodes } = buildTraces(st.value, st.value.panels[k], [x0, x1, y0, y1]);
+  const range = [...span(full.xaxis.range), ...span(full.yaxis.range)];
+  const { traces, traceRows, traceCodes } = buildTraces(st.value, st.value.panels[k], range);
   plot.traceRows = traceRows;
   plot.traceCodes = traceCodes;
   plot.redrawing = true;
@@ -314,16 +309,25 @@ const PLOT_CONFIG = {
 
 function selectionIds(k, points) {
   const plot = st.plots[k];
-  const ids = st.value.ids;
   const rows = new Set();
   for (const pt of points || []) {
     const tr = plot.traceRows[pt.curveNumber];
     if (!tr) continue;
     rows.add(tr[pt.pointIndex ?? pt.pointNumber]);
   }
-  const out = Array.from(rows, (r) => ids[r]);
-  out.sort((a, b) => a - b);
-  return { rows, ids: out };
+  return selection(rows);
+}
+
+// A selection's rows and the sorted ids Python hears of.
+function selection(rows) {
+  const ids = Array.from(rows, (r) => st.value.ids[r]);
+  ids.sort((a, b) => a - b);
+  return { rows, ids };
+}
+
+// [min, max] of a few numbers (a range plotly reports in either order, a lasso's corners).
+function span(values) {
+  return [Math.min(...values), Math.max(...values)];
 }
 
 // Show the rows selected on panel k as selected on every other panel. A panel's own selection
