@@ -21,6 +21,8 @@ from hico import config as config_mod
 from hico import runs
 from hico.errors import HiCoError
 
+from app.limits import Caps
+
 POLL_S = 0.2
 # Training runs at a lower CPU priority than the app: on a machine with few cores the pages (Explore's
 # embedding, Diagnose) are served first and training takes what they leave. With a run beside it on
@@ -31,9 +33,10 @@ TRAIN_NICE = 10
 class Jobs:
     """Starts, resumes and stops the training runs under `runs_dir`, one at a time."""
 
-    def __init__(self, runs_dir: Path, python: str = sys.executable):
+    def __init__(self, runs_dir: Path, python: str = sys.executable, caps: Caps = Caps()):
         self.runs_dir = Path(runs_dir)
         self.python = python
+        self.caps = caps  # the operator's caps on what a run may ask (app.limits)
         self._proc: subprocess.Popen | None = None  # the child this instance spawned (to reap it)
         self._proc_run: Path | None = None
 
@@ -44,16 +47,18 @@ class Jobs:
         live = runs.live_runs(self.runs_dir)
         return live[0] if live else None
 
-    def start(self, values: dict, name: str | None = None) -> Path:
-        """Validate a nested config dict, write it to a new run folder and train it in a child process.
+    def start(self, values: dict, name: str | None = None, owner: str | None = None) -> Path:
+        """Validate a nested config dict against the config's bounds and the operator's caps, check
+        that the run fits in memory, write it to a new run folder and train it in a child process.
+        `owner`: the login that asked (recorded; see app.owners).
 
-        Raises HiCoError (with the reason) for a bad value, a missing dataset, or while another run
-        is training; nothing is written then.
+        Raises HiCoError (with the reason) for a bad value, a cap passed, a run that will not fit,
+        a missing dataset, or while another run is training; nothing is written then.
         """
         from hico.train import check_config  # imports torch: only when a run starts
 
-        cfg = config_mod.from_dict(values)
-        check_config(cfg)
+        cfg = config_mod.from_dict(self.caps.check(values))
+        self._refuse_if_too_big(cfg, check_config(cfg))
         with runs.serialised(self.runs_dir / ".jobs.lock"):
             self._refuse_if_busy()
             base = name or f"{cfg.loss.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -63,6 +68,8 @@ class Jobs:
                 run_dir = self.runs_dir / f"{base}-{n}"
             run_dir.mkdir(parents=True)
             config_mod.save(cfg, run_dir / runs.CONFIG)
+            if owner:
+                runs.write_owner(run_dir, owner)
             self._spawn(run_dir, ["--config", str(run_dir / runs.CONFIG), "--run-dir", str(run_dir)])
         return run_dir
 
@@ -83,8 +90,22 @@ class Jobs:
                 epochs = info.config.get("train", {}).get("epochs")
                 raise HiCoError(f"Run {info.name} is {info.state} at epoch {info.epoch:.1f} of {epochs}; give more "
                                 f"epochs than {epochs} to train it longer.")
+            if self.caps.train_minutes:  # each start of a run gets the server's time slot
+                extra.append(f"train.max_minutes={float(self.caps.train_minutes)}")
             self._spawn(run_dir, ["--resume", str(run_dir), *extra])
         return run_dir
+
+    def _refuse_if_too_big(self, cfg, dataset) -> None:
+        """HiCoError with the estimate when the run needs more memory than its device has free, or
+        more than the operator's cap (hico.memory)."""
+        from hico import memory
+        from hico.inference import resolve_device
+
+        device = resolve_device(cfg.device)
+        why = memory.refusal(memory.estimate(cfg, dataset, device), memory.available_bytes(device),
+                             self.caps.memory_bytes)
+        if why:
+            raise HiCoError(why)
 
     @staticmethod
     def _length_change(info: runs.RunInfo, epochs: int | None) -> list[str]:

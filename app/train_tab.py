@@ -4,8 +4,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import html
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import gradio as gr
@@ -21,6 +23,7 @@ from app.api_types import CompareReply, Reply, StartReply, StatusReply, UploadRe
 from app.default import DEMO_RUN, YIELDED, demo_values, reserved_dataset, synth_dir, yield_demo
 from app.figures import training_figure
 from app.jobs import Jobs
+from app.owners import Owners
 from app.run_metrics import metrics_cache
 
 NEW_RUN = "new run"
@@ -46,57 +49,90 @@ def device_summary() -> str:
 DEFAULT_VALIDATIONS = 10  # points of held-out accuracy a run from the form draws (2-3 s each for the demo)
 
 
-def form_values(access: Access, dataset: str, size, batch_size, epochs, lr, mode: str, peer_weight, cross_weight,
-                sup_weight, label_fraction, device: str, validations=DEFAULT_VALIDATIONS) -> dict:
+@dataclass(frozen=True)
+class TrainForm:
+    """The Train form (and /start_training) by name: what a client asks a run to be."""
+
+    dataset: str
+    size: float = 96
+    batch_size: float = 16
+    epochs: float = 12
+    lr: float = 3e-4
+    mode: str = "hico"
+    peer_weight: float = 0.5
+    cross_weight: float = 0.5
+    sup_weight: float = 0.2
+    label_fraction: float = 1.0
+    device: str = "auto"
+    validations: float = DEFAULT_VALIDATIONS
+
+    @classmethod
+    def fields(cls) -> tuple[str, ...]:
+        return tuple(f.name for f in dataclasses.fields(cls))
+
+
+def form_values(access: Access, form: TrainForm) -> dict:
     """The Train form as a nested config dict on top of the demo config; the dataset must be one
     this app may read (see app.access)."""
     values = demo_values(access.home)
-    root = access.dataset(dataset)
-    values["data"].update(root=str(root), size=_int("input size", size), label_fraction=float(label_fraction))
+    root = access.dataset(form.dataset)
+    values["data"].update(root=str(root), size=_int("input size", form.size),
+                          label_fraction=_number("labelled fraction", form.label_fraction))
     # A CPU step takes a second, so every step is a point of the live chart; a GPU step takes
     # milliseconds, and a line each 10 steps keeps metrics.jsonl and the chart light.
-    on_gpu = (device or "auto") != "cpu" and torch.cuda.is_available()
+    on_gpu = (form.device or "auto") != "cpu" and torch.cuda.is_available()
     # validations spread evenly over the run's steps (train.val_points), not every few epochs: a
     # short run still draws a curve of held-out accuracy
-    values["train"].update(batch_size=_int("batch size", batch_size), epochs=_int("epochs", epochs),
-                           lr=float(lr), log_every=10 if on_gpu else 1,
-                           val_points=_int("number of validations", validations))
+    values["train"].update(batch_size=_int("batch size", form.batch_size), epochs=_int("epochs", form.epochs),
+                           lr=_number("learning rate", form.lr), log_every=10 if on_gpu else 1,
+                           val_points=_int("number of validations", form.validations))
     if not values["train"]["val_points"]:
         values["train"]["val_every"] = 1  # 0 validations on the form: one at each epoch's end
-    values["loss"] = {**values.get("loss", {}), "mode": mode, "peer_weight": float(peer_weight),
-                      "cross_weight": float(cross_weight), "sup_weight": float(sup_weight)}
-    values["device"] = device or "auto"
+    values["loss"] = {**values.get("loss", {}), "mode": form.mode,
+                      "peer_weight": _number("peer weight", form.peer_weight),
+                      "cross_weight": _number("cross weight", form.cross_weight),
+                      "sup_weight": _number("supervised weight", form.sup_weight)}
+    values["device"] = form.device or "auto"
     return values
+
+
+def _number(name: str, value) -> float:
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        raise HiCoError(f"The {name} must be a number, got {value!r}.") from None
 
 
 def _int(name: str, value) -> int:
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise HiCoError(f"The {name} must be a whole number, got {value!r}.") from None
     if not number.is_integer():
         raise HiCoError(f"The {name} must be a whole number, got {value}.")
     return int(number)
 
 
-def start_training(jobs: Jobs, access: Access, resume: str, *form) -> tuple[Path, str]:
+def start_training(jobs: Jobs, access: Access, resume: str, form: TrainForm, user: str | None = None,
+                   owners: Owners = Owners()) -> tuple[Path, str]:
     """Start a new run from the form, or resume the chosen run by name, to the form's epochs when
     they differ from the run's (a finished run continues then); returns (its folder, a sentence
-    for the page)."""
+    for the page). `user`: the login asking (the new run's owner; a resumed run must be theirs,
+    see app.owners)."""
     if resume and resume != NEW_RUN:
-        epochs = form[3]
         run_dir = access.run(resume)
+        owners.check(run_dir, user, "resume")
         if run_dir.name != DEMO_RUN:
             yield_demo(jobs)
         else:  # the user resumes the demo: from now on it is theirs to stop
             (run_dir / YIELDED).unlink(missing_ok=True)
-        run_dir = jobs.resume(run_dir, epochs=_int("epochs", epochs) if epochs else None)
+        run_dir = jobs.resume(run_dir, epochs=_int("epochs", form.epochs) if form.epochs else None)
         info = read_run(run_dir)
         return run_dir, f"Resumed **{run_dir.name}** at epoch {info.epoch:.1f} of {info.config['train']['epochs']}."
-    values = form_values(access, *form)
+    values = jobs.caps.check(form_values(access, form))
     config_mod.from_dict(values)  # a bad value is refused before the demo is asked to make room
     yielded = yield_demo(jobs)
-    run_dir = jobs.start(values)
+    run_dir = jobs.start(values, owner=user)
     note = " The demo model paused at its checkpoint and continues when no run is training." if yielded else ""
     return run_dir, f"Started **{run_dir.name}**.{note}"
 
@@ -148,7 +184,8 @@ def training_status(jobs: Jobs, shown: str | None = None, startup: str = "") -> 
     out["run"] = {"name": current.name, "folder": str(current.path), "state": current.state, "step": current.step,
                   "total_steps": current.total_steps, "epoch": last.get("epoch", current.epoch),
                   "epochs": current.config.get("train", {}).get("epochs"), "images_per_s": speed, "eta_s": eta,
-                  "device": current.device, "error": current.error, "last": last}
+                  "device": current.device, "error": current.error, "stopped_by": current.stopped_by,
+                  "owner": current.owner, "last": last}
     out["metrics"] = rows
     return out
 
@@ -162,10 +199,10 @@ def _run_row(info) -> list:
     started = time.strftime("%Y-%m-%d %H:%M", time.localtime(info.started)) if info.started else ""
     cfg = info.config
     return [info.name, info.state, f"{info.step}/{info.total_steps}", cfg.get("loss", {}).get("mode", ""),
-            cfg.get("data", {}).get("size", ""), started]
+            cfg.get("data", {}).get("size", ""), started, info.owner or ""]
 
 
-RUN_COLUMNS = ["run", "state", "step", "loss mode", "size", "started"]
+RUN_COLUMNS = ["run", "state", "step", "loss mode", "size", "started", "owner"]
 
 
 def progress_html(status: dict) -> str:
@@ -181,7 +218,9 @@ def progress_html(status: dict) -> str:
     eta = _duration(run["eta_s"]) if run["eta_s"] is not None else ""
     epoch = f"epoch {run['epoch']:.2f}" + (f" of {run['epochs']}" if run.get("epochs") else "")
     colour = {"running": "#2563eb", "finished": "#16a34a", "stopped": "#d97706", "failed": "#dc2626"}[run["state"]]
-    parts = [f"<b>{html.escape(run['name'])}</b> — {run['state']}", epoch, f"step {run['step']}/{run['total_steps']}"]
+    state = run["state"] + (f" by {run['stopped_by']}" if run.get("stopped_by") else "")
+    parts = [f"<b>{html.escape(run['name'])}</b> — {html.escape(state)}", epoch,
+             f"step {run['step']}/{run['total_steps']}"]
     if run["state"] == "running" and not run["total_steps"]:  # the process is starting: no step count yet
         parts = [f"<b>{html.escape(run['name'])}</b> — starting: loading the model and reading the clips"]
     elif run["state"] == "running":
@@ -298,18 +337,31 @@ class TrainTab:
 
     Mixed into `app.ui.HiCoApp`; uses its shared state (`jobs`, `access`, `home`)."""
 
-    def start(self, resume, *form):
-        """Start or resume; the page then shows that run until the user picks another (it stays
-        shown, finished, when the demo resumes)."""
+    def start(self, values: dict, request: gr.Request):
+        """Start or resume (values: the form's components by name, see train_tab); the page then
+        shows that run until the user picks another (it stays shown, finished, when the demo
+        resumes)."""
+        resume, form = values.pop("resume"), TrainForm(**values)
         try:
-            run_dir, message = start_training(self.jobs, self.access, resume, *form)
+            run_dir, message = start_training(self.jobs, self.access, resume, form, Owners.user(request),
+                                              self.owners)
         except HiCoError as exc:
             return f"⚠️ {exc}", gr.update(choices=resume_choices(self.jobs), value=NEW_RUN), gr.update()
         return (message, gr.update(choices=resume_choices(self.jobs), value=NEW_RUN),
                 gr.update(choices=shown_choices(self.jobs), value=run_dir.name))
 
-    def stop(self):
-        return self.jobs.stop(timeout=30)[1]
+    def stop(self, request: gr.Request):
+        return self.stop_run(request, timeout=30)[1]
+
+    def stop_run(self, request, timeout: float) -> tuple[bool, str]:
+        """Stop the live run if the request's login may (app.owners): (whether one was asked, a sentence)."""
+        live = self.jobs.active()
+        if live is not None:
+            try:
+                self.owners.check(live, Owners.user(request), "stop")
+            except HiCoError as exc:
+                return False, str(exc)
+        return self.jobs.stop(timeout=timeout)
 
     def add_dataset(self, archive, name):
         """An uploaded .zip becomes a dataset and the Train form's choice."""
@@ -343,17 +395,18 @@ class TrainTab:
     def api_start_training(self, dataset: str = "", size: int = 96, batch_size: int = 16, epochs: int = 0,
                            lr: float = 3e-4, mode: str = "hico", peer_weight: float = 0.5, cross_weight: float = 0.5,
                            sup_weight: float = 0.2, label_fraction: float = 1.0, device: str = "auto",
-                           resume: str = "", validations: int = DEFAULT_VALIDATIONS) -> StartReply:
+                           resume: str = "", validations: int = DEFAULT_VALIDATIONS,
+                           request: gr.Request = None) -> StartReply:
         """Start a training run, or resume one by name; returns {ok, message, run}. epochs: 0 means 12
         for a new run and the run's own for a resume; more than a resumed run's continues it (a
         finished one too) to that many epochs. validations: how many times a new run measures
         held-out accuracy, evenly over its steps (train.val_points; 0: every epoch)."""
         if not resume and not epochs:
             epochs = 12
+        form = TrainForm(dataset or str(synth_dir(self.home)), size, batch_size, epochs, lr, mode, peer_weight,
+                         cross_weight, sup_weight, label_fraction, device, validations)
         try:
-            run_dir, message = start_training(
-                self.jobs, self.access, resume, dataset or str(synth_dir(self.home)), size, batch_size, epochs, lr,
-                mode, peer_weight, cross_weight, sup_weight, label_fraction, device, validations)
+            run_dir, message = start_training(self.jobs, self.access, resume, form, Owners.user(request), self.owners)
         except HiCoError as exc:
             return {"ok": False, "message": str(exc), "run": None}
         return {"ok": True, "message": message.replace("**", ""), "run": run_dir.name}
@@ -366,19 +419,25 @@ class TrainTab:
         status["runs"] = [dict(zip(RUN_COLUMNS, row)) for row in status["runs"]]
         return status
 
-    def delete_chosen_run(self, name):
+    def delete_chosen_run(self, name, request: gr.Request):
         if not name:  # nothing chosen, or the confirmation was cancelled
             return gr.update(), gr.update()
         try:
-            message = self.jobs.delete(self.access.run(name))
+            message = self.delete_run(name, request)
         except HiCoError as exc:
             message = f"⚠️ {exc}"
         return message, gr.update(choices=run_names(self.jobs), value=None)
 
-    def api_delete_run(self, run: str = "") -> Reply:
-        """Delete a run (its folder under $HICO_HOME/runs) that is not training; returns {ok, message}."""
+    def delete_run(self, name: str, request) -> str:
+        run_dir = self.access.run(name)
+        self.owners.check(run_dir, Owners.user(request), "delete")
+        return self.jobs.delete(run_dir)
+
+    def api_delete_run(self, run: str = "", request: gr.Request = None) -> Reply:
+        """Delete a run (its folder under $HICO_HOME/runs) that is not training; returns {ok, message}.
+        With logins, only the run's owner or an admin may."""
         try:
-            return {"ok": True, "message": self.jobs.delete(self.access.run(run))}
+            return {"ok": True, "message": self.delete_run(run, request)}
         except HiCoError as exc:
             return {"ok": False, "message": str(exc)}
 
@@ -387,10 +446,10 @@ class TrainTab:
         steps: {ok, message, runs: [{run, mode, seed, state, step, latest, series}]}."""
         return run_comparison(self.access, runs)
 
-    def api_stop_training(self) -> Reply:
+    def api_stop_training(self, request: gr.Request = None) -> Reply:
         """Stop the live run after its current step, with a checkpoint; returns {ok, message}
-        (ok is false when no run was training)."""
-        ok, message = self.jobs.stop(timeout=60)
+        (ok is false when no run was training, or, with logins, when it is not the caller's to stop)."""
+        ok, message = self.stop_run(request, timeout=60)
         return {"ok": ok, "message": message}
 
     def train_tab(self) -> None:
@@ -431,8 +490,9 @@ class TrainTab:
                 resume = gr.Dropdown(resume_choices(self.jobs), value=NEW_RUN, elem_id="train-resume",
                                      label="Start a new run, or continue one (more epochs continue a finished run)")
                 with gr.Row():
-                    start = gr.Button("Start", variant="primary", elem_id="start-training")
+                    start_button = gr.Button("Start", variant="primary", elem_id="start-training")
                     stop = gr.Button("Stop", variant="stop", elem_id="stop-training")
+                gr.Markdown(self.jobs.caps.describe(), elem_id="train-limits")
                 message = gr.Markdown(elem_id="train-message")
             with gr.Column(scale=3, min_width=420):
                 shown = gr.Dropdown(shown_choices(self.jobs), value=LIVE, label="Show",
@@ -450,8 +510,15 @@ class TrainTab:
                     doomed = gr.Dropdown(run_names(self.jobs), value=None, label="Run to delete", scale=3,
                                          elem_id="delete-run-name")
                     delete = gr.Button("Delete run", variant="stop", scale=1, elem_id="delete-run")
-        form = [dataset, size, batch, epochs, lr, mode, peer, cross, sup, label_fraction, device, validations]
-        start.click(self.start, [resume, *form], [message, resume, shown], api_visibility="private")
+        # the form by name (TrainForm's fields): a handler receives {component: value}
+        form = dict(zip(("resume", *TrainForm.fields()), (resume, dataset, size, batch, epochs, lr, mode, peer, cross,
+                                                          sup, label_fraction, device, validations), strict=True))
+        by_component = {component: name for name, component in form.items()}
+
+        def start(values: dict, request: gr.Request):
+            return self.start({by_component[c]: v for c, v in values.items()}, request)
+
+        start_button.click(start, set(form.values()), [message, resume, shown], api_visibility="private")
         stop.click(self.stop, None, message, api_visibility="private")
         delete.click(self.delete_chosen_run, doomed, [message, doomed], api_visibility="private",
                      js="(name) => (name && confirm(`Delete run ${name} and everything in its folder?`)) ? name : null")

@@ -28,6 +28,8 @@ from app.diagnose_tab import DiagnoseTab
 from app.explore import Explorer
 from app.explore_tab import ExploreTab
 from app.jobs import Jobs
+from app.limits import Caps
+from app.owners import Owners
 from app.train_tab import TrainTab
 
 log = logging.getLogger(__name__)
@@ -53,10 +55,11 @@ class HiCoApp(TrainTab, ExploreTab, DiagnoseTab):
     allow-lists of what a request may touch (app.access). Per-session state lives in the page
     (gr.State and the values it holds), never here. The tabs' handlers come from the mixins."""
 
-    def __init__(self, home: Path | None = None, data_dirs=()):
+    def __init__(self, home: Path | None = None, data_dirs=(), caps: Caps = Caps(), owners: Owners = Owners()):
         self.home = Path(home) if home else hico_home()
         self.access = Access(self.home, data_dirs, examples=self.examples())
-        self.jobs = Jobs(self.access.runs_dir)
+        self.jobs = Jobs(self.access.runs_dir, caps=caps)
+        self.owners = owners  # who may stop, resume and delete which run (app.owners)
         self.diagnoser = Diagnoser(self.home / "diagnose")
         self.startup = Startup()  # what the first start is doing (the demo's dataset), for the Train tab
         self.explorer = Explorer()
@@ -130,14 +133,18 @@ def _typed(method):
 
 
 def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth=None, max_upload_mb: float = 500,
-           demo: bool = True, prevent_thread_lock: bool = False, home: Path | None = None, data_dirs=()):
+           demo: bool = True, prevent_thread_lock: bool = False, home: Path | None = None, data_dirs=(),
+           caps: Caps = Caps(), admins=()):
     """Build the app, start the embedded default in the background, and serve it.
 
+    auth: None, or a list of (user, password) logins; admins: which of those users may stop and
+    delete anyone's run (app.owners). caps: what clients may ask of a run (app.limits).
     data_dirs: folders (besides $HICO_HOME/datasets) whose datasets requests may use.
     SIGTERM ends the app as Ctrl-C does: the server closes and a run it started stops with a
     checkpoint (see Jobs.shutdown).
     """
-    hico = HiCoApp(home, data_dirs)
+    owners = Owners(tuple(user for user, _ in auth or ()), frozenset(admins))
+    hico = HiCoApp(home, data_dirs, caps, owners)
     if demo:
         threading.Thread(target=_start_demo, args=(hico,), daemon=True).start()
         keeper_stop = threading.Event()

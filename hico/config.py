@@ -19,6 +19,13 @@ from hico.files import write_text
 
 LEVEL_NAMES = ("P2", "P3", "P4", "P5")
 MAX_SIZE = 1024  # largest data.size: a 1024 px frame is 21 times a 224 px one in memory and time
+# Upper bounds that no sensible run reaches (the paper trains 300 epochs at batch 32 with lr 3e-4):
+# past them a value is a typo or a probe, and 2**63 epochs would overflow the step count.
+MAX_EPOCHS = 100_000
+MAX_STEPS = 100_000_000
+MAX_BATCH = 65_536
+MAX_LR = 1.0
+MAX_DIM = 8192  # fpn_dim, hidden_dim, proj_dim
 
 
 @dataclass
@@ -82,6 +89,7 @@ class TrainConfig:
     val_points: int = 0  # if > 0: validate this many times, evenly over the run's steps, instead of val_every
     val_frames: int = 4  # evenly spaced frames per video embedded at each validation (accuracy, timeline)
     checkpoint_every: int = 0  # steps between `last` checkpoints; 0: once per epoch
+    max_minutes: float = 0.0  # stop (with a checkpoint, resumable) after this many minutes of one process; 0: no limit
     sync_bn: bool = False  # with several ranks (torchrun): batch statistics over all ranks
     compile: str = "none"  # none | default | reduce-overhead (CUDA graphs) | max-autotune: torch.compile the model
     cuda_graph: bool = True  # on a CUDA GPU, one process, compile=none: each step is one captured CUDA graph
@@ -272,25 +280,26 @@ def validate(cfg: Config) -> None:
         ("data.mixup_alpha", d.mixup_alpha > 0, "above 0"),
         ("model.levels", len(m.levels) == 3 and all(v in LEVEL_NAMES for v in m.levels)
          and m.levels == sorted(set(m.levels)), "three of P2, P3, P4, P5 from fine to coarse (local, medium, global)"),
-        ("model.fpn_dim", m.fpn_dim >= 1, "at least 1"),
-        ("model.hidden_dim", m.hidden_dim >= 1, "at least 1"),
-        ("model.proj_dim", m.proj_dim >= 1, "at least 1"),
-        ("loss.temperature", lo.temperature > 0, "above 0"),
-        ("loss.peer_weight", lo.peer_weight >= 0, "0 or more"),
-        ("loss.cross_weight", lo.cross_weight >= 0, "0 or more"),
-        ("loss.sup_weight", lo.sup_weight >= 0, "0 or more"),
+        ("model.fpn_dim", 1 <= m.fpn_dim <= MAX_DIM, f"between 1 and {MAX_DIM}"),
+        ("model.hidden_dim", 1 <= m.hidden_dim <= MAX_DIM, f"between 1 and {MAX_DIM}"),
+        ("model.proj_dim", 1 <= m.proj_dim <= MAX_DIM, f"between 1 and {MAX_DIM}"),
+        ("loss.temperature", 0.01 <= lo.temperature <= 10, "between 0.01 and 10"),
+        ("loss.peer_weight", 0 <= lo.peer_weight <= 100, "between 0 and 100"),
+        ("loss.cross_weight", 0 <= lo.cross_weight <= 100, "between 0 and 100"),
+        ("loss.sup_weight", 0 <= lo.sup_weight <= 100, "between 0 and 100"),
         ("loss.label_smoothing", 0.0 <= lo.label_smoothing < 1.0, "at least 0 and below 1"),
-        ("train.batch_size", t.batch_size >= 1, "at least 1"),
-        ("train.epochs", t.epochs >= 1, "at least 1"),
-        ("train.max_steps", t.max_steps >= 0, "0 (epochs decide) or more"),
-        ("train.lr", t.lr > 0, "above 0"),
-        ("train.weight_decay", t.weight_decay >= 0, "0 or more"),
-        ("train.warmup_epochs", t.warmup_epochs >= 0, "0 or more"),
+        ("train.batch_size", 1 <= t.batch_size <= MAX_BATCH, f"between 1 and {MAX_BATCH:,}"),
+        ("train.epochs", 1 <= t.epochs <= MAX_EPOCHS, f"between 1 and {MAX_EPOCHS:,}"),
+        ("train.max_steps", 0 <= t.max_steps <= MAX_STEPS, f"0 (epochs decide) to {MAX_STEPS:,}"),
+        ("train.lr", 0 < t.lr <= MAX_LR, f"above 0 and at most {MAX_LR:g}"),
+        ("train.weight_decay", 0 <= t.weight_decay <= 1, "between 0 and 1"),
+        ("train.warmup_epochs", 0 <= t.warmup_epochs <= MAX_EPOCHS, f"between 0 and {MAX_EPOCHS:,}"),
         ("train.log_every", t.log_every >= 1, "at least 1"),
         ("train.val_every", t.val_every >= 0, "0 (never) or more"),
         ("train.val_points", 0 <= t.val_points <= 1000, "0 (val_every decides) to 1000"),
-        ("train.val_frames", t.val_frames >= 1, "at least 1"),
+        ("train.val_frames", 1 <= t.val_frames <= 256, "between 1 and 256"),
         ("train.checkpoint_every", t.checkpoint_every >= 0, "0 (each epoch) or more"),
+        ("train.max_minutes", 0 <= t.max_minutes <= 10**7, "0 (no limit) or a number of minutes"),
     ]
     for key, ok, want in checks:
         if not ok:

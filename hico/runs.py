@@ -7,6 +7,7 @@
       metrics.jsonl   one JSON object per logged step
       summary.json    the final summary
       train.log       what a run started by the app printed
+      owner.json      the login that started the run in the app (only with --auth)
       STOP            a stop request: JSON naming who asked and the pid of the process it is for
       .lock           held (flock) by the training process from start to exit: the liveness signal
       checkpoints/    `last` and `best` (see hico.checkpoint)
@@ -48,8 +49,9 @@ except ImportError:  # pragma: no cover - Windows
 
 log = logging.getLogger(__name__)
 
-CONFIG, STATUS, METRICS, SUMMARY, LOG, STOP, LOCK, TIMELINE = (
-    "config.yaml", "status.json", "metrics.jsonl", "summary.json", "train.log", "STOP", ".lock", "timeline")
+CONFIG, STATUS, METRICS, SUMMARY, LOG, STOP, LOCK, TIMELINE, OWNER = (
+    "config.yaml", "status.json", "metrics.jsonl", "summary.json", "train.log", "STOP", ".lock", "timeline",
+    "owner.json")
 STARTING_GRACE = 60.0  # seconds a spawned process may take to import torch and take its lock
 ACQUIRE_TRIES = 6
 ERROR_PREFIX = "hico train: error: "  # how the CLI prints a user error; the app quotes it
@@ -322,6 +324,21 @@ def logged_error(run_dir: str | Path) -> str | None:
     return errors[-1] if errors else None
 
 
+def write_owner(run_dir: str | Path, user: str) -> None:
+    """Record the login that started a run in the app (who may stop, resume and delete it)."""
+    write_json(Path(run_dir) / OWNER, {"user": user, "at": time.time()})
+
+
+def read_owner(run_dir: str | Path) -> str | None:
+    """The login that started the run, or None (started by the CLI, by the app for its demo, or
+    by an app without logins)."""
+    try:
+        user = json.loads((Path(run_dir) / OWNER).read_text()).get("user")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return user if isinstance(user, str) and user else None
+
+
 # ---- what the run list shows ------------------------------------------------------------------
 @dataclass
 class RunInfo:
@@ -340,6 +357,8 @@ class RunInfo:
     device: str = ""
     config: dict = field(default_factory=dict)
     checkpoints: tuple[str, ...] = ()
+    stopped_by: str | None = None  # why a stopped run stopped, when not asked to (its time limit)
+    owner: str | None = None  # the login that started it in the app (OWNER), None for the CLI and the demo
 
     @property
     def name(self) -> str:
@@ -389,7 +408,8 @@ def read_run(run_dir: str | Path) -> RunInfo:
     return RunInfo(run_dir, state, alive, int(status.get("step", 0) or 0), int(status.get("total_steps", 0) or 0),
                    float(status.get("epoch", 0.0) or 0.0), float(started or 0.0),
                    float(status.get("updated", 0.0) or 0.0), status.get("pid"), error, status.get("device", ""),
-                   cfg if isinstance(cfg, dict) else {}, checkpoints)
+                   cfg if isinstance(cfg, dict) else {}, checkpoints,
+                   status.get("stopped_by") if state == "stopped" else None, read_owner(run_dir))
 
 
 def list_runs(runs_dir: str | Path) -> list[RunInfo]:

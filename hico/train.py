@@ -147,6 +147,7 @@ class Trainer:
     """Holds what one run needs; `run()` trains from the current step to the end or a stop."""
 
     def __init__(self, cfg: Config, run_dir: Path, resume: bool = False, progress: bool = True):
+        self.began = time.perf_counter()  # train.max_minutes counts from here: reading the clips is part of a run
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.world = distributed.world_from_env()
         self.main = self.world.main
@@ -470,10 +471,10 @@ class Trainer:
         run_dir = self.run_dir
         if self.main:
             runs.write_status(run_dir, state="running", pid=os.getpid(), step=self.step, total_steps=self.total_steps,
-                              device=str(self.device), error=None, ranks=self.world.size)
+                              device=str(self.device), error=None, ranks=self.world.size, stopped_by=None)
         window = MetricWindow(METRIC_TERMS, self.device)
         started = time.perf_counter()
-        steps_done, state = 0, "finished"
+        steps_done, state, stopped_by = 0, "finished", None
         self.last_metrics = {}
         bar = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step",
                    disable=not self.progress, dynamic_ncols=True)
@@ -483,9 +484,13 @@ class Trainer:
                 # Several ranks agree on stopping through a collective, which waits for the device:
                 # they ask at log points only. A single process looks every step, for free.
                 if self.world.size == 1 or self.step % t.log_every == 0:
-                    asked = bool(stop) or (stop_at_step is not None and self.step >= stop_at_step)
+                    out_of_time = bool(t.max_minutes) and time.perf_counter() - self.began >= 60 * t.max_minutes
+                    asked = bool(stop) or out_of_time or (stop_at_step is not None and self.step >= stop_at_step)
                     if distributed.any_rank(asked, self.world, self.device):
                         state = "stopped"
+                        if out_of_time:
+                            stopped_by = f"its time limit of {t.max_minutes:g} min (train.max_minutes)"
+                            log.warning("stopped at step %d: %s", self.step, stopped_by)
                         break
                 terms = self.train_step()
                 window.add(terms)
@@ -519,12 +524,12 @@ class Trainer:
                    "train_videos": self.n_train, "val_videos": len(self.data.val_idx),
                    "classes": self.classes, "best_val_contrastive": None if self.best_step is None else self.best_val,
                    "best_step": self.best_step, "device": str(self.device),
-                   "cuda_graph": self.step_captured, "final": self.last_metrics}
+                   "cuda_graph": self.step_captured, "final": self.last_metrics, "stopped_by": stopped_by}
         if self.main and state == "finished":
             summary["calibration"] = self._measure_held_out()
         if self.main:
             write_json(run_dir / runs.SUMMARY, summary)
-            runs.write_status(run_dir, state=state, step=self.step)
+            runs.write_status(run_dir, state=state, step=self.step, stopped_by=stopped_by)
             if state == "stopped":
                 runs.clear_stop(run_dir)  # the request is spent
         return summary

@@ -283,7 +283,7 @@ def test_a_file_that_is_not_a_clip_gets_a_sentence(client, tmp_path):
 def test_jobs_refuse_bad_values_and_report_crashes(tmp_path, monkeypatch):
     monkeypatch.setenv("HICO_HOME", str(tmp_path))
     jobs = Jobs(tmp_path / "runs")
-    with pytest.raises(HiCoError, match="train.batch_size must be at least 1"):
+    with pytest.raises(HiCoError, match="train.batch_size must be between 1 and"):
         jobs.start({"data": {"root": str(tmp_path)}, "train": {"batch_size": 0}})
     with pytest.raises(HiCoError, match="holds no clips"):
         jobs.start({"data": {"root": str(tmp_path)}})
@@ -305,8 +305,10 @@ def test_progress_and_form_validation(tmp_path, monkeypatch):
     assert "width:25.0%" in html and "step 5/20" in html and "ETA 2 min 05 s" in html and "100 images/s" in html
     access = Access(tmp_path, data_dirs=[EXAMPLES])
     with pytest.raises(HiCoError, match="whole number"):
-        train_tab.form_values(access, str(EXAMPLES), 32.5, 4, 1, 3e-4, "hico", 0.5, 0.5, 0.2, 1.0, "cpu")
-    values = train_tab.form_values(access, str(EXAMPLES), 48, 4, 3, 1e-3, "peer", 0.5, 0.5, 0.2, 0.5, "cpu")
+        train_tab.form_values(access, train_tab.TrainForm(str(EXAMPLES), 32.5, 4, 1, 3e-4, "hico", 0.5, 0.5, 0.2, 1.0,
+                                                          "cpu"))
+    values = train_tab.form_values(access, train_tab.TrainForm(str(EXAMPLES), 48, 4, 3, 1e-3, "peer", 0.5, 0.5, 0.2,
+                                                               0.5, "cpu"))
     assert values["data"]["size"] == 48 and values["loss"]["mode"] == "peer" and values["train"]["lr"] == 1e-3
     assert json.dumps(values)  # plain data, ready for config.from_dict
 
@@ -388,12 +390,12 @@ def test_the_demo_gives_way_to_a_users_run_and_resumes_after_it(tmp_path, monkey
             "train": {"batch_size": 2, "warmup_epochs": 0, "log_every": 1}}
     demo = jobs.start({**base, "train": {**base["train"], "max_steps": 400}}, name=default.DEMO_RUN)
     wait_for(lambda: read_run(demo).step >= 1, timeout=120)
-    with pytest.raises(HiCoError, match="batch_size must be at least 1"):  # refused before the demo is touched
-        train_tab.start_training(jobs, access, train_tab.NEW_RUN, str(data), 32, 0, 1, 3e-4, "hico", 0.5, 0.5, 0.2,
-                                 1.0, "cpu")
+    with pytest.raises(HiCoError, match="batch_size must be between 1 and"):  # refused before the demo is touched
+        train_tab.start_training(jobs, access, train_tab.NEW_RUN,
+                                 train_tab.TrainForm(str(data), 32, 0, 1, 3e-4, "hico", 0.5, 0.5, 0.2, 1.0, "cpu"))
     assert jobs.active() == demo and not (demo / default.YIELDED).exists()
-    run_dir, message = train_tab.start_training(jobs, access, train_tab.NEW_RUN, str(data), 32, 2, 1, 3e-4, "hico",
-                                                0.5, 0.5, 0.2, 1.0, "cpu")
+    run_dir, message = train_tab.start_training(
+        jobs, access, train_tab.NEW_RUN, train_tab.TrainForm(str(data), 32, 2, 1, 3e-4, "hico", 0.5, 0.5, 0.2, 1.0, "cpu"))
     assert "The demo model paused" in message
     paused = read_run(demo)
     assert paused.state == "stopped" and paused.resumable and (demo / default.YIELDED).exists()

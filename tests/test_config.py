@@ -1,5 +1,6 @@
 """Config: defaults, YAML, overrides, and validation messages that name the key."""
 
+import re
 import pytest
 
 from hico import config
@@ -29,7 +30,16 @@ def test_yaml_round_trip_and_overrides(tmp_path):
 @pytest.mark.parametrize("override,needle", [
     ("train.batchsize=4", "Unknown config key train.batchsize"),
     ("nope.x=1", "Unknown config key nope"),
-    ("train.batch_size=0", "train.batch_size must be at least 1"),
+    ("train.batch_size=0", "train.batch_size must be between 1 and 65,536, got 0"),
+    # issue 19: what a client sent the server, accepted before; bounded now
+    ("train.epochs=1000000000", "train.epochs must be between 1 and 100,000, got 1000000000"),
+    (f"train.epochs={2**63}", "train.epochs must be between 1 and 100,000"),
+    ("train.lr=1e308", "train.lr must be above 0 and at most 1, got 1e+308"),
+    ("train.lr=.nan", "train.lr must be above 0 and at most 1, got nan"),
+    ("train.max_steps=1000000000000", "train.max_steps must be 0 (epochs decide) to 100,000,000"),
+    ("train.batch_size=100000", "train.batch_size must be between 1 and 65,536, got 100000"),
+    ("loss.temperature=0.0001", "loss.temperature must be between 0.01 and 10"),
+    ("train.max_minutes=-1", "train.max_minutes must be 0 (no limit) or a number of minutes"),
     ("train.batch_size=abc", "train.batch_size must be a whole number"),
     ("loss.mode=byol", "loss.mode must be one of hico, simclr, peer, supervised"),
     ("data.label_fraction=1.5", "data.label_fraction"),
@@ -42,7 +52,7 @@ def test_yaml_round_trip_and_overrides(tmp_path):
     ("train", "must look like section.key=value"),
 ])
 def test_bad_values_name_the_key(override, needle):
-    with pytest.raises(HiCoError, match=needle.replace("[", r"\[").replace(".", r"\.")):
+    with pytest.raises(HiCoError, match=re.escape(needle)):
         config.load(None, [override])
 
 

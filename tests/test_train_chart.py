@@ -1,6 +1,7 @@
 """The Train tab's chart on constructed metrics: the run's curves, held-out accuracy per level of
 several runs overlaid, and a refresh that reads (and redraws) only what changed."""
 
+import dataclasses
 import json
 
 import gradio as gr
@@ -195,12 +196,12 @@ def test_a_page_keeps_showing_its_run_when_another_trains(tmp_path):
 def test_the_form_spreads_its_validations_over_the_run(tmp_path):
     access = Access(tmp_path)
     (tmp_path / "datasets" / "synth").mkdir(parents=True)
-    form = ["synth", 96, 16, 4, 3e-4, "hico", 0.5, 0.5, 0.2, 1.0, "cpu"]
-    values = train_tab.form_values(access, *form)
+    form = train_tab.TrainForm("synth", 96, 16, 4, 3e-4, "hico", 0.5, 0.5, 0.2, 1.0, "cpu")
+    values = train_tab.form_values(access, form)
     assert values["train"]["val_points"] == train_tab.DEFAULT_VALIDATIONS == 10
-    assert train_tab.form_values(access, *form, 0)["train"]["val_every"] == 1
+    assert train_tab.form_values(access, dataclasses.replace(form, validations=0))["train"]["val_every"] == 1
     with pytest.raises(Exception, match="number of validations"):
-        train_tab.form_values(access, *form, 2.5)
+        train_tab.form_values(access, dataclasses.replace(form, validations=2.5))
 
 
 def test_a_run_validates_val_points_times_evenly(class_dataset, tmp_path):
