@@ -5,11 +5,14 @@ Layouts (README, "Data layouts"):
     root/<clip>                   a clip directly under the root is unlabelled
     manifest.csv                  path,label[,split] rows; paths relative to the CSV's folder
 A clip is a video file, a DICOM file, a still image, or a folder of frames (one video).
+Symbolic links are followed (people build subsets of a dataset out of links); `links_outside` says
+which links lead out of given folders, for a server that may read only those.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -79,8 +82,16 @@ def _scan_folder(root: Path, frame_folders: bool) -> list[Clip]:
     return clips
 
 
-def _walk(folder: Path, frame_folders: bool):
-    """Yield clip paths below `folder` in sorted order; a frame folder is yielded whole."""
+def _walk(folder: Path, frame_folders: bool, _above: frozenset = frozenset()):
+    """Yield clip paths below `folder` in sorted order; a frame folder is yielded whole.
+
+    A folder whose real path is the folder itself or one above it (a link back up) is not entered
+    again: following it would list the same clips under ever longer paths until the system's
+    limit on links in a path ends the walk with an error."""
+    real = _real(folder)
+    if real in _above:
+        return
+    _above = _above | {real}
     try:
         entries = sorted(folder.iterdir(), key=lambda p: p.name)
     except PermissionError:
@@ -92,9 +103,63 @@ def _walk(folder: Path, frame_folders: bool):
             if frame_folders and clip_kind(entry) == "frames":
                 yield entry
             else:
-                yield from _walk(entry, frame_folders)
+                yield from _walk(entry, frame_folders, _above)
         elif clip_kind(entry) in ("video", "dicom", "image"):
             yield entry
+
+
+def links_outside(dataset: str | Path, roots) -> list[tuple[Path, Path]]:
+    """(link, the real path it leads to) for each symbolic link through which `dataset` (a folder,
+    a CSV manifest or one clip) would read a clip or a frame lying outside every folder of `roots`,
+    in the order found; a manifest's clip listed outside them comes as (path, its real path).
+
+    For a server that may read only `roots`: the dataset's own path being inside says nothing of
+    where its clips' links lead. Every file a scan could read is resolved, whatever
+    data.frame_folders says (with it off, a frame folder's images are clips: the same files); a
+    link into a folder is named once, however many clips lie behind it. Nothing is decoded; a
+    dangling link reads nothing and is skipped, as find_clips skips it."""
+    roots = [_real(r) for r in roots]
+    found: dict[Path, tuple[Path, Path]] = {}  # by where the link itself lies: one reached twice counts once
+    for path, base in _readable_files(Path(dataset)):
+        if not within(_real(path), roots):
+            link = _first_link_out(path, base, roots)
+            found.setdefault(_real(link.parent) / link.name, (link, _real(link)))
+    return list(found.values())
+
+
+def _readable_files(dataset: Path):
+    """(file, the folder its path is relative to) for every file a scan of `dataset` may read."""
+    if dataset.is_dir():
+        yield from ((path, dataset) for path in _walk(dataset, frame_folders=False))
+    elif dataset.suffix.lower() == ".csv":
+        for clip in manifest_paths(dataset):  # missing ones too: the manifest still points there
+            if clip.is_dir():
+                yield from ((path, dataset.parent) for path in _walk(clip, frame_folders=False))
+            else:
+                yield clip, dataset.parent
+    else:
+        yield dataset, dataset.parent
+
+
+def _first_link_out(path: Path, base: Path, roots: list[Path]) -> Path:
+    """The first part of `path` below `base` that is a link whose real path lies outside `roots`
+    (the link to remove), or `path` itself when none is (a manifest listing an outside path)."""
+    parts = path.relative_to(base).parts if path.is_relative_to(base) else path.parts
+    step = base if path.is_relative_to(base) else Path(path.anchor)
+    for part in parts:
+        step = step / part
+        if step.is_symlink() and not within(_real(step), roots):
+            return step
+    return path
+
+
+def within(path: Path, roots) -> bool:
+    """Whether `path` is one of `roots` or below one (plain path comparison: resolve both first)."""
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
+
+def _real(path: str | Path) -> Path:
+    return Path(os.path.realpath(path))
 
 
 def manifest_paths(path: str | Path) -> list[Path]:
