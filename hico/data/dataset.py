@@ -21,6 +21,7 @@ from hico.io import clip_kind
 from hico.paths import expand_path
 
 SPLITS = ("train", "val", "test")
+CLIP_FILES = ("video", "dicom", "image")  # the kinds of clip that are one file
 
 
 @dataclass(frozen=True)
@@ -83,29 +84,32 @@ def _scan_folder(root: Path, frame_folders: bool) -> list[Clip]:
 
 
 def _walk(folder: Path, frame_folders: bool, _above: frozenset = frozenset()):
-    """Yield clip paths below `folder` in sorted order; a frame folder is yielded whole.
+    """Yield clip paths below `folder` in sorted order; a frame folder is yielded whole."""
+    entries, _above = _entries(folder, _above)
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.is_dir():
+            if frame_folders and clip_kind(path) == "frames":
+                yield path
+            else:
+                yield from _walk(path, frame_folders, _above)
+        elif clip_kind(path) in CLIP_FILES:
+            yield path
 
-    A folder whose real path is the folder itself or one above it (a link back up) is not entered
-    again: following it would list the same clips under ever longer paths until the system's
-    limit on links in a path ends the walk with an error."""
+
+def _entries(folder: Path, above: frozenset) -> tuple[list[os.DirEntry], frozenset]:
+    """The entries of `folder` a scan looks at (by name, hidden ones left out), and the real paths
+    of the folders being walked, this one added. A folder whose real path is one of those (a link
+    back up) gives no entries: following it would list the same clips under ever longer paths
+    until the system's limit on links in a path ended the walk with an error."""
     real = _real(folder)
-    if real in _above:
-        return
-    _above = _above | {real}
+    if real in above:
+        return [], above
     try:
-        entries = sorted(folder.iterdir(), key=lambda p: p.name)
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except PermissionError:
         raise HiCoError(f"Folder {folder} cannot be read (permission denied).") from None
-    for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            if frame_folders and clip_kind(entry) == "frames":
-                yield entry
-            else:
-                yield from _walk(entry, frame_folders, _above)
-        elif clip_kind(entry) in ("video", "dicom", "image"):
-            yield entry
+    return [e for e in entries if not e.name.startswith(".")], above | {real}
 
 
 def links_outside(dataset: str | Path, roots) -> list[tuple[Path, Path]]:
@@ -114,31 +118,45 @@ def links_outside(dataset: str | Path, roots) -> list[tuple[Path, Path]]:
     in the order found; a manifest's clip listed outside them comes as (path, its real path).
 
     For a server that may read only `roots`: the dataset's own path being inside says nothing of
-    where its clips' links lead. Every file a scan could read is resolved, whatever
-    data.frame_folders says (with it off, a frame folder's images are clips: the same files); a
-    link into a folder is named once, however many clips lie behind it. Nothing is decoded; a
-    dangling link reads nothing and is skipped, as find_clips skips it."""
+    where its clips' links lead. Every folder below is listed, whatever data.frame_folders says
+    (with it off, a frame folder's images are clips: the same files), and only links are resolved:
+    a plain entry lies where its folder does, so a check costs about a listing of the folders (the
+    app checks on every request). A link to a folder outside is named once, however many clips lie
+    behind it, and so is a link reached by two paths. Nothing is opened but a file without a clip
+    suffix (for the DICOM marker, as find_clips does); a dangling link reads nothing and is skipped,
+    as find_clips skips it."""
     roots = [_real(r) for r in roots]
-    found: dict[Path, tuple[Path, Path]] = {}  # by where the link itself lies: one reached twice counts once
-    for path, base in _readable_files(Path(dataset)):
-        if not within(_real(path), roots):
-            link = _first_link_out(path, base, roots)
-            found.setdefault(_real(link.parent) / link.name, (link, _real(link)))
+    dataset = Path(dataset)
+    if not within(_real(dataset), roots):
+        links = [_first_link_out(dataset, dataset.parent, roots)]
+    elif dataset.is_dir():
+        links = list(_links_below(dataset, roots))
+    elif dataset.suffix.lower() == ".csv":
+        links = []
+        for clip in manifest_paths(dataset):  # missing ones too: the manifest still points there
+            if not within(_real(clip), roots):
+                links.append(_first_link_out(clip, dataset.parent, roots))
+            elif clip.is_dir():
+                links.extend(_links_below(clip, roots))
+    else:
+        links = []
+    found: dict[Path, tuple[Path, Path]] = {}  # by where the link itself lies
+    for link in links:
+        found.setdefault(_real(link.parent) / link.name, (link, _real(link)))
     return list(found.values())
 
 
-def _readable_files(dataset: Path):
-    """(file, the folder its path is relative to) for every file a scan of `dataset` may read."""
-    if dataset.is_dir():
-        yield from ((path, dataset) for path in _walk(dataset, frame_folders=False))
-    elif dataset.suffix.lower() == ".csv":
-        for clip in manifest_paths(dataset):  # missing ones too: the manifest still points there
-            if clip.is_dir():
-                yield from ((path, dataset.parent) for path in _walk(clip, frame_folders=False))
-            else:
-                yield clip, dataset.parent
-    else:
-        yield dataset, dataset.parent
+def _links_below(folder: Path, roots: list[Path], _above: frozenset = frozenset()):
+    """The links below `folder` (inside `roots`) leading outside them to a folder or a clip file,
+    in the order _walk finds them."""
+    entries, _above = _entries(folder, _above)
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.is_symlink() and not within(_real(path), roots):
+            if entry.is_dir() or clip_kind(path) in CLIP_FILES:
+                yield path
+        elif entry.is_dir():
+            yield from _links_below(path, roots, _above)
 
 
 def _first_link_out(path: Path, base: Path, roots: list[Path]) -> Path:
