@@ -92,20 +92,20 @@ def _disk_full(exc: BaseException, folder: Path, needed: int) -> str | None:
     taken for a full disk when less is free, now the partial files are gone, than the checkpoint
     needed."""
     if isinstance(exc, OSError):
-        full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+        says_full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
     elif isinstance(exc, SafetensorError):
-        full = "os error 28" in str(exc) or "No space left" in str(exc)
+        says_full = "os error 28" in str(exc) or "No space left" in str(exc)
     elif isinstance(exc, RuntimeError) and ("inline_container.cc" in str(exc) or "file write failed" in str(exc)):
-        full = None  # a write that failed, for a reason it does not give
+        says_full = None  # a write that failed, for a reason it does not give: the free space decides
     else:
+        return None
+    if says_full is False:
         return None
     try:
         free = shutil.disk_usage(folder).free
     except OSError:
         return None
-    if full is False or (full is None and free >= needed):
-        return None
-    return byte_size(free)
+    return byte_size(free) if says_full or free < needed else None
 
 
 def _tensor_bytes(value) -> int:

@@ -101,7 +101,8 @@ def test_torchs_write_error_is_a_full_disk_only_when_the_disk_is_full(tmp_path, 
         raise RuntimeError(TORCH_FULL)
 
     monkeypatch.setattr(ck.torch, "save", failing_save)
-    monkeypatch.setattr(ck.shutil, "disk_usage", lambda path: Usage(10 << 20, 10 << 20, 300 << 10))  # < the 771 KiB needed
+    # 300 KiB free, less than the 771 KiB the checkpoint needs
+    monkeypatch.setattr(ck.shutil, "disk_usage", lambda path: Usage(10 << 20, 10 << 20, 300 << 10))
     with pytest.raises(HiCoError) as caught:
         _save(folder, model, 2)
     assert str(caught.value) == _full(folder, 2, 300 << 10)
