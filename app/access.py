@@ -7,7 +7,12 @@ The app is a server and every path in a request is taken as hostile. A request m
 - a dataset only inside an allowed folder: $HICO_HOME/datasets, and the folders the operator named
   at start (`python app.py --data-dir DIR`, repeatable, or HICO_DATA_DIRS). A bare name means a
   folder of $HICO_HOME/datasets. A CSV manifest's clips must lie inside the allowed folders too.
-Paths are compared after resolving symbolic links, so a link cannot lead outside.
+Paths are compared after resolving symbolic links, so a link cannot lead outside: the dataset's
+own path, and every clip and frame in it (a link to an image, to a frame folder, to a frame, or a
+chain of links, in a folder or a manifest), since the scan that reads it follows links. Links that
+stay inside are fine; a dangling link reads nothing and is skipped by the scan like any unreadable
+file. Such a dataset is refused, not trained on without the links: its clips would silently differ
+from what the folder shows, and the operator can allow the folder the links lead to.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ from gradio.utils import get_upload_folder
 
 from hico import runs
 from hico.archive import training_path
-from hico.data.dataset import manifest_paths
+from hico.data.dataset import links_outside, within
 from hico.errors import HiCoError
 from hico.paths import expand_path
 
@@ -57,11 +62,9 @@ class Access:
                             f"whoever runs the app can add one with --data-dir.")
         if not path.exists():
             raise HiCoError(f"Dataset {text} does not exist.")
-        if path.is_file() and path.suffix.lower() == ".csv":
-            for clip in manifest_paths(path):
-                if not self.allowed(_resolved(clip)):
-                    raise HiCoError(f"Manifest {path.name} lists a clip outside the folders this app may read "
-                                    f"({clip}); list only clips inside {self.describe_roots()}.")
+        outside = links_outside(path, self.roots)
+        if outside:
+            raise HiCoError(self._outside_sentence(text, path, outside))
         return path
 
     def datasets(self) -> list[tuple[str, str]]:
@@ -73,7 +76,21 @@ class Access:
         return [(folder.name, str(training_path(folder))) for folder in folders]
 
     def allowed(self, path: Path) -> bool:
-        return any(path == root or path.is_relative_to(root) for root in self.roots)
+        return within(path, self.roots)
+
+    def _outside_sentence(self, text: str, path: Path, outside: list[tuple[Path, Path]]) -> str:
+        """Why a dataset whose clips lead outside the allowed folders is refused, naming the first
+        of them (relative to the dataset) and how many there are."""
+        base = path.parent if path.is_file() else path
+        first, real = outside[0]
+        shown = first.relative_to(base).as_posix() if first.is_relative_to(base) else str(first)
+        more = f", and {len(outside) - 1} more" if len(outside) > 1 else ""
+        if path.suffix.lower() == ".csv" and not first.is_symlink():  # listed outside, no link involved
+            return (f"Manifest {path.name} lists a clip outside the folders this app may read ({shown}{more}); "
+                    f"list only clips inside {self.describe_roots()}.")
+        return (f"Dataset {text} has {len(outside)} link(s) leading outside the folders this app may read "
+                f"({shown} → {real}{more}); remove them, or whoever runs the app can add that folder "
+                f"with --data-dir.")
 
     def describe_roots(self) -> str:
         return ", ".join(str(root) for root in self.roots)

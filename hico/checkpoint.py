@@ -21,6 +21,7 @@ files only, no `files` in the sidecar) still load.
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import pickle
@@ -34,6 +35,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from hico.archive import byte_size
 from hico.errors import HiCoError
 from hico.files import atomic_path, fsync_tree, partial_name, remove_partials, write_json
 from hico.model import HiCoModel
@@ -51,9 +53,12 @@ def save_checkpoint(folder: Path, name: str, model: torch.nn.Module, sidecar: di
     """
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    final = folder / f"{name}-{int(sidecar.get('step', 0)):07d}-{uuid.uuid4().hex[:6]}"
+    step = int(sidecar.get("step", 0))
+    final = folder / f"{name}-{step:07d}-{uuid.uuid4().hex[:6]}"
     tmp = partial_name(final)
     weights = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    files = {"weights": f"{final.name}/{WEIGHTS}", "state": f"{final.name}/{STATE}" if state is not None else None}
+    committed = False
     try:
         tmp.mkdir()
         save_file(weights, str(tmp / WEIGHTS), metadata={"format": "pt"})
@@ -61,14 +66,57 @@ def save_checkpoint(folder: Path, name: str, model: torch.nn.Module, sidecar: di
             torch.save(state, tmp / STATE)
         fsync_tree(tmp)
         os.rename(tmp, final)
-    except BaseException:
+        write_json(folder / f"{name}.json", {**sidecar, "files": files}, fsync=True)  # the commit
+        committed = True
+        _link_flat(folder, name, files)
+    except BaseException as exc:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    files = {"weights": f"{final.name}/{WEIGHTS}", "state": f"{final.name}/{STATE}" if state is not None else None}
-    write_json(folder / f"{name}.json", {**sidecar, "files": files}, fsync=True)  # the commit
-    _link_flat(folder, name, files)
+        if not committed:  # the sidecar still names the previous checkpoint's folder
+            shutil.rmtree(final, ignore_errors=True)
+        full = _disk_full(exc, folder, _tensor_bytes(weights) + _tensor_bytes(state))
+        if full is None:
+            raise
+        raise HiCoError(f"Saving checkpoint {name} at step {step} failed: the disk is full ({full} free on "
+                        f"{folder}); free space and resume the run.") from exc
     _drop_unreferenced(folder, name, keep=final.name)
     return final / WEIGHTS
+
+
+def _disk_full(exc: BaseException, folder: Path, needed: int) -> str | None:
+    """The free space on `folder`'s disk, as a sentence shows it, if `exc` came of its being full;
+    None for any other error (a bug raises as it is).
+
+    The writers do not all say so: Python raises OSError ENOSPC, safetensors a SafetensorError
+    quoting "os error 28", and torch.save only a RuntimeError from its zip writer ("enforce fail
+    at inline_container.cc ... unexpected pos" or "file write failed"). Such a write error is
+    taken for a full disk when less is free, now the partial files are gone, than the checkpoint
+    needed."""
+    if isinstance(exc, OSError):
+        says_full = exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    elif isinstance(exc, SafetensorError):
+        says_full = "os error 28" in str(exc) or "No space left" in str(exc)
+    elif isinstance(exc, RuntimeError) and ("inline_container.cc" in str(exc) or "file write failed" in str(exc)):
+        says_full = None  # a write that failed, for a reason it does not give: the free space decides
+    else:
+        return None
+    if says_full is False:
+        return None
+    try:
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    return byte_size(free) if says_full or free < needed else None
+
+
+def _tensor_bytes(value) -> int:
+    """The bytes of the tensors in `value` (nested dicts, lists and tuples): what saving it writes."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(_tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(_tensor_bytes(v) for v in value)
+    return 0
 
 
 def clean_checkpoints(folder: Path) -> None:

@@ -5,11 +5,14 @@ Layouts (README, "Data layouts"):
     root/<clip>                   a clip directly under the root is unlabelled
     manifest.csv                  path,label[,split] rows; paths relative to the CSV's folder
 A clip is a video file, a DICOM file, a still image, or a folder of frames (one video).
+Symbolic links are followed (people build subsets of a dataset out of links); `links_outside` says
+which links lead out of given folders, for a server that may read only those.
 """
 
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,6 +21,7 @@ from hico.io import clip_kind
 from hico.paths import expand_path
 
 SPLITS = ("train", "val", "test")
+CLIP_FILES = ("video", "dicom", "image")  # the kinds of clip that are one file
 
 
 @dataclass(frozen=True)
@@ -79,22 +83,101 @@ def _scan_folder(root: Path, frame_folders: bool) -> list[Clip]:
     return clips
 
 
-def _walk(folder: Path, frame_folders: bool):
+def _walk(folder: Path, frame_folders: bool, _above: frozenset = frozenset()):
     """Yield clip paths below `folder` in sorted order; a frame folder is yielded whole."""
+    entries, _above = _entries(folder, _above)
+    for entry in entries:
+        path = Path(entry.path)
+        if entry.is_dir():
+            if frame_folders and clip_kind(path) == "frames":
+                yield path
+            else:
+                yield from _walk(path, frame_folders, _above)
+        elif clip_kind(path) in CLIP_FILES:
+            yield path
+
+
+def _entries(folder: Path, above: frozenset) -> tuple[list[os.DirEntry], frozenset]:
+    """The entries of `folder` a scan looks at (by name, hidden ones left out), and the real paths
+    of the folders being walked, this one added. A folder whose real path is one of those (a link
+    back up) gives no entries: following it would list the same clips under ever longer paths
+    until the system's limit on links in a path ended the walk with an error."""
+    real = _real(folder)
+    if real in above:
+        return [], above
     try:
-        entries = sorted(folder.iterdir(), key=lambda p: p.name)
+        entries = sorted(os.scandir(folder), key=lambda e: e.name)
     except PermissionError:
         raise HiCoError(f"Folder {folder} cannot be read (permission denied).") from None
+    return [e for e in entries if not e.name.startswith(".")], above | {real}
+
+
+def links_outside(dataset: str | Path, roots) -> list[tuple[Path, Path]]:
+    """(link, the real path it leads to) for each symbolic link through which `dataset` (a folder,
+    a CSV manifest or one clip) would read a clip or a frame lying outside every folder of `roots`,
+    in the order found; a manifest's clip listed outside them comes as (path, its real path).
+
+    For a server that may read only `roots`: the dataset's own path being inside says nothing of
+    where its clips' links lead. Every folder below is listed, whatever data.frame_folders says
+    (with it off, a frame folder's images are clips: the same files), and only links are resolved:
+    a plain entry lies where its folder does, so a check costs about a listing of the folders (the
+    app checks on every request). A link to a folder outside is named once, however many clips lie
+    behind it, and so is a link reached by two paths. Nothing is opened but a file without a clip
+    suffix (for the DICOM marker, as find_clips does); a dangling link reads nothing and is skipped,
+    as find_clips skips it."""
+    roots = [_real(r) for r in roots]
+    dataset = Path(dataset)
+    if not within(_real(dataset), roots):
+        links = [_first_link_out(dataset, dataset.parent, roots)]
+    elif dataset.is_dir():
+        links = list(_links_below(dataset, roots))
+    elif dataset.suffix.lower() == ".csv":
+        links = []
+        for clip in manifest_paths(dataset):  # missing ones too: the manifest still points there
+            if not within(_real(clip), roots):
+                links.append(_first_link_out(clip, dataset.parent, roots))
+            elif clip.is_dir():
+                links.extend(_links_below(clip, roots))
+    else:
+        links = []
+    found: dict[Path, tuple[Path, Path]] = {}  # by where the link itself lies
+    for link in links:
+        found.setdefault(_real(link.parent) / link.name, (link, _real(link)))
+    return list(found.values())
+
+
+def _links_below(folder: Path, roots: list[Path], _above: frozenset = frozenset()):
+    """The links below `folder` (inside `roots`) leading outside them to a folder or a clip file,
+    in the order _walk finds them."""
+    entries, _above = _entries(folder, _above)
     for entry in entries:
-        if entry.name.startswith("."):
-            continue
-        if entry.is_dir():
-            if frame_folders and clip_kind(entry) == "frames":
-                yield entry
-            else:
-                yield from _walk(entry, frame_folders)
-        elif clip_kind(entry) in ("video", "dicom", "image"):
-            yield entry
+        path = Path(entry.path)
+        if entry.is_symlink() and not within(_real(path), roots):
+            if entry.is_dir() or clip_kind(path) in CLIP_FILES:
+                yield path
+        elif entry.is_dir():
+            yield from _links_below(path, roots, _above)
+
+
+def _first_link_out(path: Path, base: Path, roots: list[Path]) -> Path:
+    """The first part of `path` below `base` that is a link whose real path lies outside `roots`
+    (the link to remove), or `path` itself when none is (a manifest listing an outside path)."""
+    parts = path.relative_to(base).parts if path.is_relative_to(base) else path.parts
+    step = base if path.is_relative_to(base) else Path(path.anchor)
+    for part in parts:
+        step = step / part
+        if step.is_symlink() and not within(_real(step), roots):
+            return step
+    return path
+
+
+def within(path: Path, roots) -> bool:
+    """Whether `path` is one of `roots` or below one (plain path comparison: resolve both first)."""
+    return any(path == root or path.is_relative_to(root) for root in roots)
+
+
+def _real(path: str | Path) -> Path:
+    return Path(os.path.realpath(path))
 
 
 def manifest_paths(path: str | Path) -> list[Path]:
