@@ -1,10 +1,12 @@
-"""Who may stop, resume and delete a run when the app has logins (`python app.py --auth U:P ...`).
+"""Who may stop, resume and delete a run, or delete a dataset, when the app has logins
+(`python app.py --auth U:P ...`).
 
-A run started through the app records the login that started it (hico.runs.write_owner). Every
-logged-in user sees every run; only its owner and the operator's admins (`--admin USER`) may stop,
-resume or delete it. A run without an owner (the demo, a run from the CLI, one started before
-logins were turned on) is anyone's when no admins are named, and the admins' otherwise. Without
---auth there are no users and everything is allowed, as before.
+A run started through the app records the login that started it (hico.runs.write_owner), and an
+uploaded dataset the login that uploaded it (hico.archive.dataset_owner). Every logged-in user sees
+every run and dataset; only its owner and the operator's admins (`--admin USER`) may stop, resume
+or delete a run, or delete a dataset. One without an owner (the demo, a run from the CLI, one from
+before logins were turned on) is anyone's when no admins are named, and the admins' otherwise.
+Without --auth there are no users and everything is allowed, as before.
 """
 
 from __future__ import annotations
@@ -35,11 +37,17 @@ class Owners:
 
     def check(self, run_dir: Path, user: str | None, action: str) -> None:
         """HiCoError unless `user` may `action` (stop, resume, delete) the run in run_dir."""
+        self.check_owned(f"Run {Path(run_dir).name}", read_owner(run_dir), user, action)
+
+    def check_owned(self, what: str, owner: str | None, user: str | None, action: str) -> None:
+        """HiCoError unless `user` may `action` the thing described by `what` (e.g. "Dataset
+        lungs"), which `owner` made (None: no user did)."""
         if not self.users or user in self.admins:
             return
-        owner = read_owner(run_dir)
         if owner == user or (owner is None and not self.admins):
             return
         whose = f"was started by {owner}" if owner else "was not started by a user"
+        if what.startswith("Dataset"):
+            whose = f"was uploaded by {owner}" if owner else "was not uploaded by a user"
         allowed = f"{owner} or an admin" if owner else "an admin"
-        raise HiCoError(f"Run {Path(run_dir).name} {whose}; only {allowed} may {action} it.")
+        raise HiCoError(f"{what} {whose}; only {allowed} may {action} it.")

@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import os
+import shutil
 import time
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,9 +17,10 @@ import gradio as gr
 import torch
 
 from hico import config as config_mod
-from hico.archive import dataset_name, import_dataset
+from hico.archive import NAME, Room, dataset_name, dataset_owner, folder_bytes, import_dataset
 from hico.errors import HiCoError
-from hico.runs import list_runs, read_run
+from hico.files import byte_size
+from hico.runs import list_runs, read_run, serialised
 
 from app.access import Access
 from app.api_types import CompareReply, Reply, StartReply, StatusReply, UploadReply
@@ -122,6 +126,8 @@ def start_training(jobs: Jobs, access: Access, resume: str, form: TrainForm, use
     if resume and resume != NEW_RUN:
         run_dir = access.run(resume)
         owners.check(run_dir, user, "resume")
+        # its dataset is checked again as a new run's is: still there, still inside the allow-list
+        access.dataset(str(read_run(run_dir).config.get("data", {}).get("root") or ""))
         if run_dir.name != DEMO_RUN:
             yield_demo(jobs)
         else:  # the user resumes the demo: from now on it is theirs to stop
@@ -147,17 +153,57 @@ def run_epochs(access: Access, name: str):
         return gr.update()
 
 
-def upload_dataset(access: Access, archive, name: str = "") -> tuple[str, str]:
+DATASETS_LOCK = ".datasets.lock"  # held while a dataset is imported or deleted (under $HICO_HOME)
+
+
+def upload_dataset(access: Access, archive, name: str = "", user: str | None = None,
+                   quota_gb: float | None = None) -> tuple[str, str]:
     """Import an uploaded .zip as $HICO_HOME/datasets/<name> (hico.archive); returns (the path to
-    train on, a sentence describing what was found)."""
+    train on, a sentence describing what was found). `user`: the login uploading (the dataset's
+    owner); `quota_gb`: what $HICO_HOME/datasets may hold in all (the operator's
+    --datasets-quota-gb). Imports run one at a time, so two cannot both take the last room."""
     path = access.uploaded(archive, "a .zip of class folders, or of clips and a CSV manifest,")
     original = archive.get("orig_name") if isinstance(archive, dict) else getattr(archive, "orig_name", None)
     chosen = dataset_name(name or "", Path(original or path.name))
     why = reserved_dataset(chosen)
     if why:
         raise HiCoError(f"Dataset name {chosen} is reserved: {why}; give the upload another name.")
-    result = import_dataset(path, access.datasets_dir, chosen, shown_name=original or path.name)
+    access.datasets_dir.mkdir(parents=True, exist_ok=True)
+    with serialised(access.home / DATASETS_LOCK):
+        room = Room(int(quota_gb * 1e9), folder_bytes(access.datasets_dir)) if quota_gb else None
+        if room and not room.left:
+            raise HiCoError(f"Datasets here take {byte_size(room.used)}, all of the {byte_size(room.quota)} this "
+                            f"server allows; delete a dataset first.")
+        result = import_dataset(path, access.datasets_dir, chosen, shown_name=original or path.name, owner=user,
+                                room=room)
     return str(result.dataset), result.message()
+
+
+def delete_dataset(access: Access, jobs: Jobs, name: str, user: str | None = None,
+                   owners: Owners = Owners()) -> str:
+    """Remove the dataset $HICO_HOME/datasets/<name>: not the app's own, not one a run is training
+    on, and (with logins) only its uploader's or an admin's. Renamed to a hidden sibling first (it
+    leaves every list at once, whole), then removed. Returns a sentence."""
+    name = (name or "").strip()
+    if not name:
+        raise HiCoError("Pick a dataset to delete.")
+    why = reserved_dataset(name)
+    if why:
+        raise HiCoError(f"Dataset {name} is {why}; it cannot be deleted.")
+    if not NAME.fullmatch(name) or not (access.datasets_dir / name).is_dir():
+        raise HiCoError(f"There is no dataset called {name!r:.70} in the app's datasets.")
+    folder = access.datasets_dir / name
+    owners.check_owned(f"Dataset {name}", dataset_owner(folder), user, "delete")
+    with serialised(access.home / DATASETS_LOCK), serialised(jobs.runs_dir / ".jobs.lock"):
+        live = jobs.active()
+        if live is not None:
+            root = Path(os.path.realpath(read_run(live).config.get("data", {}).get("root") or "/"))
+            if root.is_relative_to(os.path.realpath(folder)):
+                raise HiCoError(f"Run {live.name} is training on dataset {name}; stop it before deleting the dataset.")
+        aside = folder.with_name(f".deleted-{name}-{uuid.uuid4().hex[:8]}")
+        os.rename(folder, aside)
+    shutil.rmtree(aside, ignore_errors=True)
+    return f"Deleted dataset {name}."
 
 
 LIVE = "live run"  # the Train tab's "Show" choice that follows whatever trains (else the newest run)
@@ -363,25 +409,50 @@ class TrainTab:
                 return False, str(exc)
         return self.jobs.stop(timeout=timeout)
 
-    def add_dataset(self, archive, name):
+    def add_dataset(self, archive, name, request: gr.Request):
         """An uploaded .zip becomes a dataset and the Train form's choice."""
         if not archive:
-            return gr.update(), gr.update()
+            return gr.update(), gr.update(), gr.update()
         try:
-            dataset, message = upload_dataset(self.access, archive, name)
+            dataset, message = upload_dataset(self.access, archive, name, Owners.user(request),
+                                              self.jobs.caps.datasets_gb)
         except HiCoError as exc:
-            return f"⚠️ {exc}", gr.update(choices=self.access.datasets())
-        return message, gr.update(choices=self.access.datasets(), value=dataset)
+            return f"⚠️ {exc}", gr.update(choices=self.access.datasets()), gr.update()
+        return message, gr.update(choices=self.access.datasets(), value=dataset), gr.update(
+            choices=self.dataset_names())
 
-    def api_upload_dataset(self, archive: gr.FileData, name: str = "") -> UploadReply:
+    def api_upload_dataset(self, archive: gr.FileData, name: str = "", request: gr.Request = None) -> UploadReply:
         """Add a dataset from a .zip (class folders, or clips and a CSV manifest) as
         $HICO_HOME/datasets/<name> (default: the file's name); returns {ok, message, dataset}: the path
-        to pass to /start_training, and what was found (clips, classes, files set aside)."""
+        to pass to /start_training, and what was found (clips, classes, files left out). Only the
+        clips (and the manifest) are kept; the datasets folder has the operator's quota."""
         try:
-            dataset, message = upload_dataset(self.access, archive, name)
+            dataset, message = upload_dataset(self.access, archive, name, Owners.user(request),
+                                              self.jobs.caps.datasets_gb)
         except HiCoError as exc:
             return {"ok": False, "message": str(exc), "dataset": None}
         return {"ok": True, "message": message, "dataset": dataset}
+
+    def dataset_names(self) -> list[str]:
+        return [name for name, _ in self.access.datasets()]
+
+    def delete_chosen_dataset(self, name, request: gr.Request):
+        if not name:  # nothing chosen, or the confirmation was cancelled
+            return gr.update(), gr.update(), gr.update()
+        try:
+            message = delete_dataset(self.access, self.jobs, name, Owners.user(request), self.owners)
+        except HiCoError as exc:
+            message = f"⚠️ {exc}"
+        return message, gr.update(choices=self.dataset_names(), value=None), gr.update(choices=self.access.datasets())
+
+    def api_delete_dataset(self, dataset: str = "", request: gr.Request = None) -> Reply:
+        """Delete an uploaded dataset ($HICO_HOME/datasets/<name>) that no run is training on; not
+        the app's own. With logins, only its uploader or an admin may. Returns {ok, message}."""
+        try:
+            return {"ok": True, "message": delete_dataset(self.access, self.jobs, dataset, Owners.user(request),
+                                                          self.owners)}
+        except HiCoError as exc:
+            return {"ok": False, "message": str(exc)}
 
     def refresh_training(self, compare=None, drawn=None, shown=LIVE):
         """Every 2 s and when the overlaid runs or the shown run change: progress, chart (redrawn only
@@ -459,13 +530,17 @@ class TrainTab:
                 dataset = self.dataset_dropdown(label="Dataset", elem_id="train-dataset",
                                                 info="One of the app's datasets, one you add below, or the path of "
                                                      "a folder of clips or a CSV manifest on the server.")
-                with gr.Accordion("Add a dataset from this computer", open=False):
+                with gr.Accordion("Add or delete a dataset", open=False):
                     gr.Markdown("A **.zip** of class folders (`<class>/<clip>`), or of clips and a CSV manifest "
-                                "(`path,label[,split]`). Unreadable files are set aside and listed.")
+                                "(`path,label[,split]`). Only the clips are kept; unreadable ones are listed.")
                     new_name = gr.Textbox(label="Name (default: the file's name)", max_length=64,
                                           elem_id="dataset-name")
                     archive = gr.File(label="Dataset (.zip)", file_types=[".zip"], type="filepath",
                                       elem_id="dataset-upload")
+                    with gr.Row():
+                        doomed_dataset = gr.Dropdown(self.dataset_names(), value=None, label="Dataset to delete",
+                                                     scale=3, elem_id="delete-dataset-name")
+                        delete_data = gr.Button("Delete dataset", variant="stop", scale=1, elem_id="delete-dataset")
                 with gr.Row():
                     size = gr.Number(96, label="Input size (px)", precision=0,
                                      elem_id="train-size")
@@ -524,7 +599,13 @@ class TrainTab:
                      js="(name) => (name && confirm(`Delete run ${name} and everything in its folder?`)) ? name : null")
         doomed.focus(lambda: gr.update(choices=run_names(self.jobs)), None, doomed, api_visibility="private")
         resume.change(lambda name: run_epochs(self.access, name), resume, epochs, api_visibility="private")
-        archive.upload(self.add_dataset, [archive, new_name], [message, dataset], api_visibility="private")
+        archive.upload(self.add_dataset, [archive, new_name], [message, dataset, doomed_dataset],
+                       api_visibility="private")
+        delete_data.click(self.delete_chosen_dataset, doomed_dataset, [message, doomed_dataset, dataset],
+                          api_visibility="private",
+                          js="(name) => (name && confirm(`Delete dataset ${name} and every clip in it?`)) ? name : null")
+        doomed_dataset.focus(lambda: gr.update(choices=self.dataset_names()), None, doomed_dataset,
+                             api_visibility="private")
         resume.focus(lambda: gr.update(choices=resume_choices(self.jobs)), None, resume, api_visibility="private")
         compare.focus(lambda: gr.update(choices=run_names(self.jobs)), None, compare, api_visibility="private")
         drawn = gr.State(None)  # the key of the chart on this page (chart_update)

@@ -31,15 +31,18 @@ from app.jobs import Jobs
 from app.limits import Caps
 from app.owners import Owners
 from app.train_tab import TrainTab
+from app.uploads import UPLOAD_MAX_AGE_S, UPLOAD_SWEEP_S, UploadJanitor, upload_cap
 
 log = logging.getLogger(__name__)
 
 EXAMPLES = REPO / "assets" / "examples"
 # the API: each name's handler is HiCoApp.api_<name>; what it returns is declared in app.api_types
-ENDPOINTS = ("start_training", "training_status", "stop_training", "upload_dataset", "delete_run", "embeddings",
+ENDPOINTS = ("start_training", "training_status", "stop_training", "upload_dataset", "delete_dataset", "delete_run",
+             "embeddings",
              "timeline", "compare", "predict", "find_similar")
-# Gradio keeps a copy of every file it serves; files older than a day go, checked hourly.
-GRADIO_CACHE_CLEANUP = (3600, 86400)
+# Gradio keeps every upload and a copy of every file it serves: they go after an hour, checked
+# every 5 minutes, and the oldest go sooner when they take more than the cap (app.uploads).
+GRADIO_CACHE_CLEANUP = (UPLOAD_SWEEP_S, UPLOAD_MAX_AGE_S)
 CSS = """
 .hico-progress { font-size: 0.95rem; }
 .hico-bar { height: 14px; background: #e5e7eb; border-radius: 7px; overflow: hidden; margin: 4px 0 6px; }
@@ -156,6 +159,8 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth=
         signal.signal(signal.SIGTERM, signal.default_int_handler)
     blocks = hico.build()
     blocks.queue(default_concurrency_limit=4)
+    janitor = UploadJanitor(blocks, upload_cap(max_upload_mb)).start()  # before launch, which blocks
+    atexit.register(janitor.stop)
     blocks.launch(server_name=host, server_port=port, share=share, auth=auth, max_file_size=int(max_upload_mb * 2**20),
                   prevent_thread_lock=prevent_thread_lock, css=CSS, ssr_mode=False, footer_links=["api"],
                   allowed_paths=[str(hico.home)])

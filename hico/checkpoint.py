@@ -35,7 +35,7 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from hico.archive import byte_size
+from hico.files import byte_size
 from hico.errors import HiCoError
 from hico.files import atomic_path, fsync_tree, partial_name, remove_partials, write_json
 from hico.model import HiCoModel

@@ -25,7 +25,7 @@ def client(live_app):  # noqa: F811
 def test_api_names_are_published(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/start_training", "/training_status", "/stop_training", "/embeddings", "/predict", "/timeline",
-            "/compare", "/upload_dataset", "/delete_run", "/find_similar"} <= set(endpoints)
+            "/compare", "/upload_dataset", "/delete_dataset", "/delete_run", "/find_similar"} <= set(endpoints)
     # every endpoint says what it returns, field by field (app.api_types), not Any
     returns = {name: ep["returns"][0]["python_type"]["type"] for name, ep in endpoints.items()}
     assert all(kind.startswith("dict(") for kind in returns.values()), returns
@@ -238,6 +238,15 @@ def test_a_zip_uploaded_through_the_api_becomes_a_dataset_the_app_can_use(client
     assert sorted(p.name for p in (home / "datasets").iterdir()) == ["ward3"]
     embedded = client.predict(run="tiny", dataset="ward3", method="pca", api_name="/embeddings")
     assert embedded["ok"] and embedded["frames"] == 8 * 6
+    # and deleted again (issue 19): not the app's own, not a name that is not a dataset
+    for name, answer in (("synth", "Dataset synth is the app's embedded dataset (the demo trains on it); it cannot "
+                                   "be deleted."),
+                         ("../runs", "There is no dataset called '../runs' in the app's datasets."),
+                         ("ward4", "There is no dataset called 'ward4' in the app's datasets.")):
+        assert client.predict(dataset=name, api_name="/delete_dataset") == {"ok": False, "message": answer}
+    assert client.predict(dataset="ward3", api_name="/delete_dataset") == {"ok": True,
+                                                                           "message": "Deleted dataset ward3."}
+    assert list((home / "datasets").iterdir()) == []
 
 
 def test_predict_endpoint_returns_probabilities_and_files(client):

@@ -4,11 +4,13 @@ oversized archives refused with a sentence naming the upload, and nothing left b
 from __future__ import annotations
 
 import stat
+from pathlib import Path
 import zipfile
 
 import pytest
 
-from hico.archive import UNREADABLE, ArchiveLimits, import_dataset, training_path
+from hico.archive import MARKER, ArchiveLimits, dataset_owner, import_dataset, training_path
+from hico.files import byte_size
 from hico.data.dataset import find_clips
 from hico.errors import HiCoError
 
@@ -35,18 +37,24 @@ def test_a_zipped_folder_of_class_folders_becomes_a_dataset(tmp_path):
     archive = zip_folder(data, tmp_path / "upload.zip", prefix="my scans/",
                          extra=[("my scans/bright/broken.mp4", b"not a video at all"),
                                 ("__MACOSX/my scans/._bright", b"resource fork"),
-                                ("my scans/.DS_Store", b"finder")])
+                                ("my scans/.DS_Store", b"finder"),
+                                ("my scans/notes/protocol.txt", b"x" * 3000),
+                                ("my scans/dark/scores.xlsx", b"y" * 1000)])
     datasets = tmp_path / "datasets"
-    result = import_dataset(archive, datasets, name="", shown_name="lungs.zip")
+    result = import_dataset(archive, datasets, name="", shown_name="lungs.zip", owner="alice")
     assert result.name == "lungs" and result.folder == datasets / "lungs" == result.dataset
     assert (result.clips, result.per_class, result.unlabelled) == (4, {"bright": 2, "dark": 2}, 0)
     assert [path for path, _ in result.unreadable] == ["bright/broken.mp4"]
-    assert (result.folder / UNREADABLE / "bright" / "broken.mp4").is_file()
-    assert len(find_clips(result.folder).clips) == 4  # the hidden folder is not scanned
-    assert training_path(result.folder) == result.folder
+    # only what training reads is kept: the clips (and the marker); no unreadable clip, no notes
+    kept = sorted(p.relative_to(result.folder).as_posix() for p in result.folder.rglob("*") if p.is_file())
+    assert kept == [MARKER, *sorted(c.relative_to(data).as_posix() for c in data.rglob("*.mp4"))]
+    assert result.left_out == (2, 3000 + 1000)
+    assert training_path(result.folder) == result.folder and dataset_owner(result.folder) == "alice"
     message = result.message()
-    assert message.startswith("Dataset lungs: 4 clips in 2 classes (bright 2, dark 2). 1 file(s) could not be read")
-    assert "bright/broken.mp4 (" in message and str(tmp_path) not in message
+    assert message.startswith("Dataset lungs: 4 clips in 2 classes (bright 2, dark 2). 1 file(s) could not be read "
+                              "and were left out: bright/broken.mp4 (")
+    assert message.endswith(" 2 file(s) that are not clips (3.9 KiB) were not kept.")
+    assert str(tmp_path) not in message
     assert left_in(datasets) == ["lungs"]  # no temporary sibling left
 
 
@@ -98,6 +106,35 @@ def test_unsafe_or_oversized_archives_are_refused_and_leave_nothing(tmp_path, me
     assert left_in(datasets) == []
 
 
+def test_many_small_members_count_against_one_budget(tmp_path):
+    """Issue 19: members of 1 MiB or less skipped the ratio check, so a 1.18 MB zip of 1,024 such
+    members unpacked to 1 GiB. The whole archive is now held to the ratio too."""
+    archive = tmp_path / "bomb.zip"
+    with zipfile.ZipFile(archive, "w", zipfile.ZIP_DEFLATED) as zf:
+        for i in range(200):
+            zf.writestr(f"a/{i}.mp4", bytes(1 << 20))
+    size = archive.stat().st_size
+    assert size < 300_000  # 200 MiB of members in a small file
+    with pytest.raises(HiCoError) as err:
+        import_dataset(archive, tmp_path / "datasets", shown_name="bomb.zip")
+    assert str(err.value) == (f"Archive bomb.zip unpacks to 200 MiB, more than 100 times its own size allows "
+                              f"({byte_size(100 * size + (1 << 20))}); it looks like a zip bomb and was refused.")
+    assert left_in(tmp_path / "datasets") == []
+
+
+def test_a_manifest_cannot_probe_the_server_for_files(tmp_path):
+    """Whether a listed path outside the archive exists must not change the answer."""
+    data = write_class_dataset(tmp_path / "data", per_class=1, frames=4)
+    answers = []
+    for outside in ("/etc/hostname", "/no/such/file.mp4"):
+        rows = f"path,label\nbright/{next((data / 'bright').iterdir()).name},bright\n{outside},dark\n"
+        archive = zip_folder(data, tmp_path / "probe.zip", extra=[("list.csv", rows)])
+        with pytest.raises(HiCoError) as err:
+            import_dataset(archive, tmp_path / "datasets", shown_name="probe.zip")
+        answers.append(str(err.value).replace(Path(outside).name, "NAME"))
+    assert answers[0] == answers[1] == "Archive probe.zip: its manifest lists a clip outside the archive (NAME)."
+
+
 def test_names_empty_files_and_non_archives_get_one_sentence(tmp_path):
     data = write_class_dataset(tmp_path / "data", per_class=2, frames=4)
     archive = zip_folder(data, tmp_path / "good.zip")
@@ -119,7 +156,5 @@ def test_names_empty_files_and_non_archives_get_one_sentence(tmp_path):
 
 
 def test_byte_sizes_read_as_people_write_them():
-    from hico.archive import byte_size
-
     assert [byte_size(n) for n in (0, 812, 3000, 12 * 2**20, 1.5 * 2**30, 64 * 2**30)] == \
         ["0 bytes", "812 bytes", "2.9 KiB", "12 MiB", "1.5 GiB", "64 GiB"]

@@ -16,7 +16,7 @@ import torch
 
 import hico.checkpoint as ck
 from hico import config, runs
-from hico.archive import byte_size
+from hico.files import byte_size
 from hico.checkpoint import load_checkpoint_weights, load_state, save_checkpoint
 from hico.errors import HiCoError
 from hico.inference import load_run

@@ -78,7 +78,8 @@ def test_two_links_are_counted_and_the_first_named(place):
     assert _refused(access, str(data / "ds")) == expected
     # the Train form (and so /start_training) goes through the same check
     with pytest.raises(HiCoError, match="2 link"):
-        train_tab.form_values(access, str(data / "ds"), 32, 4, 1, 1e-3, "hico", 0.5, 0.5, 0.2, 1.0, "cpu")
+        train_tab.form_values(access, train_tab.TrainForm(str(data / "ds"), 32, 4, 1, 1e-3, "hico", 0.5, 0.5, 0.2,
+                                                              1.0, "cpu"))
 
 
 def test_a_link_chain_through_the_dataset_is_refused_at_its_first_link(place):
