@@ -18,15 +18,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from hico.checkpoint import find_checkpoint
+from hico.config import VIEWS
 from hico.errors import HiCoError
+from hico.familiarity import References
 from hico.files import atomic_path
 from hico.inference import LoadedRun, load_run
 from hico.predict import Prediction, predict_clip, saliency_video
+from hico.runs import Run
 from hico.saliency import write_overlay_video
 
 log = logging.getLogger(__name__)
-SALIENCY_CHOICES = ("all", "local", "medium", "global", "backbone")
+SALIENCY_CHOICES = ("all", *VIEWS)
 KEEP_RESULTS = 8  # results held in memory for the frame slider
 KEEP_FOLDERS = 64  # result folders kept on disk (videos and CSVs a page may still link to)
 KEEP_SECONDS = 24 * 3600
@@ -109,18 +111,18 @@ class Diagnoser:
     def __init__(self, out_dir: Path):
         self.out_dir = Path(out_dir)
         self._models: dict[str, LoadedRun] = {}
+        self.references = References()  # familiarity references, built in the background, kept while the app lives
         self._results: dict[str, Diagnosis] = {}
         self._lock = threading.Lock()
 
     def model(self, run_dir: Path) -> LoadedRun:
         """The run's model (best checkpoint, else last), loaded once per checkpoint version."""
-        name = find_checkpoint(run_dir)
-        sidecar = Path(run_dir) / "checkpoints" / f"{name}.json"
-        key = f"{Path(run_dir).resolve()}:{name}:{sidecar.stat().st_mtime_ns}"
+        chosen = Run(run_dir).checkpoint()
+        key = f"{chosen.run.path.resolve()}:{chosen.name}:{chosen.step}:{chosen.sidecar.get('files')}"
         with self._lock:
             if key not in self._models:
                 self._models.clear()  # requests still using the old model keep their own reference
-                self._models[key] = load_run(run_dir, name, "cpu")
+                self._models[key] = load_run(chosen, device="cpu")
             return self._models[key]
 
     def diagnose(self, run_dir: Path, clip: Path, level: str = "all") -> Diagnosis:
@@ -129,7 +131,8 @@ class Diagnoser:
         if level not in SALIENCY_CHOICES:
             raise HiCoError(f"Unknown saliency level {level!r}: choose one of {', '.join(SALIENCY_CHOICES)}.")
         loaded = self.model(run_dir)
-        prediction = predict_clip(loaded, clip, familiarity_wait=False)  # never embeds a dataset in a request
+        # never embeds a dataset in a request
+        prediction = predict_clip(loaded, clip, familiarity_wait=False, references=self.references)
         overlay = saliency_video(prediction, loaded.model, level)
         result_id = uuid.uuid4().hex[:12]
         folder = self.out_dir / result_id

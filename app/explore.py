@@ -19,8 +19,6 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from hico import config as config_mod
-from hico.checkpoint import find_checkpoint, read_sidecar
 from hico.config import DataConfig
 from hico.data import load_clip_frames
 from hico.embed import (LEVEL_COLUMNS, VECTOR_COLUMNS, embed_dataset, level_matrix, load_projections, project,
@@ -30,6 +28,7 @@ from hico.evaluate import evaluate_table
 from hico.errors import HiCoError
 from hico.io import ClipLimits
 from hico.paths import expand_path
+from hico.runs import Checkpoint, Run
 
 log = logging.getLogger(__name__)
 PAIRS = {"global ↔ local": ("z_global", "z_local"), "global ↔ medium": ("z_global", "z_medium")}
@@ -118,8 +117,8 @@ def _keys(run_dir: str | Path, data_dir: str | Path) -> tuple[str, str]:
 
 def latest_step(run_dir: str | Path) -> tuple[str, int]:
     """The checkpoint a new view of the run would embed, and its step (its sidecar; cheap)."""
-    name = find_checkpoint(run_dir)
-    return name, int(read_sidecar(Path(run_dir) / "checkpoints", name)["step"])
+    chosen = Run(run_dir).checkpoint()
+    return chosen.name, chosen.step
 
 
 def linked_rows(n: int, seed: int = 0) -> np.ndarray:
@@ -187,21 +186,20 @@ class Explorer:
         """The table of the run's newest checkpoint and this dataset: the cached one, or one that
         starts embedding now in the background (and is returned at once; see Embedded). Two
         sessions asking for the same table share one."""
-        name, step = latest_step(run_dir)
+        chosen = Run(run_dir).checkpoint()  # its sidecar read once, for the key, the config and the embedding
+        name, step = chosen.name, chosen.step
         run_key, data_key = _keys(run_dir, data_dir)
         key = (f"{run_key}:{name}:{step}", data_key)
         with self._lock:
             item = self.items.get(key)
             if item is not None and item.error is None and (item.path is None or item.path.is_file()):
                 return item
-            sidecar = read_sidecar(Path(run_dir) / "checkpoints", name)
-            item = Embedded(None, None, config_mod.run_config(sidecar["config"]).data,
-                            hashlib.sha1(repr(key).encode()).hexdigest()[:16], run_key, data_key, name, step,
-                            progress="starting")
+            item = Embedded(None, None, chosen.config.data, hashlib.sha1(repr(key).encode()).hexdigest()[:16],
+                            run_key, data_key, name, step, progress="starting")
             self.items[key] = item
             while len(self.items) > self.keep:  # the oldest table goes first (one being embedded finishes)
                 del self.items[next(iter(self.items))]
-        threading.Thread(target=self._embed, args=(item,), daemon=True, name="hico-embed").start()
+        threading.Thread(target=self._embed, args=(item, chosen), daemon=True, name="hico-embed").start()
         return item
 
     def load(self, run_dir: str | Path, data_dir: str | Path) -> Embedded:
@@ -216,7 +214,7 @@ class Explorer:
             raise HiCoError(item.error)
         return item
 
-    def _embed(self, item: Embedded) -> None:
+    def _embed(self, item: Embedded, chosen: Checkpoint) -> None:
         """Embed the item's table chunk by chunk (each chunk's rows at once usable), then its PCA
         layouts; then UMAP, scores and accuracy (`_background`)."""
 
@@ -231,7 +229,7 @@ class Explorer:
             item.first.set()
 
         try:
-            table, path = embed_dataset(item.run_dir, item.data_dir, checkpoint=item.checkpoint, progress=False,
+            table, path = embed_dataset(chosen.run, item.data_dir, checkpoint=chosen, progress=False,
                                         on_clip=on_clip, on_chunk=on_chunk)
             if len(table) < 2:
                 raise HiCoError(f"Dataset {Path(item.data_dir).name} gives {len(table)} frame(s); a layout needs "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import gradio as gr
 import numpy as np
 
+from hico.config import VIEWS
 from hico.errors import HiCoError
 
 from app.api_types import EmbeddingsReply, TimelineReply
@@ -20,7 +21,7 @@ from app.scatter import palette, panels_value, scatter, table_value
 from app.timeline_view import LEVELS as TIMELINE_LEVELS
 from app.timeline_view import TimelineViews, api_payload
 
-LEVEL_PANELS = ("local", "medium", "global", "backbone")
+LEVEL_PANELS = VIEWS
 TICK_S = 3.0  # how often a page asks for what changed while its view fills in
 IDLE_TICK_S = 10.0  # and once all is drawn (whether the run has a newer checkpoint)
 MAX_WAIT_S = 300.0  # the longest an /embeddings request waits for the background (UMAP, accuracy)

@@ -6,6 +6,8 @@ import numpy as np
 import plotly.graph_objects as go
 from plotly.subplots import make_subplots
 
+from hico.config import VIEWS
+
 LOSS_TERMS = ("peer_local", "peer_medium", "peer_global", "cross_global_medium", "cross_global_local",
               "supervised", "total")
 # Terms often lie on one another (the three peer terms of a young run), so each has its own dash
@@ -18,7 +20,7 @@ PALETTE = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#1
 _LAYOUT = dict(template="plotly_white", margin=dict(l=50, r=20, t=40, b=40), font=dict(size=12))
 
 
-ACCURACY_LEVELS = ("local", "medium", "global", "backbone")
+ACCURACY_LEVELS = VIEWS
 # one colour per run in the accuracy panels: the first for the live (or latest) run
 RUN_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
                "#bcbd22", "#7f7f7f")

@@ -15,7 +15,8 @@ KEEP = 64  # runs whose rows are kept; the least recently asked goes first
 
 class MetricsCache:
     """`rows(run_dir)`: the run's metric lines, as hico.runs.read_metrics gives them. The list
-    returned is shared between callers: read it, never change it."""
+    returned is shared between callers: read it, never change it. One per app (HiCoApp.metrics),
+    living as long as the app; a caller without one reads the file each time (`MetricsCache(0)`)."""
 
     def __init__(self, keep: int = KEEP):
         self.keep = keep
@@ -48,6 +49,3 @@ class MetricsCache:
             while len(self._entries) > self.keep:
                 self._entries.popitem(last=False)
         return rows
-
-
-metrics_cache = MetricsCache()

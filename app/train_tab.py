@@ -18,6 +18,7 @@ import torch
 
 from hico import config as config_mod
 from hico.archive import NAME, Room, dataset_name, dataset_owner, folder_bytes, import_dataset
+from hico.config import LOSS_MODES
 from hico.errors import HiCoError
 from hico.files import byte_size
 from hico.runs import list_runs, read_run, serialised
@@ -28,7 +29,7 @@ from app.default import DEMO_RUN, YIELDED, demo_values, reserved_dataset, synth_
 from app.figures import training_figure
 from app.jobs import Jobs
 from app.owners import Owners
-from app.run_metrics import metrics_cache
+from app.run_metrics import MetricsCache
 
 NEW_RUN = "new run"
 
@@ -209,10 +210,12 @@ def delete_dataset(access: Access, jobs: Jobs, name: str, user: str | None = Non
 LIVE = "live run"  # the Train tab's "Show" choice that follows whatever trains (else the newest run)
 
 
-def training_status(jobs: Jobs, shown: str | None = None, startup: str = "") -> dict:
+def training_status(jobs: Jobs, shown: str | None = None, startup: str = "",
+                    metrics_cache: MetricsCache | None = None) -> dict:
     """The live (or latest) run, or the run named `shown` (a page that follows one run): state,
     progress, speed, ETA, the last metrics, every run, and `startup` (what the first start is doing).
     A `shown` name that is not a run (gone, or not a name) falls back to the live run."""
+    metrics_cache = metrics_cache or MetricsCache(0)
     active = jobs.active()
     runs = list_runs(jobs.runs_dir)
     current = read_run(active) if active else (runs[0] if runs else None)
@@ -323,10 +326,11 @@ def compared_runs(access: Access, names, shown: str | None) -> dict[str, Path]:
     return out
 
 
-def chart_update(status: dict, access: Access, compare, drawn):
+def chart_update(status: dict, access: Access, compare, drawn, metrics_cache: MetricsCache | None = None):
     """(the chart, its key): the figure of the status's run with the `compare` runs overlaid, or
     gr.skip() when no metrics file it draws has changed since the figure keyed `drawn`. The key is
     the runs' names with each metrics.jsonl's (size, mtime), taken before the rows are read."""
+    metrics_cache = metrics_cache or MetricsCache(0)
     run = status.get("run") or {}
     shown = run.get("name")
     others = compared_runs(access, compare, shown)
@@ -343,7 +347,7 @@ MAX_COMPARED = 20  # runs one /compare request may name
 MAX_COMPARE_TEXT = 20 * 130  # characters of names read (a run name is at most 128)
 
 
-def run_comparison(access: Access, names: str) -> dict:
+def run_comparison(access: Access, names: str, metrics_cache: MetricsCache | None = None) -> dict:
     """Held-out accuracy of several runs side by side (the /compare endpoint): `names` is a
     comma-separated list of run names. Returns {ok, message, runs: [{run, mode, seed, state, step,
     latest: {field: value} of the last validation, series: {field: [[step, value], ...]}}]}, the
@@ -353,6 +357,7 @@ def run_comparison(access: Access, names: str) -> dict:
         return {"ok": False, "message": "Name one or more runs, separated by commas.", "runs": []}
     if len(dict.fromkeys(wanted)) > MAX_COMPARED:
         return {"ok": False, "message": f"Name at most {MAX_COMPARED} runs to compare at once.", "runs": []}
+    metrics_cache = metrics_cache or MetricsCache(0)
     found, missing = [], []
     for name in dict.fromkeys(wanted):
         try:
@@ -457,10 +462,10 @@ class TrainTab:
     def refresh_training(self, compare=None, drawn=None, shown=LIVE):
         """Every 2 s and when the overlaid runs or the shown run change: progress, chart (redrawn only
         when a metrics file it shows changed), run list, error, and the key of the chart now on the page."""
-        status = training_status(self.jobs, shown, self.startup.note)
+        status = training_status(self.jobs, shown, self.startup.note, self.metrics)
         runs = status["runs"] or [[""] * len(RUN_COLUMNS)]
         error = error_text(status)
-        chart, drawn = chart_update(status, self.access, compare, drawn)
+        chart, drawn = chart_update(status, self.access, compare, drawn, self.metrics)
         return progress_html(status), chart, runs, gr.update(value=error, visible=bool(error)), drawn
 
     def api_start_training(self, dataset: str = "", size: int = 96, batch_size: int = 16, epochs: int = 0,
@@ -485,7 +490,7 @@ class TrainTab:
     def api_training_status(self) -> StatusReply:
         """The live or latest run's state, step, total_steps, epoch, images_per_s, eta_s, last metrics,
         and the list of runs."""
-        status = training_status(self.jobs, startup=self.startup.note)
+        status = training_status(self.jobs, startup=self.startup.note, metrics_cache=self.metrics)
         status.pop("metrics", None)
         status["runs"] = [dict(zip(RUN_COLUMNS, row)) for row in status["runs"]]
         return status
@@ -515,7 +520,7 @@ class TrainTab:
     def api_compare(self, runs: str = "") -> CompareReply:
         """Held-out accuracy per level of several runs (comma-separated names), latest and over
         steps: {ok, message, runs: [{run, mode, seed, state, step, latest, series}]}."""
-        return run_comparison(self.access, runs)
+        return run_comparison(self.access, runs, self.metrics)
 
     def api_stop_training(self, request: gr.Request = None) -> Reply:
         """Stop the live run after its current step, with a checkpoint; returns {ok, message}
@@ -550,7 +555,7 @@ class TrainTab:
                 with gr.Row():
                     epochs = gr.Number(12, label="Epochs", precision=0, elem_id="train-epochs")
                     lr = gr.Number(3e-4, label="Learning rate")
-                mode = gr.Radio(["hico", "simclr", "peer", "supervised"], value="hico", label="Loss mode")
+                mode = gr.Radio(list(LOSS_MODES), value="hico", label="Loss mode")
                 with gr.Row():
                     peer = gr.Number(0.5, label="Peer weight")
                     cross = gr.Number(0.5, label="Cross weight")

@@ -30,6 +30,7 @@ from app.explore_tab import ExploreTab
 from app.jobs import Jobs
 from app.limits import Caps
 from app.owners import Owners
+from app.run_metrics import MetricsCache
 from app.train_tab import TrainTab
 from app.uploads import UPLOAD_MAX_AGE_S, UPLOAD_SWEEP_S, UploadJanitor, upload_cap
 
@@ -66,6 +67,7 @@ class HiCoApp(TrainTab, ExploreTab, DiagnoseTab):
         self.diagnoser = Diagnoser(self.home / "diagnose")
         self.startup = Startup()  # what the first start is doing (the demo's dataset), for the Train tab
         self.explorer = Explorer()
+        self.metrics = MetricsCache()  # every run's metrics.jsonl rows, read again only when the file changed
 
     @staticmethod
     def examples() -> list[str]:

@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from hico.config import VIEWS
 from hico.errors import HiCoError
 from hico.paths import hico_home
 
@@ -250,7 +251,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="folder for frames.csv and clip.json")
     p.add_argument("--max-frames", type=int, default=None, help="evenly spaced frames to keep from a long clip")
     p.add_argument("--saliency", action="store_true", help="write a Grad-CAM overlay video (and the screen mask)")
-    p.add_argument("--level", default="all", choices=("all", "local", "medium", "global", "backbone"),
+    p.add_argument("--level", default="all", choices=("all", *VIEWS),
                    help="saliency level; all = local, medium and global side by side")
     p.add_argument("--no-mask", action="store_true", help="do not mask screen text and the border")
     p.add_argument("--device", default="auto")

@@ -35,6 +35,7 @@ import torch
 from hico import config as config_mod
 from hico.errors import HiCoError
 from hico.paths import hico_home
+from hico.runs import Run
 from hico.inference import resolve_device
 from hico.inference import synchronize as _sync
 from hico.train import Trainer
@@ -192,8 +193,8 @@ def demo_run(run: Path, data_dir: Path, classes: list[str], cache_dir: Path | No
     model = build_model(cfg, len(classes))
     sidecar = {"config": cfg.to_dict(), "architecture": architecture(cfg, len(classes)), "classes": classes,
                "step": 0, "epoch": 0.0, "total_steps": 0, "metrics": {}}
-    save_checkpoint(run / "checkpoints", "last", model, sidecar, None)
-    config_mod.save(cfg, run / "config.yaml")
+    save_checkpoint(Run(run).checkpoints, "last", model, sidecar, None)
+    config_mod.save(cfg, Run(run).config_file)
     return run
 
 
@@ -240,7 +241,6 @@ def bench_cpu_paths(folder: Path | None = None, data: dict | None = None,
 
 
 def _cpu_paths(folder: Path, data: dict, clips: tuple[dict, ...], from_scratch: bool) -> dict:
-    from hico.checkpoint import read_sidecar
     from hico.data import find_clips
     from hico.embed import LEVEL_COLUMNS, embed_dataset, level_matrix, load_projections, project, save_projections
     from hico.io import write_mp4
@@ -266,7 +266,7 @@ def _cpu_paths(folder: Path, data: dict, clips: tuple[dict, ...], from_scratch: 
         return load_projections(table_path)["local"], level_matrix(again, "local")
 
     _, cached_s = _timed(cached)
-    return {"input_size": read_sidecar(run / "checkpoints", "last")["config"]["data"]["size"],
+    return {"input_size": Run(run).checkpoint("last").config.data.size,
             "predict_saliency": predict, "frames": len(table), "clips": data["clips"],
             "embed_cold_s": embed_s, "pca_s": pca_s, "umap_first_s": umap_s, "umap_compiled_from_scratch": from_scratch,
             "cold_first_view_s": embed_s + pca_s + umap_s, "cached_first_view_s": cached_s}

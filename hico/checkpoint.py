@@ -35,10 +35,10 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from hico.files import byte_size
 from hico.errors import HiCoError
-from hico.files import atomic_path, fsync_tree, partial_name, remove_partials, write_json
+from hico.files import atomic_path, byte_size, fsync_tree, partial_name, remove_partials, write_json
 from hico.model import HiCoModel
+from hico.runs import CHECKPOINTS
 
 NAMES = ("last", "best")
 WEIGHTS, STATE = "model.safetensors", "state.pt"
@@ -255,7 +255,7 @@ def load_state(folder: Path, name: str = "last") -> dict[str, Any]:
 
 def find_checkpoint(run_dir: Path, which: str = "auto") -> str:
     """`best` if the run has one (and which is auto), else `last`; HiCoError if neither exists."""
-    folder = Path(run_dir) / "checkpoints"
+    folder = Path(run_dir) / CHECKPOINTS
     names = ["best", "last"] if which == "auto" else [which]
     for name in names:
         with contextlib.suppress(HiCoError):

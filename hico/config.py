@@ -18,6 +18,12 @@ from hico.errors import HiCoError
 from hico.files import write_text
 
 LEVEL_NAMES = ("P2", "P3", "P4", "P5")
+# The three levels the model's heads are named by (model.levels, fine to coarse), every view of a
+# frame the app and the evaluations show (the levels and the backbone's pooled features), and the
+# loss modes: declared here once (this module imports no torch) and used everywhere.
+LEVELS = ("local", "medium", "global")
+VIEWS = (*LEVELS, "backbone")
+LOSS_MODES = ("hico", "simclr", "peer", "supervised")
 MAX_SIZE = 1024  # largest data.size: a 1024 px frame is 21 times a 224 px one in memory and time
 # Upper bounds that no sensible run reaches (the paper trains 300 epochs at batch 32 with lr 3e-4):
 # past them a value is a typo or a probe, and 2**63 epochs would overflow the step count.
@@ -111,7 +117,7 @@ CHOICES = {
     "data.cache_on": ("auto", "device", "host"),
     "model.backbone": ("resnet18", "resnet50"),
     "model.heads": ("pooled", "flatten"),
-    "loss.mode": ("hico", "simclr", "peer", "supervised"),
+    "loss.mode": LOSS_MODES,
     "loss.cross_pairing": ("same_view", "cross_view"),
     "train.warmup": ("constant", "linear"),
     "train.compile": ("none", "default", "reduce-overhead", "max-autotune"),

@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from hico.checkpoint import find_checkpoint, read_sidecar
+from hico.config import LEVELS, VIEWS
 from hico.data import assign_splits, build_cache, find_clips
 from hico.errors import HiCoError
 from hico.files import atomic_path
@@ -30,17 +30,18 @@ from hico.inference import embed_frames, load_run, resolve_device
 from hico.io import ClipLimits
 from hico.neighbours import knn, limit_group, unit_rows
 from hico.paths import expand_path
+from hico.runs import EMBEDDINGS, Checkpoint, Run
 
 log = logging.getLogger(__name__)
-VECTOR_COLUMNS = ("backbone", "local", "medium", "global", "z_local", "z_medium", "z_global")
-LEVEL_COLUMNS = ("local", "medium", "global", "backbone")
+VECTOR_COLUMNS = ("backbone", *LEVELS, *(f"z_{level}" for level in LEVELS))
+LEVEL_COLUMNS = VIEWS
 
 
 def default_output(run_dir: Path, data_dir: Path, checkpoint: str, step: int, max_frames: int) -> Path:
     """RUN_DIR/embeddings/<data>-<checkpoint>-<digest of data and frame limit>-step<k>.parquet"""
     key = f"{Path(data_dir).expanduser().resolve()}|{checkpoint}|{max_frames}"
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
-    return Path(run_dir) / "embeddings" / f"{Path(data_dir).stem or 'data'}-{checkpoint}-{digest}-step{step}.parquet"
+    return Path(run_dir) / EMBEDDINGS / f"{Path(data_dir).stem or 'data'}-{checkpoint}-{digest}-step{step}.parquet"
 
 
 def _drop_stale(target: Path) -> None:
@@ -73,8 +74,8 @@ def embed_order(lengths: np.ndarray, seed: int = 0, first: int = CHUNK_FRAMES) -
     return chunks
 
 
-def embed_dataset(run_dir: str | Path, data_dir: str | Path, out: str | Path | None = None,
-                  checkpoint: str = "auto", device: str = "auto", batch_size: int = 64,
+def embed_dataset(run: Run | str | Path, data_dir: str | Path, out: str | Path | None = None,
+                  checkpoint: str | Checkpoint = "auto", device: str = "auto", batch_size: int = 64,
                   max_frames: int | None = None, reuse: bool = True, progress: bool = True,
                   on_clip: Callable[[int, int], None] | None = None,
                   on_chunk: Callable[[pd.DataFrame, dict[str, np.ndarray], np.ndarray], None] | None = None,
@@ -91,15 +92,14 @@ def embed_dataset(run_dir: str | Path, data_dir: str | Path, out: str | Path | N
     vectors {column: N x d float32} for every vector column (rows filled where done is true), and
     done (N bools, a new array each time). The table's rows are in the dataset's order.
     """
-    run_dir, data_dir = expand_path(run_dir), expand_path(data_dir)
-    name = find_checkpoint(run_dir, checkpoint)
-    sidecar = read_sidecar(run_dir / "checkpoints", name)
-    frames_cap = sidecar["config"]["data"]["max_frames"] if max_frames is None else max_frames
-    target = Path(out) if out else default_output(run_dir, data_dir, name, sidecar["step"], frames_cap)
+    chosen = checkpoint if isinstance(checkpoint, Checkpoint) else Run.of(run).checkpoint(checkpoint)
+    run_dir, data_dir = chosen.run.path, expand_path(data_dir)
+    frames_cap = chosen.config.data.max_frames if max_frames is None else max_frames
+    target = Path(out) if out else default_output(run_dir, data_dir, chosen.name, chosen.step, frames_cap)
     if reuse and out is None and target.is_file():
         return load_embeddings(target), target
     dev = resolve_device(device)
-    loaded = load_run(run_dir, name, dev)
+    loaded = load_run(chosen, device=dev)
     cfg, sidecar = loaded.cfg, loaded.sidecar
     dataset = find_clips(data_dir, cfg.data.frame_folders)
     same_data = bool(cfg.data.root) and expand_path(cfg.data.root).resolve() == data_dir.resolve()
@@ -132,7 +132,7 @@ def embed_dataset(run_dir: str | Path, data_dir: str | Path, out: str | Path | N
     table = table.copy()
     for col in VECTOR_COLUMNS:
         table[col] = list(vectors[col])
-    table.attrs.update({"checkpoint": name, "step": sidecar["step"]})
+    table.attrs.update({"checkpoint": loaded.checkpoint, "step": sidecar["step"]})
     target.parent.mkdir(parents=True, exist_ok=True)
     if out is None:
         _drop_stale(target)

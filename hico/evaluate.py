@@ -23,6 +23,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 from sklearn.neighbors import KNeighborsClassifier
 from threadpoolctl import threadpool_limits
 
+from hico.config import LEVELS
 from hico.embed import LEVEL_COLUMNS, embed_dataset, level_matrix
 from hico.errors import HiCoError
 from hico.files import atomic_path
@@ -79,7 +80,7 @@ def _fold_scores(x: np.ndarray, labels: np.ndarray, videos: np.ndarray, train: n
 def feature_matrix(table: pd.DataFrame, feature: str) -> np.ndarray:
     """N x d features of one of FEATURES (concat joins local, medium and global)."""
     if feature == "concat":
-        return np.concatenate([level_matrix(table, c) for c in ("local", "medium", "global")], axis=1)
+        return np.concatenate([level_matrix(table, c) for c in LEVELS], axis=1)
     return level_matrix(table, feature)
 
 

@@ -48,6 +48,7 @@ from hico.errors import HiCoError
 from hico.files import atomic_path
 from hico.neighbours import unit_rows
 from hico.paths import expand_path
+from hico.runs import EMBEDDINGS
 
 log = logging.getLogger(__name__)
 FEATURE = "backbone"  # the features the neighbour distance uses
@@ -203,7 +204,7 @@ def describe_training(videos: int, classes: list[str], dataset: str = "") -> str
 
 # ---- stored references ------------------------------------------------------------------------
 def reference_path(run_dir: str | Path, checkpoint: str, step: int) -> Path:
-    return Path(run_dir) / "embeddings" / f"familiarity-v{VERSION}-{checkpoint}-step{int(step)}.npz"
+    return Path(run_dir) / EMBEDDINGS / f"familiarity-v{VERSION}-{checkpoint}-step{int(step)}.npz"
 
 
 def save(path: Path, reference: Reference) -> Reference:
@@ -233,46 +234,86 @@ def read(path: Path) -> Reference | None:
                      str(meta.get("trained_on", "")))
 
 
-_lock = threading.Lock()
-_cache: dict[tuple, Reference] = {}  # the last CACHED references, oldest first
-CACHED = 8
-_building: set[tuple] = set()  # references being built in the background (wait=False)
-_failed: dict[tuple, str] = {}  # why a background build failed, said to the next caller (then retried)
+CACHED = 8  # references kept in memory per References
 PENDING = ("Still measuring how familiar clips are for this run: its training clips are being embedded "
            "once (about a minute on a CPU); predict again shortly to get the familiarity score.")
 
 
-def run_reference(loaded, wait: bool = True) -> Reference:
-    """The reference of a loaded run's checkpoint (hico.inference.LoadedRun): the one the run wrote
-    when it finished, else built once from its dataset and kept in RUN_DIR/embeddings and in memory.
+class References:
+    """The references of runs' checkpoints: the last CACHED in memory, those being built in the
+    background, and why a build failed (said to the next caller, then retried). A server keeps one
+    for as long as it lives (app.diagnose.Diagnoser); the CLI uses the module's REFERENCES."""
 
-    wait=False (a server answering a request) never embeds in the caller's thread: the embedding
-    is started in the background, once per reference, and HiCoError(PENDING) is raised until it
-    is done. HiCoError too when the training data is gone."""
-    key = (str(loaded.run_dir.resolve()), loaded.checkpoint, loaded.step)
-    with _lock:
-        if key in _cache:
-            return _cache[key]
-        failure = _failed.pop(key, None)
-    if failure:
-        raise HiCoError(failure)
-    path = reference_path(loaded.run_dir, loaded.checkpoint, loaded.step)
-    reference = read(path)
-    if reference is None:
-        data_root = loaded.cfg.data.root
-        root = expand_path(data_root) if data_root else None
-        if root is None or not root.exists():
-            raise HiCoError(f"Cannot tell whether the clip is like the training data: the run's dataset "
-                            f"({data_root or 'none'}) is not on this server any more.")
-        if not wait:
-            with _lock:
-                start = key not in _building
-                _building.add(key)
-            if start:
-                threading.Thread(target=_build_in_background, args=(key, loaded, path), daemon=True).start()
-            raise HiCoError(PENDING)
-        reference = save(path, embedded_reference(loaded))
-    return _remember(key, reference)
+    def __init__(self, keep: int = CACHED):
+        self.keep = keep
+        self._lock = threading.Lock()
+        self._cache: dict[tuple, Reference] = {}  # oldest first
+        self._building: set[tuple] = set()
+        self._failed: dict[tuple, str] = {}
+
+    def get(self, loaded, wait: bool = True) -> Reference:
+        """The reference of a loaded run's checkpoint (hico.inference.LoadedRun): the one the run wrote
+        when it finished, else built once from its dataset and kept in RUN_DIR/embeddings and here.
+
+        wait=False (a server answering a request) never embeds in the caller's thread: the embedding
+        is started in the background, once per reference, and HiCoError(PENDING) is raised until it
+        is done. HiCoError too when the training data is gone."""
+        key = (str(loaded.run_dir.resolve()), loaded.checkpoint, loaded.step)
+        with self._lock:
+            if key in self._cache:
+                return self._cache[key]
+            failure = self._failed.pop(key, None)
+        if failure:
+            raise HiCoError(failure)
+        path = reference_path(loaded.run_dir, loaded.checkpoint, loaded.step)
+        reference = read(path)
+        if reference is None:
+            data_root = loaded.cfg.data.root
+            root = expand_path(data_root) if data_root else None
+            if root is None or not root.exists():
+                raise HiCoError(f"Cannot tell whether the clip is like the training data: the run's dataset "
+                                f"({data_root or 'none'}) is not on this server any more.")
+            if not wait:
+                with self._lock:
+                    start = key not in self._building
+                    self._building.add(key)
+                if start:
+                    threading.Thread(target=self._build, args=(key, loaded, path), daemon=True,
+                                     name="hico-familiarity").start()
+                raise HiCoError(PENDING)
+            reference = save(path, embedded_reference(loaded))
+        return self._remember(key, reference)
+
+    def _build(self, key: tuple, loaded, path: Path) -> None:
+        try:
+            self._remember(key, save(path, embedded_reference(loaded)))
+        except HiCoError as exc:
+            with self._lock:
+                self._failed[key] = str(exc)
+        except Exception:  # a bug: logged, and the caller is told without a traceback
+            log.exception("building the familiarity reference of %s failed", loaded.run_dir)
+            with self._lock:
+                self._failed[key] = ("Cannot tell whether the clip is like the training data: measuring it failed "
+                                     "(the log says why).")
+        finally:
+            with self._lock:
+                self._building.discard(key)
+
+    def _remember(self, key: tuple, reference: Reference) -> Reference:
+        with self._lock:
+            self._cache[key] = reference
+            while len(self._cache) > self.keep:
+                self._cache.pop(next(iter(self._cache)))
+        return reference
+
+
+REFERENCES = References()  # the command line's (one process, one user)
+
+
+def run_reference(loaded, wait: bool = True, references: References | None = None) -> Reference:
+    """The reference of a loaded run's checkpoint, from `references` (default: REFERENCES); see
+    References.get."""
+    return (references or REFERENCES).get(loaded, wait)
 
 
 def embedded_reference(loaded) -> Reference:
@@ -300,30 +341,6 @@ def embedded_reference(loaded) -> Reference:
     split = np.array(["val" if splits[v] == "val" else "train" for v in videos])
     trained_on = describe_training(int(sum(s == "train" for s in splits)), loaded.classes, cfg.data.root)
     return build_reference(vectors, np.array([c.video_id for c in clips]), split, groups, trained_on)
-
-
-def _build_in_background(key: tuple, loaded, path: Path) -> None:
-    try:
-        _remember(key, save(path, embedded_reference(loaded)))
-    except HiCoError as exc:
-        with _lock:
-            _failed[key] = str(exc)
-    except Exception:  # a bug: logged, and the caller is told without a traceback
-        log.exception("building the familiarity reference of %s failed", loaded.run_dir)
-        with _lock:
-            _failed[key] = ("Cannot tell whether the clip is like the training data: measuring it failed "
-                            "(the log says why).")
-    finally:
-        with _lock:
-            _building.discard(key)
-
-
-def _remember(key: tuple, reference: Reference) -> Reference:
-    with _lock:
-        _cache[key] = reference
-        while len(_cache) > CACHED:
-            _cache.pop(next(iter(_cache)))
-    return reference
 
 
 # ---- arithmetic -------------------------------------------------------------------------------

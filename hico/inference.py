@@ -22,12 +22,13 @@ import torch
 from tqdm.auto import tqdm
 
 from hico import config as config_mod
-from hico.checkpoint import check_architecture, find_checkpoint, fit_weights, load_checkpoint_weights
+from hico.checkpoint import check_architecture, fit_weights, load_checkpoint_weights
 from hico.config import Config
 from hico.data.augment import normalise, to_unit
 from hico.data.cache import resize_frames
 from hico.errors import HiCoError
 from hico.model import HiCoModel, architecture, build_model
+from hico.runs import Checkpoint, Run
 
 
 def resolve_device(name: str) -> torch.device:
@@ -162,14 +163,15 @@ class LoadedRun:
         return frames_for_model(clip, self.size), mask
 
 
-def load_run(run_dir: str | Path, which: str = "auto", device: str | torch.device = "cpu") -> LoadedRun:
-    """Rebuild a run's trained model from its `best` (auto: if any) or `last` checkpoint, frozen for
-    inference on `device`. HiCoError when the run or checkpoint is missing, damaged or does not fit."""
-    run_dir = Path(run_dir).expanduser()
+def load_run(run: Run | Checkpoint | str | Path, which: str = "auto",
+             device: str | torch.device = "cpu") -> LoadedRun:
+    """Rebuild a run's trained model from its `best` (auto: if any) or `last` checkpoint (or the
+    Checkpoint given), frozen for inference on `device`. HiCoError when the run or checkpoint is
+    missing, damaged or does not fit."""
+    chosen = run if isinstance(run, Checkpoint) else Run.of(run).checkpoint(which)
+    run_dir, name, folder = chosen.run.path, chosen.name, chosen.run.checkpoints
     device = resolve_device(device) if isinstance(device, str) else device
-    name = find_checkpoint(run_dir, which)
-    folder = run_dir / "checkpoints"
-    weights, sidecar = load_checkpoint_weights(folder, name)
+    weights, sidecar = load_checkpoint_weights(folder, name)  # the sidecar again: a save may have replaced it
     try:
         cfg = config_mod.run_config(sidecar["config"])
     except KeyError:

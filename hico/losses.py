@@ -13,7 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-MODES = ("hico", "simclr", "peer", "supervised")
+from hico.config import LEVELS, LOSS_MODES
+
+MODES = LOSS_MODES
 PAIRINGS = ("same_view", "cross_view")
 TERMS = ("peer_local", "peer_medium", "peer_global", "cross_global_medium", "cross_global_local",
          "supervised", "contrastive", "total")
@@ -126,7 +128,7 @@ class HiCoLoss(nn.Module):
         terms = dict.fromkeys(TERMS, zero)
         pairs: dict[str, list[tuple[torch.Tensor, torch.Tensor]]] = {}
         if self.mode in ("hico", "peer"):
-            for name in ("local", "medium", "global"):
+            for name in LEVELS:
                 pairs[f"peer_{name}"] = [(out1[name], out2[name])]
         elif self.mode == "simclr":
             pairs["peer_global"] = [(out1["global"], out2["global"])]

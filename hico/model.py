@@ -18,9 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hico.config import Config
+from hico.config import LEVELS, Config
 
-LEVELS = ("local", "medium", "global")
 STRIDES = {"P2": 4, "P3": 8, "P4": 16, "P5": 32}
 STAGES = {"resnet18": ("basic", (2, 2, 2, 2)), "resnet50": ("bottleneck", (3, 4, 6, 3))}
 

@@ -18,7 +18,7 @@ import torch
 
 from hico.calibration import softmax
 from hico.errors import HiCoError
-from hico.familiarity import Familiarity, run_reference
+from hico.familiarity import Familiarity, References, run_reference
 from hico.inference import LoadedRun, embed_frames, load_run, resolve_device
 from hico.io import ClipLimits, clip_kind, read_clip, read_clip_meta
 from hico.model import LEVELS
@@ -89,7 +89,7 @@ def read_for_prediction(clip: Path, max_clip_frames: int, max_frames: int | None
 
 def predict_clip(run: str | Path | LoadedRun, clip: str | Path, device: str = "auto", max_frames: int | None = None,
                  batch_size: int = 64, mask_screen: bool | None = None, familiarity: bool = True,
-                 familiarity_wait: bool = True) -> Prediction:
+                 familiarity_wait: bool = True, references: References | None = None) -> Prediction:
     """Classify every frame of `clip` with a run's classifier (and its level probes).
 
     `run` is a run folder, or a `LoadedRun` (hico.inference.load_run) to skip reloading the model
@@ -118,7 +118,7 @@ def predict_clip(run: str | Path | LoadedRun, clip: str | Path, device: str = "a
                             temperature=temperature)
     if familiarity:
         try:
-            prediction.familiarity = run_reference(loaded, wait=familiarity_wait).judge(out)
+            prediction.familiarity = run_reference(loaded, familiarity_wait, references).judge(out)
         except HiCoError as exc:
             prediction.familiarity_note = str(exc)
     return prediction

@@ -28,6 +28,7 @@ run as spawned (`mark_spawned`) before the process it started can say anything i
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 import logging
 import os
@@ -41,6 +42,7 @@ import yaml
 
 from hico.errors import HiCoError
 from hico.files import write_json, write_text
+from hico.paths import expand_path
 
 try:  # POSIX; elsewhere liveness falls back to the pid in status.json
     import fcntl
@@ -49,9 +51,9 @@ except ImportError:  # pragma: no cover - Windows
 
 log = logging.getLogger(__name__)
 
-CONFIG, STATUS, METRICS, SUMMARY, LOG, STOP, LOCK, TIMELINE, OWNER = (
+CONFIG, STATUS, METRICS, SUMMARY, LOG, STOP, LOCK, TIMELINE, OWNER, CHECKPOINTS, EMBEDDINGS = (
     "config.yaml", "status.json", "metrics.jsonl", "summary.json", "train.log", "STOP", ".lock", "timeline",
-    "owner.json")
+    "owner.json", "checkpoints", "embeddings")
 STARTING_GRACE = 60.0  # seconds a spawned process may take to import torch and take its lock
 ACQUIRE_TRIES = 6
 ERROR_PREFIX = "hico train: error: "  # how the CLI prints a user error; the app quotes it
@@ -59,6 +61,92 @@ _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
 # ---- names ------------------------------------------------------------------------------------
+class Checkpoint:
+    """One checkpoint of a run as its sidecar said when it was chosen: name (best | last), step,
+    the run's typed config as trained (legacy defaults settled, hico.config.run_config), classes."""
+
+    def __init__(self, run: "Run", name: str, sidecar: dict):
+        self.run, self.name, self.sidecar = run, name, sidecar
+
+    @property
+    def step(self) -> int:
+        return int(self.sidecar.get("step", 0))
+
+    @property
+    def classes(self) -> list[str]:
+        return list(self.sidecar.get("classes", []))
+
+    @functools.cached_property
+    def config(self):
+        from hico import config as config_mod
+
+        if "config" not in self.sidecar:
+            raise HiCoError(f"Checkpoint {self.run.checkpoints / self.name}.json has no config.")
+        return config_mod.run_config(self.sidecar["config"])
+
+    def __repr__(self) -> str:
+        return f"Checkpoint({self.run.path.name}:{self.name}@{self.step})"
+
+
+class Run:
+    """A run folder, opened once: its layout (the names above), its typed config, and the
+    checkpoint a reader chooses (best if any, else last), with its sidecar read once.
+
+    Training, embedding, prediction, familiarity, Explore and Diagnose take a Run (or a
+    Checkpoint of one) instead of a path and raw dicts. A Run is a snapshot: a long-lived reader
+    opens it again to see a newer checkpoint.
+    """
+
+    def __init__(self, path: str | Path):
+        self.path = expand_path(path)
+        self._chosen: dict[str, Checkpoint] = {}
+
+    @classmethod
+    def of(cls, run: "Run | str | Path") -> "Run":
+        return run if isinstance(run, Run) else cls(run)
+
+    # ---- layout -------------------------------------------------------------------------
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / CHECKPOINTS
+
+    @property
+    def embeddings(self) -> Path:
+        return self.path / EMBEDDINGS
+
+    @property
+    def config_file(self) -> Path:
+        return self.path / CONFIG
+
+    # ---- what it holds ----------------------------------------------------------------------
+    @functools.cached_property
+    def config(self):
+        """config.yaml as a typed Config, with the keys the run predates as it behaved then."""
+        from hico import config as config_mod
+
+        return config_mod.run_config(config_mod.read_yaml(self.config_file))
+
+    def checkpoint(self, which: str = "auto") -> Checkpoint:
+        """The checkpoint `which` (auto: best if the run has one, else last), its sidecar read once
+        per Run; HiCoError when the run or the checkpoint is missing."""
+        if which not in self._chosen:
+            from hico.checkpoint import find_checkpoint, read_sidecar
+
+            name = find_checkpoint(self.path, which)
+            self._chosen[which] = Checkpoint(self, name, read_sidecar(self.checkpoints, name))
+        return self._chosen[which]
+
+    def info(self) -> "RunInfo":
+        return read_run(self.path)
+
+    def __repr__(self) -> str:
+        return f"Run({str(self.path)!r})"
+
+
 def run_folder(runs_dir: str | Path, name: str) -> Path:
     """RUNS_DIR/name for a run name a user gave; HiCoError unless it is a plain folder name
     (letters, digits, `.`, `_`, `-`; no path separators, no `..`) of a run that exists there."""
@@ -376,7 +464,7 @@ def checkpoint_names(run_dir: str | Path) -> tuple[str, ...]:
     names = []
     for name in NAMES:
         with contextlib.suppress(HiCoError):
-            if checkpoint_file(Path(run_dir) / "checkpoints", name).is_file():
+            if checkpoint_file(Path(run_dir) / CHECKPOINTS, name).is_file():
                 names.append(name)
     return tuple(names)
 

@@ -24,12 +24,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 
+from hico.config import VIEWS
 from hico.errors import HiCoError
 from hico.inference import check_eval, model_input
 from hico.io import write_mp4
 from hico.model import LEVELS
 
-SALIENCY_LEVELS = ("local", "medium", "global", "backbone")
+SALIENCY_LEVELS = VIEWS
 
 # matplotlib's "inferno" sampled at ten even stops (0, 1/9, ..., 1); interpolated to 256 entries.
 _INFERNO_ANCHORS = np.array([

@@ -29,13 +29,14 @@ from pathlib import Path
 
 import numpy as np
 
+from hico.config import VIEWS
 from hico.errors import HiCoError
 from hico.files import atomic_path, remove_partials
 from hico.runs import TIMELINE
 
 KEEP = 32
 F16_MAX = float(np.finfo(np.float16).max)  # larger values are kept as this rather than as infinity
-COLUMNS = ("local", "medium", "global", "backbone")
+COLUMNS = VIEWS
 _NAME = re.compile(r"step-(\d{7,})\.npz")
 
 

@@ -40,6 +40,7 @@ from hico.losses import TERMS, HiCoLoss, probe_loss
 from hico.metrics import MetricWindow
 from hico.model import architecture, build_model
 from hico.paths import expand_path, hico_home
+from hico.runs import Run
 from hico.val_accuracy import level_accuracies, spaced_frames
 
 log = logging.getLogger(__name__)
@@ -146,7 +147,8 @@ def check_config(cfg: Config) -> Dataset:
 class Trainer:
     """Holds what one run needs; `run()` trains from the current step to the end or a stop."""
 
-    def __init__(self, cfg: Config, run_dir: Path, resume: bool = False, progress: bool = True):
+    def __init__(self, cfg: Config, run_dir: Path, resume: bool = False, progress: bool = True,
+                 dataset: Dataset | None = None):
         self.began = time.perf_counter()  # train.max_minutes counts from here: reading the clips is part of a run
         self.cfg, self.run_dir = cfg, Path(run_dir)
         self.world = distributed.world_from_env()
@@ -157,7 +159,7 @@ class Trainer:
             self.device = torch.device("cuda", self.world.local_rank)
             torch.cuda.set_device(self.device)
         self.cuda = self.device.type == "cuda"
-        dataset = check_config(cfg)
+        dataset = dataset or check_config(cfg)  # train() has checked it: the folder is scanned once
         distributed.init(self.world, self.cuda)
         torch.manual_seed(cfg.train.seed)
         self.data = prepare_data(cfg, self.progress, dataset)
@@ -239,7 +241,7 @@ class Trainer:
         return self.cfg.loss.mode in ("hico", "supervised") and has_labels
 
     def _resume(self) -> None:
-        folder = self.run_dir / "checkpoints"
+        folder = Run(self.run_dir).checkpoints
         sidecar = read_sidecar(folder, "last")
         if sidecar.get("classes", []) != self.classes:
             raise HiCoError(f"Run {self.run_dir} was trained on classes {sidecar.get('classes')} but the dataset "
@@ -432,7 +434,7 @@ class Trainer:
         if with_state:
             state = {"optimizer": portable_state(self.optimizer.state_dict()), "step": self.step,
                      "best_val": self.best_val, "best_step": self.best_step}
-        save_checkpoint(self.run_dir / "checkpoints", name, self.raw_model, self.sidecar(metrics), state)
+        save_checkpoint(Run(self.run_dir).checkpoints, name, self.raw_model, self.sidecar(metrics), state)
 
     def _line_fields(self) -> dict:
         """What a metrics line holds besides the loss terms and throughput, as the host knows it now."""
@@ -571,11 +573,12 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, stop_at_step: 
     run_dir = Path(run_dir).expanduser()
     if not distributed.world_from_env().main:  # other ranks of a torchrun job train and write nothing
         return Trainer(cfg, run_dir, resume=resume, progress=False).run(stop_at_step=stop_at_step)
-    if not resume and (run_dir / "checkpoints").exists():
+    run = Run(run_dir)
+    if not resume and run.checkpoints.exists():
         raise HiCoError(f"Run folder {run_dir} already holds a run; resume it with --resume {run_dir} or pick another.")
     if resume and "last" not in runs.checkpoint_names(run_dir):
         raise HiCoError(f"Run folder {run_dir} has no checkpoint to resume from.")
-    check_config(cfg)  # before the folder exists: a bad config leaves nothing behind
+    dataset = check_config(cfg)  # before the folder exists: a bad config leaves nothing behind
     run_dir.mkdir(parents=True, exist_ok=True)
     with contextlib.ExitStack() as held, _sigterm_as_interrupt():
         held.enter_context(runs.hold_run(run_dir))
@@ -583,10 +586,10 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, stop_at_step: 
         if device_lock is not None:
             held.enter_context(device_lock)
         runs.discard_stale_stop(run_dir)
-        clean_checkpoints(run_dir / "checkpoints")  # what an interrupted save left
+        clean_checkpoints(run.checkpoints)  # what an interrupted save left
         try:
-            config_mod.save(cfg, run_dir / runs.CONFIG)
-            trainer = Trainer(cfg, run_dir, resume=resume, progress=progress)
+            _save_config(cfg, run.config_file)
+            trainer = Trainer(cfg, run_dir, resume=resume, progress=progress, dataset=dataset)
             return trainer.run(stop_at_step=stop_at_step)
         except KeyboardInterrupt:  # before the loop took over Ctrl-C and SIGTERM: nothing to checkpoint yet
             _final_status(run_dir, state="stopped", error=None)
@@ -604,6 +607,17 @@ def train(cfg: Config, run_dir: str | Path, resume: bool = False, stop_at_step: 
             message = str(exc) if isinstance(exc, HiCoError) else f"{type(exc).__name__}: {exc}"
             _final_status(run_dir, state="failed", error=message)
             raise
+
+
+def _save_config(cfg: Config, path: Path) -> None:
+    """Write the run's config.yaml, unless it holds this config already (the app wrote it before
+    starting this process; a resume with an override changes it)."""
+    try:
+        if config_mod.load(path) == cfg:
+            return
+    except HiCoError:  # missing or unreadable: written now
+        pass
+    config_mod.save(cfg, path)
 
 
 def _inside(filename, folder: Path) -> bool:

@@ -24,11 +24,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from hico.config import LEVELS, VIEWS
 from hico.neighbours import unit_rows
 
 KNN_K = 10
-KNN_LEVELS = ("local", "medium", "global", "backbone")
-PROBE_LEVELS = ("local", "medium", "global")
+KNN_LEVELS = VIEWS
+PROBE_LEVELS = LEVELS
 
 
 def spaced_frames(lengths: np.ndarray, per_video: int) -> tuple[np.ndarray, np.ndarray]:

@@ -132,7 +132,7 @@ def test_a_run_writes_its_reference_and_a_server_never_embeds_a_dataset_in_the_r
     written = familiarity.read(path)
     assert "clips" in written.trained_on
     path.unlink()
-    familiarity._cache.clear()
+    references = familiarity.References()  # a server's own, empty
     builds, build = [], familiarity.embedded_reference
     release = threading.Event()
 
@@ -144,21 +144,20 @@ def test_a_run_writes_its_reference_and_a_server_never_embeds_a_dataset_in_the_r
     monkeypatch.setattr(familiarity, "embedded_reference", counted)
     for _ in range(3):
         with pytest.raises(HiCoError, match="Still measuring how familiar"):
-            familiarity.run_reference(loaded, wait=False)
+            familiarity.run_reference(loaded, wait=False, references=references)
     release.set()
     deadline = time.monotonic() + 120
     while True:
         try:
-            built = familiarity.run_reference(loaded, wait=False)
+            built = familiarity.run_reference(loaded, wait=False, references=references)
             break
         except HiCoError:
             assert time.monotonic() < deadline, "the background build never finished"
             time.sleep(0.2)
     assert path.is_file()
     assert builds == [False]  # one build, in the background, however many callers
-    familiarity._cache.clear()
     path.unlink()
-    blocking = familiarity.run_reference(loaded)
+    blocking = familiarity.run_reference(loaded, references=familiarity.References())
     assert blocking.threshold == pytest.approx(built.threshold) and np.allclose(blocking.vectors, built.vectors)
     # the finished run's own reference (its validation's frames) and the rebuilt one agree
     assert written.threshold == pytest.approx(built.threshold, rel=1e-3)

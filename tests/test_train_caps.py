@@ -33,7 +33,7 @@ def test_a_run_over_the_memory_cap_is_refused_with_its_estimate(tmp_path):
         jobs.start(_values(data))
     text = str(refused.value)
     assert text.startswith("This run needs about ") and "this server allows a run 500 MB" in text
-    assert "(frames under 1 MB, activations 1 MB, model 2" in text and "runtime 800 MB)" in text
+    assert "(frames under 1 MB, activations 2 MB, model 210 MB, runtime 800 MB)" in text
     assert "(2 videos a step)" in text
     assert not (tmp_path / "runs").exists() or not list((tmp_path / "runs").iterdir())  # nothing written
 
@@ -50,7 +50,7 @@ def test_the_probe_that_took_13_gb_is_refused_before_it_starts(tmp_path, monkeyp
         jobs.start(values)
     need = memory.estimate(config.from_dict(values), find_clips(data), "cpu")
     assert need.batch == 6 and need.frame_count == 24
-    assert need.activations == 600 * 6 * 1024 * 1024 and need.frames == 2 * 24 * 3 * 1024 * 1024
+    assert need.activations == 1000 * 6 * 1024 * 1024 and need.frames == 2 * 24 * 3 * 1024 * 1024
     assert f"This run needs about {need.total / 1e9:.1f} GB" in str(refused.value)
     assert "this machine has 4.0 GB available" in str(refused.value)
 
