@@ -32,15 +32,17 @@ class Shutdown:
     part (launch registers closing the server and stopping the demo's start-up and the training
     child), each bounded, side by side, then ends the process with os._exit.
 
-    Why not the usual KeyboardInterrupt: raised at an arbitrary point of the main thread, it landed
-    inside imports (leaving module locks that threads starting the demo then waited on), inside
-    finalisers (where Python drops it: the app served on), or unwound the main thread while daemon
-    threads were mid-import or compiling, so the interpreter's exit first waited for the synthetic
-    set's whole worker pool (concurrent.futures joins it at exit) and then finalised under live
-    threads (C++ code aborting: "terminate called without an active exception"). So the signal
-    handler only writes the signal's number to a pipe; a watcher thread reads it and stops. And
-    os._exit, because after the parts have run there is nothing left worth a finalisation that
-    threads still running can hang or abort.
+    Why not the KeyboardInterrupt Python raises for Ctrl-C (and app/ui.py made of SIGTERM): it
+    comes wherever the main thread happens to be. In an import or in build() it gave a traceback
+    and status 1; in a finaliser Python drops it ("Exception ignored in BaseEventLoop.__del__"),
+    so the app served on and then trained the demo; and when it did unwind the main thread, the
+    interpreter's exit first waited for the synthetic set's whole worker pool (concurrent.futures
+    joins it at exit: 16-30 s on two cores) and then finalised with daemon threads still importing
+    or compiling (the issue saw a hang on the import lock, and C++ code aborting with "terminate
+    called without an active exception"). So the signal handler only writes the signal's number
+    to a pipe, a watcher thread reads it and stops, and the process ends with os._exit: once the
+    parts have run, a finalisation has nothing left to do but wait for, or abort on, threads
+    still running.
     """
 
     def __init__(self):
@@ -83,10 +85,11 @@ class Shutdown:
         """Run the parts, then end the process with `code` (1 instead if a part failed or did not
         end within STOP_WITHIN_S). A second caller waits for the first to end the process."""
         with self._lock:
-            if self.requested.is_set():
-                threading.Event().wait()  # forever: the first caller ends the process
+            first = not self.requested.is_set()
             self.requested.set()
             parts = list(self._parts)
+        if not first:
+            threading.Event().wait()  # forever: the first caller ends the process
         log.info("Stopping: %s.", why)
         threading.Timer(STOP_WITHIN_S + 2, self._end, (1, "the stop did not end in time")).start()
         deadline = time.monotonic() + STOP_WITHIN_S
@@ -160,7 +163,8 @@ def main(argv: list[str] | None = None) -> NoReturn:
         launch(host=args.host, port=args.port, share=args.share, auth=auth, max_upload_mb=args.max_upload_mb,
                demo=not args.no_demo, data_dirs=data_dirs, shutdown=shutdown)
     except Exception:  # the app could not start (its port taken): stop what it started, then say why
-        traceback.print_exc()
+        if not shutdown.requested.is_set():  # else the stop (closing the server under launch) caused it
+            traceback.print_exc()
         shutdown.stop("the app could not start", 1)
     shutdown.stop("the server closed", 0)  # returns only when a stop closed it: that stop ends the process
 

@@ -151,7 +151,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth=
     starter = threading.Thread(target=_start_demo, args=(hico, stop), name="demo start", daemon=True)
     if shutdown is not None:
         shutdown.add("the training child", lambda: _stop_runs(hico.jobs, starter))
-    if demo:
+    if demo and not stop.is_set():
         starter.start()
         threading.Thread(target=keep_demo, args=(hico.jobs, stop), daemon=True).start()
         atexit.register(stop.set)

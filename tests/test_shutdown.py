@@ -2,11 +2,14 @@
 start ends within seconds with exit status 0, leaves no process behind and prints no traceback.
 
 Before: SIGTERM during the imports killed the app by the signal's default action (status -15);
-during build() it raised KeyboardInterrupt wherever the main thread was (a traceback, status 1,
-and 16-20 s waiting for the synthetic set's worker pool at exit); once serving, the
-KeyboardInterrupt could land in a finaliser ("Exception ignored in: BaseEventLoop.__del__") and
-be lost: the app served on, then trained the demo (still alive 40 s later, the training child and
-the multiprocessing resource tracker with it)."""
+while the synthetic set's workers started (during build()) it raised KeyboardInterrupt there: a
+traceback, then status 1 only after 18-32 s, the interpreter's exit waiting for the whole worker
+pool; once serving, the same (status 1 after 20 s), or the KeyboardInterrupt landed in a finaliser
+("Exception ignored in: BaseEventLoop.__del__") and was lost: the app served on and trained the
+demo, still alive 40 s later with its training child and multiprocessing's resource tracker; and
+Ctrl-C while the set was written broke the worker pool (a traceback per worker) and ended with
+status 1 ("Cannot find empty port", from the KeyboardInterrupt inside Gradio's port check).
+"""
 
 from __future__ import annotations
 
@@ -131,3 +134,26 @@ def test_a_stop_signal_ends_the_first_start_cleanly_at_any_moment(tmp_path, mome
                 os.kill(int(line.split(":")[0]), signal.SIGKILL)
             except OSError:
                 pass
+
+
+def test_the_demo_start_up_ends_at_the_next_clip_once_the_app_is_stopping(tmp_path, monkeypatch):
+    """What the stop waits for: the synthetic set's writer gives up at its next clip, leaves no
+    partial folder, and no demo run is started."""
+    from app import default
+    from app.jobs import Jobs
+
+    monkeypatch.setattr(default, "SYNTH_CLIPS", 12)
+    monkeypatch.setattr(default, "SYNTH_SIZE", 32)
+    stop, heard = threading.Event(), []
+
+    def clip_written(done, total):
+        heard.append(done)
+        if done == 3:
+            stop.set()
+
+    jobs = Jobs(tmp_path / "runs")
+    said = default.ensure_demo(tmp_path, jobs, clip_written, stop)
+    assert said == "the app is stopping: the synthetic dataset is written on the next start"
+    assert heard == [0, 1, 2, 3]
+    assert sorted(p.name for p in (tmp_path / "datasets").iterdir()) == []
+    assert not (tmp_path / "runs" / "demo").exists() and jobs.active() is None
