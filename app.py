@@ -6,6 +6,10 @@ Flags fall back to the environment (HICO_HOST, HICO_PORT, HICO_SHARE, HICO_AUTH,
 HICO_MAX_UPLOAD_MB, HICO_DATA_DIRS, HICO_MAX_INPUT_SIZE, HICO_MAX_BATCH_SIZE, HICO_MAX_TRAIN_MINUTES,
 HICO_MAX_TRAIN_MEMORY_GB, HICO_DATASETS_QUOTA_GB); HICO_HOME says where runs, caches and the embedded
 default live.
+
+SIGTERM or Ctrl-C (SIGINT) at any moment, even during the imports, ends the app within
+STOP_WITHIN_S seconds with exit status 0 (1 if something would not stop in time), leaving no
+process behind: see `Shutdown`.
 """
 
 from __future__ import annotations
@@ -13,7 +17,117 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
+import time
+import traceback
+from typing import Callable, NoReturn
+
+log = logging.getLogger("app")
+
+# The parts of a stop (closing the server; ending the demo's start-up and the training child, bounded
+# by app.ui.RUNS_STOP_S) run side by side; past this the process ends anyway, with status 1.
+STOP_WITHIN_S = 15.0
+
+
+class Shutdown:
+    """The one way this process ends once it has started: a stop request runs every registered
+    part (launch registers closing the server and stopping the demo's start-up and the training
+    child), each bounded, side by side, then ends the process with os._exit.
+
+    Why not the KeyboardInterrupt Python raises for Ctrl-C (and app/ui.py made of SIGTERM): it
+    comes wherever the main thread happens to be. In an import or in build() it gave a traceback
+    and status 1; in a finaliser Python drops it ("Exception ignored in BaseEventLoop.__del__"),
+    so the app served on and then trained the demo; and when it did unwind the main thread, the
+    interpreter's exit first waited for the synthetic set's whole worker pool (concurrent.futures
+    joins it at exit: 16-30 s on two cores) and then finalised with daemon threads still importing
+    or compiling (the issue saw a hang on the import lock, and C++ code aborting with "terminate
+    called without an active exception"). So the signal handler only writes the signal's number
+    to a pipe, a watcher thread reads it and stops, and the process ends with os._exit: once the
+    parts have run, a finalisation has nothing left to do but wait for, or abort on, threads
+    still running.
+    """
+
+    def __init__(self):
+        self.requested = threading.Event()  # set once a stop begins: start-up work gives up and starts nothing
+        self._lock = threading.Lock()
+        self._parts: list[tuple[str, Callable[[], object]]] = []
+        self._read, self._write = os.pipe()
+        os.set_blocking(self._write, False)
+
+    def install(self) -> None:
+        """Take SIGTERM and SIGINT (from the main thread, before anything slow). A SIGINT that was
+        ignored when the app started (a background job of a script) stays ignored."""
+        signal.signal(signal.SIGTERM, self._on_signal)
+        if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+            signal.signal(signal.SIGINT, self._on_signal)
+        # Python runs a handler only when the main thread next runs Python code; the wakeup fd is
+        # written by the C-level handler at once, whatever the main thread is blocked in.
+        signal.set_wakeup_fd(self._write, warn_on_full_buffer=False)
+        threading.Thread(target=self._watch, name="shutdown", daemon=True).start()
+
+    def add(self, name: str, part: Callable[[], object]) -> None:
+        """Run `part` when the app stops. Added after a stop began, it is not run: whatever it
+        would stop was started after the request, by code that checks `requested` first."""
+        with self._lock:
+            self._parts.append((name, part))
+
+    def _on_signal(self, signum, frame) -> None:
+        """Again what the wakeup fd wrote (in case something replaced it): one system call, no lock,
+        so safe wherever the main thread was. Later bytes are never read: one stop is enough."""
+        try:
+            os.write(self._write, bytes([signum]))
+        except OSError:  # the pipe is full: a stop is already on its way
+            pass
+
+    def _watch(self) -> None:
+        signum = os.read(self._read, 1)[0]
+        self.stop(f"{signal.Signals(signum).name} received", 0)
+
+    def stop(self, why: str, code: int) -> NoReturn:
+        """Run the parts, then end the process with `code` (1 instead if a part failed or did not
+        end within STOP_WITHIN_S). A second caller waits for the first to end the process."""
+        with self._lock:
+            first = not self.requested.is_set()
+            self.requested.set()
+            parts = list(self._parts)
+        if not first:
+            threading.Event().wait()  # forever: the first caller ends the process
+        log.info("Stopping: %s.", why)
+        threading.Timer(STOP_WITHIN_S + 2, self._end, (1, "the stop did not end in time")).start()
+        deadline = time.monotonic() + STOP_WITHIN_S
+        results: dict[str, bool] = {}
+        runners = [threading.Thread(target=self._run, args=(name, part, results), name=f"stop {name}", daemon=True)
+                   for name, part in parts]
+        for runner in runners:
+            runner.start()
+        for runner in runners:
+            runner.join(max(0.0, deadline - time.monotonic()))
+        late = [name for name, _ in parts if name not in results]
+        failed = [name for name, ok in results.items() if not ok]
+        if late:
+            log.warning("Stopping: %s did not end within %.0f s.", ", ".join(late), STOP_WITHIN_S)
+        self._end(1 if late or failed else code, "stopped")
+
+    @staticmethod
+    def _run(name: str, part: Callable[[], object], results: dict) -> None:
+        try:
+            part()
+            results[name] = True
+        except Exception:
+            log.exception("Stopping: %s failed", name)
+            results[name] = False
+
+    @staticmethod
+    def _end(code: int, why: str) -> NoReturn:
+        log.info("Exiting with status %d (%s).", code, why)
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(code)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -63,20 +177,29 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> NoReturn:
+    shutdown = Shutdown()
+    shutdown.install()  # first: a signal during the imports below is a stop like any other
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s", stream=sys.stderr)
-    from app.access import data_dirs_from_env
-    from app.ui import launch
+    try:
+        from app.access import data_dirs_from_env
+        from app.ui import launch
 
-    from app.limits import Caps
+        from app.limits import Caps
 
-    auth = [tuple(login.split(":", 1)) for login in args.auth] or None
-    data_dirs = [os.path.expanduser(d) for d in args.data_dir] + data_dirs_from_env()
-    caps = Caps(input_size=args.max_input_size, batch_size=args.max_batch_size, train_minutes=args.max_train_minutes,
-                train_memory_gb=args.max_train_memory_gb, datasets_gb=args.datasets_quota_gb)
-    launch(host=args.host, port=args.port, share=args.share, auth=auth, max_upload_mb=args.max_upload_mb,
-           demo=not args.no_demo, data_dirs=data_dirs, caps=caps, admins=args.admin)
+        auth = [tuple(login.split(":", 1)) for login in args.auth] or None
+        data_dirs = [os.path.expanduser(d) for d in args.data_dir] + data_dirs_from_env()
+        caps = Caps(input_size=args.max_input_size, batch_size=args.max_batch_size,
+                    train_minutes=args.max_train_minutes, train_memory_gb=args.max_train_memory_gb,
+                    datasets_gb=args.datasets_quota_gb)
+        launch(host=args.host, port=args.port, share=args.share, auth=auth, max_upload_mb=args.max_upload_mb,
+               demo=not args.no_demo, data_dirs=data_dirs, caps=caps, admins=args.admin, shutdown=shutdown)
+    except Exception:  # the app could not start (its port taken): stop what it started, then say why
+        if not shutdown.requested.is_set():  # else the stop (closing the server under launch) caused it
+            traceback.print_exc()
+        shutdown.stop("the app could not start", 1)
+    shutdown.stop("the server closed", 0)  # returns only when a stop closed it: that stop ends the process
 
 
 def _env_number(name: str, kind=float, default=None):

@@ -85,12 +85,31 @@ def demo_values(home: Path) -> dict:
     return values
 
 
-def ensure_demo(home: Path, jobs: Jobs, on_clip=None) -> str:
+class _Stopping(Exception):
+    """The app is stopping: raised from the dataset writer's progress callback to end the write."""
+
+
+def ensure_demo(home: Path, jobs: Jobs, on_clip=None, stop: threading.Event | None = None) -> str:
     """Start (or resume) training the demo run unless it is finished or already training.
 
-    Returns a sentence for the app's log.
+    Once `stop` is set (the app is stopping) it starts nothing more: the synthetic dataset's
+    writer ends at its next clip (its worker processes with it, and its partial folder goes) and
+    no run is started. Returns a sentence for the app's log.
     """
-    ensure_dataset(home, on_clip)
+    stop = stop or threading.Event()
+
+    def clip_written(done: int, total: int) -> None:
+        if stop.is_set():
+            raise _Stopping
+        if on_clip is not None:
+            on_clip(done, total)
+
+    try:
+        ensure_dataset(home, clip_written)
+    except _Stopping:
+        return "the app is stopping: the synthetic dataset is written on the next start"
+    if stop.is_set():
+        return "the app is stopping: the demo model trains on the next start"
     run_dir = jobs.runs_dir / DEMO_RUN
     if jobs.active() is not None:
         return "a run is already training; the demo run waits"

@@ -180,7 +180,8 @@ class Jobs:
 
     def shutdown(self, timeout: float = 30.0) -> None:
         """On the app's exit: stop the run this instance started, cleanly (a checkpoint at the
-        current step), then by SIGTERM and SIGKILL if it does not end in time."""
+        current step), then by SIGTERM and SIGKILL if it does not end in time: `timeout` for each
+        of the first two (at most 10 s for the second), so the app's exit stays bounded."""
         proc, run_dir = self._proc, self._proc_run
         if proc is None or proc.poll() is not None:
             return
@@ -189,7 +190,7 @@ class Jobs:
             return
         proc.terminate()  # the training loop treats SIGTERM as a stop request too
         try:
-            proc.wait(timeout=10)
+            proc.wait(timeout=min(10.0, timeout))
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()

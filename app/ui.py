@@ -9,14 +9,15 @@ from __future__ import annotations
 
 import atexit
 import logging
-import signal
 import threading
+import time
 import typing
 from pathlib import Path
 
 import gradio as gr
 import numpy as np
 
+from hico import runs
 from hico.errors import HiCoError
 from hico.paths import hico_home
 from hico.runs import list_runs
@@ -44,6 +45,11 @@ ENDPOINTS = ("start_training", "training_status", "stop_training", "upload_datas
 # Gradio keeps every upload and a copy of every file it serves: they go after an hour, checked
 # every 5 minutes, and the oldest go sooner when they take more than the cap (app.uploads).
 GRADIO_CACHE_CLEANUP = (UPLOAD_SWEEP_S, UPLOAD_MAX_AGE_S)
+# On the app's stop: how long the demo's start-up and the training child together may take to end
+# (within app.py's STOP_WITHIN_S). The start-up gets what it needs of it, up to START_UP_STOP_S (the
+# synthetic set's worker processes take seconds to start on two busy cores, and finish a clip first);
+# the child the rest (Jobs.shutdown: half to stop with a checkpoint, half after SIGTERM).
+RUNS_STOP_S, START_UP_STOP_S = 13.0, 9.0
 CSS = """
 .hico-progress { font-size: 0.95rem; }
 .hico-bar { height: 14px; background: #e5e7eb; border-radius: 7px; overflow: hidden; margin: 4px 0 6px; }
@@ -139,34 +145,61 @@ def _typed(method):
 
 def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth=None, max_upload_mb: float = 500,
            demo: bool = True, prevent_thread_lock: bool = False, home: Path | None = None, data_dirs=(),
-           caps: Caps = Caps(), admins=()):
+           caps: Caps = Caps(), admins=(), shutdown=None):
     """Build the app, start the embedded default in the background, and serve it.
 
     auth: None, or a list of (user, password) logins; admins: which of those users may stop and
     delete anyone's run (app.owners). caps: what clients may ask of a run (app.limits).
     data_dirs: folders (besides $HICO_HOME/datasets) whose datasets requests may use.
-    SIGTERM ends the app as Ctrl-C does: the server closes and a run it started stops with a
-    checkpoint (see Jobs.shutdown).
+    shutdown: app.py's `Shutdown`, which ends the process on SIGTERM or Ctrl-C: launch hands it
+    what to stop (the server, the demo's start-up, a run this app started, with a checkpoint), and
+    the start-up gives up once its `requested` is set. Without one (the app inside another
+    program), signals are left to that program and a run stops at its exit (atexit).
     """
     owners = Owners(tuple(user for user, _ in auth or ()), frozenset(admins))
     hico = HiCoApp(home, data_dirs, caps, owners)
-    if demo:
-        threading.Thread(target=_start_demo, args=(hico,), daemon=True).start()
-        keeper_stop = threading.Event()
-        threading.Thread(target=keep_demo, args=(hico.jobs, keeper_stop), daemon=True).start()
-        atexit.register(keeper_stop.set)
+    stop = shutdown.requested if shutdown is not None else threading.Event()
+    starter = threading.Thread(target=_start_demo, args=(hico, stop), name="demo start", daemon=True)
+    if shutdown is not None:
+        shutdown.add("the training child", lambda: _stop_runs(hico.jobs, starter))
+    if demo and not stop.is_set():
+        starter.start()
+        threading.Thread(target=keep_demo, args=(hico.jobs, stop), daemon=True).start()
+        atexit.register(stop.set)
     threading.Thread(target=_warm_up_umap, daemon=True).start()
     atexit.register(hico.jobs.shutdown)
-    if threading.current_thread() is threading.main_thread():
-        signal.signal(signal.SIGTERM, signal.default_int_handler)
     blocks = hico.build()
     blocks.queue(default_concurrency_limit=4)
     janitor = UploadJanitor(blocks, upload_cap(max_upload_mb)).start()  # before launch, which blocks
     atexit.register(janitor.stop)
+    if shutdown is not None:
+        shutdown.add("the server", lambda: _close_server(blocks))
     blocks.launch(server_name=host, server_port=port, share=share, auth=auth, max_file_size=int(max_upload_mb * 2**20),
                   prevent_thread_lock=prevent_thread_lock, css=CSS, ssr_mode=False, footer_links=["api"],
                   allowed_paths=[str(hico.home)])
     return blocks, hico
+
+
+def _stop_runs(jobs: Jobs, starter: threading.Thread) -> None:
+    """On the app's stop: let the demo's start-up end (the synthetic set's writer stops at its next
+    clip and its workers with it; a demo run being spawned is let finish spawning), then stop the
+    run this app started, and hold the runs' start lock until the process ends, so that no request
+    still in flight starts another."""
+    deadline = time.monotonic() + RUNS_STOP_S
+    if starter.is_alive():
+        starter.join(START_UP_STOP_S)
+    held = runs.serialised(jobs.runs_dir / ".jobs.lock")  # what Jobs.start and Jobs.resume take
+    held.__enter__()  # never left: the process ends holding it (the kernel drops a flock at exit)
+    jobs.shutdown(timeout=max(1.0, (deadline - time.monotonic()) / 2))
+
+
+def _close_server(blocks: gr.Blocks) -> None:
+    """Close the server (if it is up) and a share link's tunnel process (if any)."""
+    from gradio.tunneling import CURRENT_TUNNELS  # imported with gradio already
+
+    blocks.close(verbose=False)
+    for tunnel in list(CURRENT_TUNNELS):
+        tunnel.kill()
 
 
 def _warm_up_umap() -> None:
@@ -177,9 +210,9 @@ def _warm_up_umap() -> None:
     log.info("UMAP is warmed up")
 
 
-def _start_demo(hico: HiCoApp) -> None:
+def _start_demo(hico: HiCoApp, stop: threading.Event) -> None:
     try:
-        log.info(ensure_demo(hico.home, hico.jobs, hico.startup.clip_written))
+        log.info(ensure_demo(hico.home, hico.jobs, hico.startup.clip_written, stop))
     except HiCoError as exc:
         log.warning("embedded default not ready: %s", exc)
     finally:

@@ -153,3 +153,27 @@ def test_with_logins_only_the_owner_or_an_admin_stops_or_deletes_a_run(tmp_path,
     finally:
         hico_app.jobs.shutdown()
         blocks.close()
+
+
+def test_the_app_reads_logins_admins_and_caps_from_flags_and_the_environment(monkeypatch, capsys):
+    import app as _  # noqa: F401  (the package; app.py is loaded by path below)
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("app_main", REPO / "app.py")
+    main = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(main)
+    args = main.parse_args(["--auth", "alice:a", "--auth", "bob:b:c", "--admin", "alice", "--max-input-size", "160",
+                            "--max-train-minutes", "90"])
+    assert args.auth == ["alice:a", "bob:b:c"] and args.admin == ["alice"]
+    assert (args.max_input_size, args.max_train_minutes, args.datasets_quota_gb) == (160, 90.0, 20.0)
+    monkeypatch.setenv("HICO_AUTH", "carol:x,dave:y")
+    monkeypatch.setenv("HICO_ADMINS", "dave")
+    monkeypatch.setenv("HICO_DATASETS_QUOTA_GB", "5")
+    args = main.parse_args([])
+    assert args.auth == ["carol:x", "dave:y"] and args.admin == ["dave"] and args.datasets_quota_gb == 5.0
+    for argv, said in ((["--auth", "alice"], "--auth alice... must look like USER:PASS"),
+                       (["--auth", "alice:a", "--admin", "eve"], "--admin eve is not one of the --auth users"),
+                       (["--max-batch-size", "0"], "--max-batch-size must be above 0")):
+        with pytest.raises(SystemExit):
+            main.parse_args(argv)
+        assert said in capsys.readouterr().err

@@ -8,6 +8,7 @@ import math
 import multiprocessing
 import os
 import re
+import signal
 import sys
 import threading
 from concurrent.futures import ProcessPoolExecutor, as_completed
@@ -154,10 +155,15 @@ def _write_parallel(jobs, workers: int, rows: dict, bar) -> None:
 
 
 def _exit_with_parent() -> None:
-    """In a worker process: exit as soon as the writer is gone, even if it was killed (SIGTERM, SIGKILL).
+    """In a worker process: exit as soon as the writer is gone, even if it was killed (SIGTERM, SIGKILL),
+    and leave Ctrl-C to the writer.
 
-    Otherwise a worker whose parent died waits for more work forever (about 100 MB each).
+    Otherwise a worker whose parent died waits for more work forever (about 100 MB each). Ctrl-C
+    in a terminal reaches the whole process group: the writer stops the pool on it (the workers
+    finish the clip in hand), while a worker's own KeyboardInterrupt broke the pool and printed a
+    traceback per worker. (A worker still importing, before this runs, can still print one.)
     """
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     parent = multiprocessing.parent_process()
     if parent is not None:
         threading.Thread(target=_watch_parent, args=(parent.sentinel, os.getppid()), daemon=True).start()
