@@ -177,7 +177,36 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def bound_the_heap() -> None:
+    """Make glibc give back the memory the request threads free: two malloc arenas instead of up to
+    eight per core, and every TRIM_EVERY_S seconds malloc_trim(0), which returns the free pages of
+    every arena. In a 2-minute load test (benchmarks/load_memory.py) the app grew by 847 MB that
+    Python had freed and glibc kept. (Sending large blocks to mmap instead, M_MMAP_THRESHOLD
+    1 MiB, bounded it as well but made a prediction 45 % slower and embedding 40 %.) Called before
+    numpy and torch load; a no-op where libc is not glibc."""
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(M_ARENA_MAX, 2)
+        trim = libc.malloc_trim
+    except (OSError, AttributeError):
+        return
+
+    def trim_now_and_then() -> None:
+        while True:
+            time.sleep(TRIM_EVERY_S)
+            trim(0)
+
+    threading.Thread(target=trim_now_and_then, name="malloc trim", daemon=True).start()
+
+
+M_ARENA_MAX = -8  # glibc's mallopt parameter (malloc.h)
+TRIM_EVERY_S = 10.0
+
+
 def main(argv: list[str] | None = None) -> NoReturn:
+    bound_the_heap()
     shutdown = Shutdown()
     shutdown.install()  # first: a signal during the imports below is a stop like any other
     args = parse_args(argv)

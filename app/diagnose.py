@@ -7,6 +7,7 @@ keeps each result's overlay frames for the frame slider, writes the downloads, a
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import shutil
 import threading
@@ -29,7 +30,8 @@ from hico.saliency import write_overlay_video
 
 log = logging.getLogger(__name__)
 SALIENCY_CHOICES = ("all", *VIEWS)
-KEEP_RESULTS = 8  # results held in memory for the frame slider
+KEEP_RESULTS = 8  # results held in memory for the frame slider, at most
+KEEP_RESULT_BYTES = 256 * 2**20  # and at most this much of overlays: a 64-frame 480 x 640 "all" overlay is 180 MB
 KEEP_FOLDERS = 64  # result folders kept on disk (videos and CSVs a page may still link to)
 KEEP_SECONDS = 24 * 3600
 
@@ -49,6 +51,11 @@ class Diagnosis:
     @property
     def frames(self) -> int:
         return int(self.overlay.shape[0])
+
+    @property
+    def nbytes(self) -> int:
+        """Memory this result holds (its overlay and mask preview; its prediction's arrays are small)."""
+        return int(self.overlay.nbytes + self.mask_image.nbytes)
 
 
 def mask_preview(frame: np.ndarray, tissue: np.ndarray | None) -> np.ndarray:
@@ -125,9 +132,11 @@ class Diagnoser:
                 self._models[key] = load_run(chosen, device="cpu")
             return self._models[key]
 
-    def diagnose(self, run_dir: Path, clip: Path, level: str = "all") -> Diagnosis:
+    def diagnose(self, run_dir: Path, clip: Path, level: str = "all", keep: bool = True) -> Diagnosis:
         """Predict, draw saliency, and write the overlay video (a PNG for a one-frame input) and the
-        per-frame CSV."""
+        per-frame CSV. `keep`: hold the result in memory for the page's frame slider (the newest
+        KEEP_RESULTS, within KEEP_RESULT_BYTES, without the clip's decoded frames); /predict, which
+        answers with files, keeps nothing."""
         if level not in SALIENCY_CHOICES:
             raise HiCoError(f"Unknown saliency level {level!r}: choose one of {', '.join(SALIENCY_CHOICES)}.")
         loaded = self.model(run_dir)
@@ -154,9 +163,12 @@ class Diagnoser:
         result = Diagnosis(result_id, prediction, level, overlay, video, csv,
                            mask_preview(prediction.original[0], tissue))
         with self._lock:
-            self._results[result_id] = result
-            while len(self._results) > KEEP_RESULTS:
-                self._results.pop(next(iter(self._results)))
+            if keep:  # the slider reads the overlay and the probabilities, not the decoded clip
+                self._results[result_id] = dataclasses.replace(
+                    result, prediction=dataclasses.replace(prediction, frames=prediction.frames[:0], original=None))
+                while len(self._results) > 1 and (len(self._results) > KEEP_RESULTS
+                                                  or sum(r.nbytes for r in self._results.values()) > KEEP_RESULT_BYTES):
+                    self._results.pop(next(iter(self._results)))
             self._prune(keep=set(self._results))
         return result
 

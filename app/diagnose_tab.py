@@ -58,12 +58,12 @@ class DiagnoseTab:
         pred = result.prediction
         return result.overlay[i], frame_probabilities(pred.classes, pred.frame_probs, i)
 
-    def _diagnose(self, clip, run, level):
+    def _diagnose(self, clip, run, level, keep: bool = True):
         """Diagnose a clip the request uploaded; a message that names the file names it as the user
-        knows it, not by the server's upload path."""
+        knows it, not by the server's upload path. `keep`: for the page's frame slider."""
         path = self.access.uploaded(clip)
         try:
-            return self.diagnoser.diagnose(self.run_path(run), path, level)
+            return self.diagnoser.diagnose(self.run_path(run), path, level, keep=keep)
         except HiCoError as exc:
             raise HiCoError(str(exc).replace(str(path), path.name)) from None
 
@@ -76,7 +76,7 @@ class DiagnoseTab:
         the classes do not apply). clip_probs are calibrated when `calibrated` is true."""
         try:
             run = run or self.default_run() or ""
-            result = self._diagnose(clip, run, level)
+            result = self._diagnose(clip, run, level, keep=False)  # an API answer has no slider to feed
         except HiCoError as exc:
             return {"ok": False, "message": str(exc)}
         pred = result.prediction

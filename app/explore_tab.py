@@ -19,7 +19,7 @@ from app.diagnose import embed_clip
 from app.explore import NEIGHBOURS, PAIRS, SHOW_WAIT_S, cross_summary, latest_step, linked_rows, place, similar
 from app.scatter import palette, panels_value, scatter, table_value
 from app.timeline_view import LEVELS as TIMELINE_LEVELS
-from app.timeline_view import TimelineViews, api_payload
+from app.timeline_view import api_payload
 
 LEVEL_PANELS = VIEWS
 TICK_S = 3.0  # how often a page asks for what changed while its view fills in
@@ -33,9 +33,8 @@ CROSS_COLUMNS = ("class", "frames", "line length", "shared neighbours")
 
 class ExploreTab:
     """Explore: per-level scatters, the cross-level view, selection gallery, neighbours, accuracy,
-    and the run's projection over training (app/timeline_view.py)."""
-
-    timeline_views = TimelineViews()  # shared by every session; it locks itself
+    and the run's projection over training (app/timeline_view.py). Its caches are the app's
+    (HiCoApp: explorer, timeline_views)."""
 
     def _item(self, run, dataset, pinned: str | None = None):
         """The table of a run and dataset: the one the page shows (`pinned`, its source) while it is

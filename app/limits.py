@@ -32,13 +32,14 @@ class Caps:
                 raise HiCoError(f"The cap --{name.replace('_', '-')} must be above 0, got {value}.")
 
     def check(self, values: dict) -> dict:
-        """A nested config dict a client asked for, refused (HiCoError) where it passes a cap, and
-        with train.max_minutes set to the minutes cap."""
-        data, train = values.get("data", {}), values.get("train", {})
-        if self.input_size and int(data.get("size", 0)) > self.input_size:
+        """A copy of the nested config dict a client asked for, with train.max_minutes set to the
+        minutes cap; HiCoError where it passes a cap."""
+        values = {**values, "data": dict(values.get("data") or {}), "train": dict(values.get("train") or {})}
+        data, train = values["data"], values["train"]
+        if self.input_size and _number(data.get("size")) > self.input_size:
             raise HiCoError(f"The input size can be at most {self.input_size} px on this server, "
                             f"got {data.get('size')}.")
-        if self.batch_size and int(train.get("batch_size", 0)) > self.batch_size:
+        if self.batch_size and _number(train.get("batch_size")) > self.batch_size:
             raise HiCoError(f"The batch size can be at most {self.batch_size} videos on this server, "
                             f"got {train.get('batch_size')}.")
         if self.train_minutes:
@@ -62,3 +63,11 @@ class Caps:
         if self.datasets_gb:
             parts.append(f"datasets may take {self.datasets_gb:g} GB in all")
         return "Limits on this server: " + "; ".join(parts) + "."
+
+
+def _number(value) -> float:
+    """A value as a number to compare with a cap; what is not one is left to the config's check."""
+    try:
+        return float(value)
+    except (TypeError, ValueError, OverflowError):
+        return 0.0

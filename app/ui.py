@@ -32,6 +32,7 @@ from app.jobs import Jobs
 from app.limits import Caps
 from app.owners import Owners
 from app.run_metrics import MetricsCache
+from app.timeline_view import TimelineViews
 from app.train_tab import TrainTab
 from app.uploads import UPLOAD_MAX_AGE_S, UPLOAD_SWEEP_S, UploadJanitor, upload_cap
 
@@ -50,6 +51,11 @@ GRADIO_CACHE_CLEANUP = (UPLOAD_SWEEP_S, UPLOAD_MAX_AGE_S)
 # synthetic set's worker processes take seconds to start on two busy cores, and finish a clip first);
 # the child the rest (Jobs.shutdown: half to stop with a checkpoint, half after SIGTERM).
 RUNS_STOP_S, START_UP_STOP_S = 13.0, 9.0
+# Gradio keeps each session's state (about 300 KB: every component's config) for its newest 10,000
+# sessions; every page load, gradio_client and REST call without a session is one. 200 bounds it
+# at about 60 MB; a page evicted past them loses its gr.State values (the Diagnose slider's result,
+# Explore's choices) and starts again from their defaults.
+SESSIONS_KEPT = 200
 CSS = """
 .hico-progress { font-size: 0.95rem; }
 .hico-bar { height: 14px; background: #e5e7eb; border-radius: 7px; overflow: hidden; margin: 4px 0 6px; }
@@ -74,6 +80,8 @@ class HiCoApp(TrainTab, ExploreTab, DiagnoseTab):
         self.startup = Startup()  # what the first start is doing (the demo's dataset), for the Train tab
         self.explorer = Explorer()
         self.metrics = MetricsCache()  # every run's metrics.jsonl rows, read again only when the file changed
+        self.timeline_views = TimelineViews()  # built timelines per run and level; it locks itself
+        # (every cache of the app is one of these attributes, living as long as the app)
 
     @staticmethod
     def examples() -> list[str]:
@@ -176,7 +184,7 @@ def launch(host: str = "127.0.0.1", port: int = 7860, share: bool = False, auth=
         shutdown.add("the server", lambda: _close_server(blocks))
     blocks.launch(server_name=host, server_port=port, share=share, auth=auth, max_file_size=int(max_upload_mb * 2**20),
                   prevent_thread_lock=prevent_thread_lock, css=CSS, ssr_mode=False, footer_links=["api"],
-                  allowed_paths=[str(hico.home)])
+                  allowed_paths=[str(hico.home)], state_session_capacity=SESSIONS_KEPT)
     return blocks, hico
 
 

@@ -261,6 +261,26 @@ def test_predict_endpoint_returns_probabilities_and_files(client):
     assert str(path).endswith(".mp4")
 
 
+def test_only_the_page_keeps_results_and_they_are_bounded_by_bytes(client, live_app, monkeypatch):  # noqa: F811
+    """Issue 19: every /predict kept its result (overlay, decoded clip) for a frame slider it has not
+    got, 8 of any size. /predict keeps nothing; the page keeps its newest results within a byte
+    budget, without the decoded clip."""
+    from app import diagnose
+
+    hico_app = live_app[3]
+    hico_app.diagnoser._results.clear()
+    clip = str(EXAMPLES / "liver_f3_cine.dcm")
+    assert client.predict(clip=handle_file(clip), run="tiny", level="all", api_name="/predict")["ok"]
+    assert hico_app.diagnoser._results == {}
+    first = hico_app._diagnose(clip, "tiny", "all")  # what the Diagnose tab calls
+    kept = hico_app.diagnoser.result(first.id)
+    assert kept.prediction.original is None and kept.prediction.frames.size == 0 and kept.overlay.shape[0] == 24
+    assert first.prediction.original is not None  # the page's own answer is whole
+    monkeypatch.setattr(diagnose, "KEEP_RESULT_BYTES", int(1.5 * kept.nbytes))  # room for one of these
+    second = hico_app._diagnose(clip, "tiny", "all")
+    assert list(hico_app.diagnoser._results) == [second.id]
+
+
 def test_predict_says_whether_a_clip_is_like_the_training_data(client, tmp_path):
     """A new clip made like the tiny run's training clips (bright squares) is familiar; an
     ultrasound example, unlike anything the run saw, scores further from its training data."""
