@@ -69,6 +69,10 @@ def _workers_starting(app: subprocess.Popen) -> bool:
     return False
 
 
+def _terminal_signals() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 # moment: what to wait for before the signal
 MOMENTS = {
     "importing": lambda app, home, out: time.sleep(1.0) is None,  # gradio alone takes seconds to import
@@ -88,9 +92,11 @@ MOMENTS = {
 def test_a_stop_signal_ends_the_first_start_cleanly_at_any_moment(tmp_path, moment, group_sigint):
     home = tmp_path / "home"
     env = dict(os.environ, HICO_HOME=str(home), PYTHONUNBUFFERED="1")
+    # its own process group, and Ctrl-C's default action, as a terminal gives it: a test run started
+    # in the background by a non-interactive shell ignores SIGINT, and the app keeps an ignored SIGINT
     app = subprocess.Popen([sys.executable, str(REPO / "app.py"), "--port", str(free_port())], env=env,
                            cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                           start_new_session=True)  # its own process group, as a terminal gives it
+                           start_new_session=True, preexec_fn=_terminal_signals)
     out: list[str] = []
     reader = threading.Thread(target=lambda: out.extend(app.stdout), daemon=True)
     reader.start()
