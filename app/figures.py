@@ -24,7 +24,9 @@ ACCURACY_LEVELS = VIEWS
 # one colour per run in the accuracy panels: the first for the live (or latest) run
 RUN_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
                "#bcbd22", "#7f7f7f")
-KINDS = {"knn": ("kNN", "solid", "circle"), "probe": ("linear probe", "dot", "circle-open")}
+KINDS = {"knn": ("kNN", "solid", "circle"), "probe": ("linear probe", "dot", "circle-open"),
+         "rank": ("effective rank (right axis)", "dashdot", "triangle-up")}
+FIELDS = {"knn": "val_knn_acc_{}", "probe": "val_probe_acc_{}", "rank": "val_rank_{}"}  # metrics.jsonl, per level
 _KEY_COLOUR = "#555555"
 
 
@@ -36,9 +38,11 @@ def training_figure(rows: list[dict], others: dict[str, list[dict]] | None = Non
     learning rate, throughput and GPU memory / utilisation when logged (right). Bottom, one panel
     per level (local, medium, global, backbone) of held-out accuracy over steps for every run: a
     colour per run (the first for `name`), kNN solid and the online linear probe dotted
-    (val_knn_acc_<level>, val_probe_acc_<level>). The loss panels show `name` only: loss values of
-    different modes are not comparable, accuracies are. Accuracy traces carry
-    meta = {"run", "level", "kind"} (kind: knn | probe); the runs' legend is `legend2`.
+    (val_knn_acc_<level>, val_probe_acc_<level>), and on a right axis shared by the four panels the
+    level's effective rank, dash-dotted (val_rank_<level>, hico.spectrum: a level whose features
+    collapse into few directions shows it there first). The loss panels show `name` only: loss
+    values of different modes are not comparable, accuracies are. Accuracy traces carry
+    meta = {"run", "level", "kind"} (kind: knn | probe | rank); the runs' legend is `legend2`.
     """
     gpu = bool(rows) and ("gpu_mem_gb" in rows[-1] or "gpu_util" in rows[-1])
     # the third row is an empty band that holds the loss legend between the two blocks
@@ -46,7 +50,7 @@ def training_figure(rows: list[dict], others: dict[str, list[dict]] | None = Non
                         horizontal_spacing=0.05,
                         specs=[[{"rowspan": 2, "colspan": 2}, None, {"colspan": 2}, None],
                                [None, None, {"colspan": 2, "secondary_y": True}, None],
-                               [None] * 4, [{}, {}, {}, {}]],
+                               [None] * 4, [{"secondary_y": True}] * 4],
                         subplot_titles=("loss terms", "learning rate", "throughput and GPU" if gpu else "throughput",
                                         *(f"held-out accuracy: {level}" if level == "local" else level
                                           for level in ACCURACY_LEVELS)))
@@ -81,10 +85,17 @@ def training_figure(rows: list[dict], others: dict[str, list[dict]] | None = Non
         fig.update_yaxes(title_text="GPU GB (solid), % (dotted)", title_font=dict(size=10), row=2, col=3,
                          secondary_y=True)
     fig.update_yaxes(tickformat=".1e", row=1, col=3)  # 1.5e-04, not plotly's "150μ"
-    any_accuracy = _accuracy_traces(fig, {name: rows, **{k: v for k, v in (others or {}).items() if k != name}})
+    shown = {name: rows, **{k: v for k, v in (others or {}).items() if k != name}}
+    any_accuracy = _accuracy_traces(fig, shown)
+    ranks = [r[f"val_rank_{level}"] for rows_ in shown.values() for r in rows_ for level in ACCURACY_LEVELS
+             if f"val_rank_{level}" in r]
     for col in range(1, 5):
         fig.update_xaxes(title_text="step", row=4, col=col)
         fig.update_yaxes(range=[0, 1.03], row=4, col=col, showticklabels=col == 1)
+        # one right-hand scale for every panel, so levels and runs compare; labelled on the last
+        fig.update_yaxes(range=[0, max(ranks, default=1.0) * 1.08], row=4, col=col, secondary_y=True,
+                         showticklabels=col == 4, showgrid=False, visible=bool(ranks),
+                         title_text="effective rank" if col == 4 else None, title_font=dict(size=10))
     below_losses = fig.layout.yaxis.domain[0] - 0.035  # under the loss panel's tick labels
     fig.update_layout(**_LAYOUT, height=780, uirevision="training",
                       legend=dict(orientation="h", x=0, y=below_losses, yanchor="top", font=dict(size=11)),
@@ -100,8 +111,9 @@ def training_figure(rows: list[dict], others: dict[str, list[dict]] | None = Non
 
 
 def _accuracy_traces(fig: go.Figure, runs: dict[str, list[dict]]) -> bool:
-    """Add every run's held-out accuracy lines to the bottom row; True when any run has one."""
-    logged = {run: any(k.startswith(("val_knn_acc_", "val_probe_acc_")) for r in rows for k in r)
+    """Add every run's held-out accuracy lines to the bottom row, and its effective rank per level
+    (hico.spectrum) on each panel's right axis; True when any run has an accuracy or a rank."""
+    logged = {run: any(k.startswith(("val_knn_acc_", "val_probe_acc_", "val_rank_")) for r in rows for k in r)
               for run, rows in runs.items()}
     drawn = set()
     for i, (run, rows) in enumerate(runs.items()):
@@ -112,17 +124,20 @@ def _accuracy_traces(fig: go.Figure, runs: dict[str, list[dict]]) -> bool:
                                      line=dict(color=colour, width=3)), row=4, col=1)
         for col, level in enumerate(ACCURACY_LEVELS, start=1):
             for kind, (label, dash, symbol) in KINDS.items():
-                points = [(r["step"], r[f"val_{kind}_acc_{level}"]) for r in rows if f"val_{kind}_acc_{level}" in r]
+                field = FIELDS[kind].format(level)
+                points = [(r["step"], r[field]) for r in rows if field in r]
                 if not points:
                     continue
                 drawn.add(kind)
+                value = "%{y:.1f}" if kind == "rank" else "%{y:.3f}"
                 fig.add_trace(go.Scatter(
                     x=[p[0] for p in points], y=[p[1] for p in points], name=f"{run} · {label} · {level}",
                     mode="lines+markers", legend="legend2", legendgroup=run, showlegend=False,
                     meta={"run": run, "level": level, "kind": kind},
-                    line=dict(color=colour, dash=dash, width=2), marker=dict(symbol=symbol, size=6),
-                    hovertemplate=f"{run}<br>{label}, {level}: %{{y:.3f}}<br>step %{{x}}<extra></extra>"),
-                    row=4, col=col)
+                    line=dict(color=colour, dash=dash, width=2 if kind != "rank" else 1.4),
+                    marker=dict(symbol=symbol, size=6),
+                    hovertemplate=f"{run}<br>{label}, {level}: {value}<br>step %{{x}}<extra></extra>"),
+                    row=4, col=col, secondary_y=kind == "rank")
     for kind, (label, dash, symbol) in KINDS.items():  # what solid and dotted mean
         if kind not in drawn:
             continue

@@ -41,6 +41,7 @@ from hico.metrics import MetricWindow
 from hico.model import architecture, build_model
 from hico.paths import expand_path, hico_home
 from hico.runs import Run
+from hico.spectrum import effective_ranks
 from hico.val_accuracy import level_accuracies, spaced_frames
 
 log = logging.getLogger(__name__)
@@ -335,6 +336,7 @@ class Trainer:
             if len(watched["rows"]):
                 vectors = self._embed(watched["rows"])
                 fields.update(level_accuracies(vectors, watched["classes"], watched["held_out"]))
+                fields.update(effective_ranks(vectors))  # how many directions each level uses (collapse)
                 if step is not None and self.main:
                     timeline.write(self.run_dir, timeline.Snapshot(
                         step, watched["video_id"], watched["frame"], watched["label"],

@@ -14,6 +14,7 @@ from hico.embed import embed_dataset, level_matrix
 from hico.inference import load_run
 from hico.errors import HiCoError
 from hico.losses import TERMS
+from hico.spectrum import participation_ratio
 from hico.train import batch_videos, lr_factor, portable_state, train
 
 BASE = ["data.size=32", "train.batch_size=4", "train.log_every=1", "train.warmup_epochs=0", "device=cpu"]
@@ -65,6 +66,10 @@ def test_each_validation_logs_held_out_accuracy_and_keeps_a_snapshot(class_datas
         assert line["val_contrastive"] > 0 and line["val_s"] > 0
     assert timeline.steps(run) == [1, 2, 3]
     snap = timeline.read(run, 3)
+    # the effective rank of every level is the participation ratio of the watched frames' features
+    for view in ("local", "medium", "global", "backbone"):
+        assert lines[-1][f"val_rank_{view}"] == pytest.approx(participation_ratio(snap.vectors[view]), rel=1e-3)
+        assert 1.0 <= lines[-1][f"val_rank_{view}"] <= 31
     dataset = find_clips(class_dataset)
     # 4 evenly spaced frames (0, 2, 3, 5) of each 6-frame clip, training videos first
     assert len(snap.video_id) == 32 and snap.frame.tolist() == [0, 2, 3, 5] * 8
