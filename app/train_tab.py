@@ -21,7 +21,8 @@ from hico.archive import NAME, Room, dataset_name, dataset_owner, folder_bytes, 
 from hico.config import LOSS_MODES
 from hico.errors import HiCoError
 from hico.files import byte_size
-from hico.runs import list_runs, read_run, serialised
+from hico.paths import expand_path
+from hico.runs import Run, list_runs, read_run, serialised
 
 from app.access import Access
 from app.api_types import CompareReply, Reply, StartReply, StatusReply, UploadReply
@@ -105,14 +106,14 @@ def _number(name: str, value) -> float:
     try:
         return float(value)
     except (TypeError, ValueError, OverflowError):
-        raise HiCoError(f"The {name} must be a number, got {value!r}.") from None
+        raise HiCoError(f"The {name} must be a number, got {value!r:.40}.") from None
 
 
 def _int(name: str, value) -> int:
     try:
         number = float(value)
     except (TypeError, ValueError, OverflowError):
-        raise HiCoError(f"The {name} must be a whole number, got {value!r}.") from None
+        raise HiCoError(f"The {name} must be a whole number, got {value!r:.40}.") from None
     if not number.is_integer():
         raise HiCoError(f"The {name} must be a whole number, got {value}.")
     return int(number)
@@ -128,7 +129,7 @@ def start_training(jobs: Jobs, access: Access, resume: str, form: TrainForm, use
         run_dir = access.run(resume)
         owners.check(run_dir, user, "resume")
         # its dataset is checked again as a new run's is: still there, still inside the allow-list
-        access.dataset(str(read_run(run_dir).config.get("data", {}).get("root") or ""))
+        access.dataset(Run(run_dir).config.data.root)
         if run_dir.name != DEMO_RUN:
             yield_demo(jobs)
         else:  # the user resumes the demo: from now on it is theirs to stop
@@ -198,7 +199,10 @@ def delete_dataset(access: Access, jobs: Jobs, name: str, user: str | None = Non
     with serialised(access.home / DATASETS_LOCK), serialised(jobs.runs_dir / ".jobs.lock"):
         live = jobs.active()
         if live is not None:
-            root = Path(os.path.realpath(read_run(live).config.get("data", {}).get("root") or "/"))
+            try:
+                root = expand_path(Run(live).config.data.root or "/").resolve()
+            except HiCoError:  # its config.yaml unreadable: it cannot be reading this dataset by name
+                root = Path("/")
             if root.is_relative_to(os.path.realpath(folder)):
                 raise HiCoError(f"Run {live.name} is training on dataset {name}; stop it before deleting the dataset.")
         aside = folder.with_name(f".deleted-{name}-{uuid.uuid4().hex[:8]}")

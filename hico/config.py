@@ -130,18 +130,18 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     if origin is list:
         (item,) = typing.get_args(hint)
         if not isinstance(value, (list, tuple)):
-            raise HiCoError(f"Config key {key} must be a list, got {value!r}.")
+            raise HiCoError(f"Config key {key} must be a list, got {value!r:.80}.")
         return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if hint is bool:
         if isinstance(value, bool):
             return value
-        raise HiCoError(f"Config key {key} must be true or false, got {value!r}.")
+        raise HiCoError(f"Config key {key} must be true or false, got {value!r:.80}.")
     if hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
         if isinstance(value, float) and value.is_integer():
             return int(value)
-        raise HiCoError(f"Config key {key} must be a whole number, got {value!r}.")
+        raise HiCoError(f"Config key {key} must be a whole number, got {value!r:.80}.")
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -150,16 +150,16 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
                 return float(value)
             except ValueError:
                 pass
-        raise HiCoError(f"Config key {key} must be a number, got {value!r}.")
+        raise HiCoError(f"Config key {key} must be a number, got {value!r:.80}.")
     if hint is str:
         if value is None:
             return ""
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)
         if isinstance(value, bool) and key in CHOICES:  # YAML 1.1 reads off, no, on, yes as booleans
-            raise HiCoError(f"Config key {key} must be one of {', '.join(CHOICES[key])}, got {value!r} "
+            raise HiCoError(f"Config key {key} must be one of {', '.join(CHOICES[key])}, got {value!r:.80} "
                             f"(YAML reads off/on/no/yes as true or false).")
-        raise HiCoError(f"Config key {key} must be text, got {value!r}.")
+        raise HiCoError(f"Config key {key} must be text, got {value!r:.80}.")
     raise TypeError(f"unsupported config type {hint!r} for {key}")
 
 
@@ -265,7 +265,7 @@ def validate(cfg: Config) -> None:
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
         if value not in allowed:
-            raise HiCoError(f"Config key {key} must be one of {', '.join(allowed)}, got {value!r}.")
+            raise HiCoError(f"Config key {key} must be one of {', '.join(allowed)}, got {value!r:.80}.")
     d, m, lo, t = cfg.data, cfg.model, cfg.loss, cfg.train
     checks = [
         # at most MAX_SIZE: one frame's cache, activations and every batch grow with its square
@@ -311,7 +311,7 @@ def validate(cfg: Config) -> None:
         if not ok:
             section, name = key.split(".")
             value = getattr(getattr(cfg, section), name)
-            raise HiCoError(f"Config key {key} must be {want}, got {value!r}.")
+            raise HiCoError(f"Config key {key} must be {want}, got {value!r:.80}.")
     if not (cfg.device in ("auto", "cpu", "cuda") or cfg.device.startswith("cuda:")):
         raise HiCoError(f"Config key device must be auto, cpu, cuda or cuda:N, got {cfg.device!r}.")
 

@@ -6,7 +6,8 @@ the sum of four parts, each measured (README, "Running it for others"):
 
 - frames: the decoded frame cache, every kept frame at data.size x data.size x 3 bytes (a gray
   dataset takes a third of that: the estimate assumes colour). On the host it is counted twice:
-  the cache is packed from memory-mapped per-clip files, whose pages count while they are copied. On a GPU it is on the device when data.cache_on says so.
+  the cache is packed from memory-mapped per-clip files, whose pages count while they are copied.
+  On a GPU it is counted on the device when data.cache_on puts it there (auto: as hico.train does).
 - activations: ACTIVATION_BYTES[device type] per pixel of each video in a step (two views, both
   passes, the FPN's maps). On a CPU, peak RSS of `hico train` on the demo's 3,200 frames at nine
   settings from 64 px batch 8 to 320 px batch 16 (224 px batch 32: 3.43 GB; 128 px batch 64:
@@ -134,9 +135,8 @@ def available_bytes(device: torch.device | str = "cpu") -> float:
     if device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return float(free)
-    available = _meminfo_available()
-    left_in_group = _cgroup_left()
-    return min(v for v in (available, left_in_group) if v is not None) if (available or left_in_group) else math.inf
+    known = [v for v in (_meminfo_available(), _cgroup_left()) if v is not None]
+    return min(known) if known else math.inf
 
 
 def _meminfo_available() -> float | None:

@@ -60,7 +60,7 @@ ERROR_PREFIX = "hico train: error: "  # how the CLI prints a user error; the app
 _RUN_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 
 
-# ---- names ------------------------------------------------------------------------------------
+# ---- the run handle -------------------------------------------------------------------------
 class Checkpoint:
     """One checkpoint of a run as its sidecar said when it was chosen: name (best | last), step,
     the run's typed config as trained (legacy defaults settled, hico.config.run_config), classes."""
@@ -115,10 +115,6 @@ class Run:
         return self.path / CHECKPOINTS
 
     @property
-    def embeddings(self) -> Path:
-        return self.path / EMBEDDINGS
-
-    @property
     def config_file(self) -> Path:
         return self.path / CONFIG
 
@@ -140,13 +136,11 @@ class Run:
             self._chosen[which] = Checkpoint(self, name, read_sidecar(self.checkpoints, name))
         return self._chosen[which]
 
-    def info(self) -> "RunInfo":
-        return read_run(self.path)
-
     def __repr__(self) -> str:
         return f"Run({str(self.path)!r})"
 
 
+# ---- names ------------------------------------------------------------------------------------
 def run_folder(runs_dir: str | Path, name: str) -> Path:
     """RUNS_DIR/name for a run name a user gave; HiCoError unless it is a plain folder name
     (letters, digits, `.`, `_`, `-`; no path separators, no `..`) of a run that exists there."""

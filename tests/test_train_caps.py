@@ -186,3 +186,17 @@ def test_the_time_cap_reaches_a_config_without_a_train_section():
     asked = {"data": {"size": 64}}
     checked = Caps(train_minutes=5).check(asked)
     assert checked["train"] == {"max_minutes": 5.0} and asked == {"data": {"size": 64}}  # the request is left as it was
+
+
+def test_a_huge_value_is_not_echoed_back_whole(tmp_path):
+    from app.access import Access
+    from app.train_tab import TrainForm, form_values
+
+    data = write_class_dataset(tmp_path / "data", per_class=1, frames=2)
+    access = Access(tmp_path / "home", data_dirs=[data])
+    with pytest.raises(HiCoError) as bad_size:
+        form_values(access, TrainForm(str(data), size="9" * 1_000_000 + "x"))
+    with pytest.raises(HiCoError) as bad_mode:
+        config.from_dict(form_values(access, TrainForm(str(data), mode="m" * 5_000_000)))
+    assert len(str(bad_size.value)) < 120 and str(bad_size.value).startswith("The input size must be a whole number")
+    assert len(str(bad_mode.value)) < 200 and str(bad_mode.value).startswith("Config key loss.mode must be one of")
