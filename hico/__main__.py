@@ -130,6 +130,15 @@ def cmd_compare(args) -> None:
     print(f"tables and plot -> {out}")
 
 
+def cmd_export(args) -> None:
+    from hico.export import export_run
+
+    formats = tuple(f.strip() for f in args.format.split(",") if f.strip())
+    written = export_run(args.run_dir, args.out, formats, args.checkpoint)
+    for kind, path in written.items():
+        print(f"{kind}: {path}")
+
+
 def cmd_predict(args) -> None:
     import numpy as np
     import pandas as pd
@@ -256,6 +265,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-mask", action="store_true", help="do not mask screen text and the border")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("export", help="the run's model as ONNX (checked with onnxruntime) and a ResNet state dict, "
+                       "with a MODEL_CARD.md")
+    p.add_argument("run_dir")
+    p.add_argument("--format", default="onnx,state_dict", help="comma-separated: onnx, state_dict")
+    p.add_argument("--out", help="folder for the files (default RUN_DIR/export)")
+    p.add_argument("--checkpoint", default="auto", choices=("auto", "best", "last"))
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("bench", help="time training: model-only and end-to-end images/s, memory, MFU")
     p.add_argument("--cpu", action="store_true", help="time on the CPU (small settings) even with a GPU")
