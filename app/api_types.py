@@ -21,6 +21,12 @@ class StartReply(Reply):
     run: str | None  # the run's name under $HICO_HOME/runs
 
 
+class ExportReply(Reply):
+    model: NotRequired[gr.FileData]  # model.onnx (hico.export)
+    encoder: NotRequired[gr.FileData]  # resnet18_encoder.pt: the backbone under torchvision's names
+    card: NotRequired[gr.FileData]  # MODEL_CARD.md
+
+
 class UploadReply(Reply):
     dataset: str | None  # the path to pass as /start_training's dataset
 

@@ -25,7 +25,7 @@ from hico.paths import expand_path
 from hico.runs import Run, list_runs, read_run, serialised
 
 from app.access import Access
-from app.api_types import CompareReply, Reply, StartReply, StatusReply, UploadReply
+from app.api_types import CompareReply, ExportReply, Reply, StartReply, StatusReply, UploadReply
 from app.default import DEMO_RUN, YIELDED, demo_values, reserved_dataset, synth_dir, yield_demo
 from app.figures import training_figure
 from app.jobs import Jobs
@@ -211,6 +211,27 @@ def delete_dataset(access: Access, jobs: Jobs, name: str, user: str | None = Non
     return f"Deleted dataset {name}."
 
 
+EXPORTS_KEPT = 4  # newest exports kept in $HICO_HOME/exports (about 100 MB each for the demo)
+
+
+def export_model(access: Access, name: str) -> dict[str, Path]:
+    """The run's model exported (hico.export: model.onnx, the encoder, MODEL_CARD.md) to a new
+    folder of $HICO_HOME/exports, the oldest beyond EXPORTS_KEPT removed; {format: path}."""
+    from hico.export import export_run
+
+    run_dir = access.run(name)
+    folder = access.home / "exports" / f"{run_dir.name}-{uuid.uuid4().hex[:8]}"
+    try:
+        written = export_run(run_dir, folder)
+    except BaseException:
+        shutil.rmtree(folder, ignore_errors=True)
+        raise
+    older = sorted((p for p in folder.parent.iterdir() if p.is_dir() and p != folder), key=lambda p: p.stat().st_mtime)
+    for old in older[:max(len(older) - (EXPORTS_KEPT - 1), 0)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return written
+
+
 LIVE = "live run"  # the Train tab's "Show" choice that follows whatever trains (else the newest run)
 
 
@@ -309,6 +330,11 @@ def resume_choices(jobs: Jobs) -> list[str]:
 def shown_choices(jobs: Jobs) -> list[str]:
     """The Train tab's Show choices: the live run, then every run."""
     return [LIVE, *run_names(jobs)]
+
+
+def model_names(jobs: Jobs) -> list[str]:
+    """Every run with a checkpoint, newest first: what can be exported."""
+    return [r.name for r in list_runs(jobs.runs_dir) if r.checkpoints]
 
 
 def run_names(jobs: Jobs) -> list[str]:
@@ -521,6 +547,27 @@ class TrainTab:
         except HiCoError as exc:
             return {"ok": False, "message": str(exc)}
 
+    def export_chosen_run(self, name):
+        """The Export button: the files to download, and a sentence."""
+        if not name:
+            return gr.update(), "Pick a run to export."
+        try:
+            written = export_model(self.access, name)
+        except HiCoError as exc:
+            return gr.update(value=None), f"⚠️ {exc}"
+        return [str(p) for p in written.values()], f"Exported **{name}**: the ONNX model, its encoder and its model card."
+
+    def api_export(self, run: str = "") -> ExportReply:
+        """A run's model to take away (hico export): {ok, message, model: model.onnx (checked against
+        torch with onnxruntime), encoder: the backbone as a ResNet state dict, card: MODEL_CARD.md}."""
+        try:
+            written = export_model(self.access, run)
+        except HiCoError as exc:
+            return {"ok": False, "message": str(exc)}
+        return {"ok": True, "message": f"Exported {run}.", "model": gr.FileData(path=str(written["onnx"])),
+                "encoder": gr.FileData(path=str(written["state_dict"])),
+                "card": gr.FileData(path=str(written["card"]))}
+
     def api_compare(self, runs: str = "") -> CompareReply:
         """Held-out accuracy per level of several runs (comma-separated names), latest and over
         steps: {ok, message, runs: [{run, mode, seed, state, step, latest, series}]}."""
@@ -594,6 +641,13 @@ class TrainTab:
                     doomed = gr.Dropdown(run_names(self.jobs), value=None, label="Run to delete", scale=3,
                                          elem_id="delete-run-name")
                     delete = gr.Button("Delete run", variant="stop", scale=1, elem_id="delete-run")
+                with gr.Row():
+                    exported = gr.Dropdown(model_names(self.jobs), value=None, label="Run to export", scale=3,
+                                           elem_id="export-run-name",
+                                           info="ONNX model, its encoder as a ResNet state dict, and a model card")
+                    export = gr.Button("Export", scale=1, elem_id="export-run")
+                export_files = gr.File(label="Exported files", file_count="multiple", interactive=False,
+                                       elem_id="export-files")
         # the form by name (TrainForm's fields): a handler receives {component: value}
         form = dict(zip(("resume", *TrainForm.fields()), (resume, dataset, size, batch, epochs, lr, mode, peer, cross,
                                                           sup, label_fraction, device, validations), strict=True))
@@ -607,6 +661,8 @@ class TrainTab:
         delete.click(self.delete_chosen_run, doomed, [message, doomed], api_visibility="private",
                      js="(name) => (name && confirm(`Delete run ${name} and everything in its folder?`)) ? name : null")
         doomed.focus(lambda: gr.update(choices=run_names(self.jobs)), None, doomed, api_visibility="private")
+        export.click(self.export_chosen_run, exported, [export_files, message], api_visibility="private")
+        exported.focus(lambda: gr.update(choices=model_names(self.jobs)), None, exported, api_visibility="private")
         resume.change(lambda name: run_epochs(self.access, name), resume, epochs, api_visibility="private")
         archive.upload(self.add_dataset, [archive, new_name], [message, dataset, doomed_dataset],
                        api_visibility="private")

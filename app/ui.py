@@ -42,7 +42,7 @@ EXAMPLES = REPO / "assets" / "examples"
 # the API: each name's handler is HiCoApp.api_<name>; what it returns is declared in app.api_types
 ENDPOINTS = ("start_training", "training_status", "stop_training", "upload_dataset", "delete_dataset", "delete_run",
              "embeddings",
-             "timeline", "compare", "predict", "find_similar")
+             "timeline", "compare", "predict", "find_similar", "export")
 # Gradio keeps every upload and a copy of every file it serves: they go after an hour, checked
 # every 5 minutes, and the oldest go sooner when they take more than the cap (app.uploads).
 GRADIO_CACHE_CLEANUP = (UPLOAD_SWEEP_S, UPLOAD_MAX_AGE_S)

@@ -25,7 +25,7 @@ def client(live_app):  # noqa: F811
 def test_api_names_are_published(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/start_training", "/training_status", "/stop_training", "/embeddings", "/predict", "/timeline",
-            "/compare", "/upload_dataset", "/delete_dataset", "/delete_run", "/find_similar"} <= set(endpoints)
+            "/compare", "/upload_dataset", "/delete_dataset", "/delete_run", "/find_similar", "/export"} <= set(endpoints)
     # every endpoint says what it returns, field by field (app.api_types), not Any
     returns = {name: ep["returns"][0]["python_type"]["type"] for name, ep in endpoints.items()}
     assert all(kind.startswith("dict(") for kind in returns.values()), returns
@@ -247,6 +247,27 @@ def test_a_zip_uploaded_through_the_api_becomes_a_dataset_the_app_can_use(client
     assert client.predict(dataset="ward3", api_name="/delete_dataset") == {"ok": True,
                                                                            "message": "Deleted dataset ward3."}
     assert list((home / "datasets").iterdir()) == []
+
+
+def test_a_run_is_exported_for_download(client, live_app):  # noqa: F811
+    """/export (the Train tab's Export): model.onnx that onnxruntime runs, the encoder, the card."""
+    import numpy as np
+    import onnxruntime
+
+    home = live_app[1]
+    out = client.predict(run="tiny", api_name="/export")
+    assert out["ok"] and out["message"] == "Exported tiny.", out
+    paths = {key: (value["path"] if isinstance(value, dict) else value) for key, value in out.items()
+             if key in ("model", "encoder", "card")}
+    session = onnxruntime.InferenceSession(paths["model"], providers=["CPUExecutionProvider"])
+    probs = session.run(["probs"], {"frames": np.zeros((3, 3, 32, 32), np.uint8)})[0]
+    assert probs.shape == (3, 2) and np.allclose(probs.sum(axis=1), 1, atol=1e-5)
+    assert "Classes (2): bright, dark." in open(paths["card"]).read()
+    assert str(paths["encoder"]).endswith("resnet18_encoder.pt")
+    assert len(list((home / "exports").iterdir())) == 1
+    for name in ("../tiny", "nope"):
+        refused = client.predict(run=name, api_name="/export")
+        assert refused["ok"] is False and "model" not in refused
 
 
 def test_predict_endpoint_returns_probabilities_and_files(client):

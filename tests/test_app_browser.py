@@ -107,6 +107,13 @@ def test_a_zip_uploaded_in_the_train_tab_trains_with_live_progress_and_curves(pa
     page.wait_for_function("document.querySelector('#train-message').innerText.includes('Deleted dataset upload1.')",
                            timeout=20000)
     assert not (home / "datasets" / "upload1").exists()
+    # the finished run is exported for download: the model, its encoder and its card
+    _choose(page, "export-run-name", run_name)
+    page.click("#export-run")
+    page.wait_for_selector("#export-files td.filename[aria-label='MODEL_CARD.md']", timeout=60000)
+    names = page.eval_on_selector_all("#export-files td.filename", "cells => cells.map(c => c.getAttribute('aria-label'))")
+    assert sorted(names) == ["MODEL_CARD.md", "model.onnx", "resnet18_encoder.pt"]
+    assert f"Exported {run_name}" in page.inner_text("#train-message")
 
 
 def test_explore_selection_fills_the_gallery(page, live_app):  # noqa: F811
