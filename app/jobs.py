@@ -14,12 +14,12 @@ import shutil
 import subprocess
 import sys
 import time
-import uuid
 from pathlib import Path
 
 from hico import config as config_mod
 from hico import runs
 from hico.errors import HiCoError
+from hico.folders import set_aside
 
 from app.limits import Caps
 
@@ -130,8 +130,7 @@ class Jobs:
                 raise HiCoError(f"There is no run called {run_dir.name}.")
             if runs.is_alive(run_dir):
                 raise HiCoError(f"Run {run_dir.name} is training; stop it before deleting it.")
-            aside = run_dir.with_name(f".deleted-{run_dir.name}-{uuid.uuid4().hex[:8]}")
-            os.rename(run_dir, aside)
+            aside = set_aside(run_dir)
         shutil.rmtree(aside, ignore_errors=True)
         return f"Deleted run {run_dir.name}."
 

@@ -39,15 +39,14 @@ class Owners:
         """HiCoError unless `user` may `action` (stop, resume, delete) the run in run_dir."""
         self.check_owned(f"Run {Path(run_dir).name}", read_owner(run_dir), user, action)
 
-    def check_owned(self, what: str, owner: str | None, user: str | None, action: str) -> None:
+    def check_owned(self, what: str, owner: str | None, user: str | None, action: str,
+                    made: str = "started") -> None:
         """HiCoError unless `user` may `action` the thing described by `what` (e.g. "Dataset
-        lungs"), which `owner` made (None: no user did)."""
+        lungs"), which `owner` made (None: no user did); `made` says how (started, uploaded)."""
         if not self.users or user in self.admins:
             return
         if owner == user or (owner is None and not self.admins):
             return
-        whose = f"was started by {owner}" if owner else "was not started by a user"
-        if what.startswith("Dataset"):
-            whose = f"was uploaded by {owner}" if owner else "was not uploaded by a user"
+        whose = f"was {made} by {owner}" if owner else f"was not {made} by a user"
         allowed = f"{owner} or an admin" if owner else "an admin"
         raise HiCoError(f"{what} {whose}; only {allowed} may {action} it.")

@@ -21,6 +21,7 @@ from hico.archive import NAME, Room, dataset_name, dataset_owner, folder_bytes, 
 from hico.config import LOSS_MODES
 from hico.errors import HiCoError
 from hico.files import byte_size
+from hico.folders import set_aside
 from hico.paths import expand_path
 from hico.runs import Run, list_runs, read_run, serialised
 
@@ -195,7 +196,7 @@ def delete_dataset(access: Access, jobs: Jobs, name: str, user: str | None = Non
     if not NAME.fullmatch(name) or not (access.datasets_dir / name).is_dir():
         raise HiCoError(f"There is no dataset called {name!r:.70} in the app's datasets.")
     folder = access.datasets_dir / name
-    owners.check_owned(f"Dataset {name}", dataset_owner(folder), user, "delete")
+    owners.check_owned(f"Dataset {name}", dataset_owner(folder), user, "delete", made="uploaded")
     with serialised(access.home / DATASETS_LOCK), serialised(jobs.runs_dir / ".jobs.lock"):
         live = jobs.active()
         if live is not None:
@@ -205,8 +206,7 @@ def delete_dataset(access: Access, jobs: Jobs, name: str, user: str | None = Non
                 root = Path("/")
             if root.is_relative_to(os.path.realpath(folder)):
                 raise HiCoError(f"Run {live.name} is training on dataset {name}; stop it before deleting the dataset.")
-        aside = folder.with_name(f".deleted-{name}-{uuid.uuid4().hex[:8]}")
-        os.rename(folder, aside)
+        aside = set_aside(folder)
     shutil.rmtree(aside, ignore_errors=True)
     return f"Deleted dataset {name}."
 
@@ -330,11 +330,6 @@ def resume_choices(jobs: Jobs) -> list[str]:
 def shown_choices(jobs: Jobs) -> list[str]:
     """The Train tab's Show choices: the live run, then every run."""
     return [LIVE, *run_names(jobs)]
-
-
-def model_names(jobs: Jobs) -> list[str]:
-    """Every run with a checkpoint, newest first: what can be exported."""
-    return [r.name for r in list_runs(jobs.runs_dir) if r.checkpoints]
 
 
 def run_names(jobs: Jobs) -> list[str]:
@@ -642,7 +637,7 @@ class TrainTab:
                                          elem_id="delete-run-name")
                     delete = gr.Button("Delete run", variant="stop", scale=1, elem_id="delete-run")
                 with gr.Row():
-                    exported = gr.Dropdown(model_names(self.jobs), value=None, label="Run to export", scale=3,
+                    exported = gr.Dropdown(self.model_runs(), value=None, label="Run to export", scale=3,
                                            elem_id="export-run-name",
                                            info="ONNX model, its encoder as a ResNet state dict, and a model card")
                     export = gr.Button("Export", scale=1, elem_id="export-run")
@@ -662,7 +657,7 @@ class TrainTab:
                      js="(name) => (name && confirm(`Delete run ${name} and everything in its folder?`)) ? name : null")
         doomed.focus(lambda: gr.update(choices=run_names(self.jobs)), None, doomed, api_visibility="private")
         export.click(self.export_chosen_run, exported, [export_files, message], api_visibility="private")
-        exported.focus(lambda: gr.update(choices=model_names(self.jobs)), None, exported, api_visibility="private")
+        exported.focus(lambda: gr.update(choices=self.model_runs()), None, exported, api_visibility="private")
         resume.change(lambda name: run_epochs(self.access, name), resume, epochs, api_visibility="private")
         archive.upload(self.add_dataset, [archive, new_name], [message, dataset, doomed_dataset],
                        api_visibility="private")

@@ -41,7 +41,7 @@ from hico.files import atomic_path, write_text
 from hico.inference import LoadedRun, load_run
 from hico.io import ClipLimits
 from hico.paths import expand_path
-from hico.runs import METRICS, SUMMARY, Run
+from hico.runs import SUMMARY, Run, read_metrics
 
 FORMATS = ("onnx", "state_dict")
 ONNX_TOLERANCE = 1e-4
@@ -157,19 +157,8 @@ def _temperature(loaded: LoadedRun) -> float:
 
 def _last_validation(run_dir: Path) -> dict:
     """The last metrics line that holds held-out accuracy or effective rank."""
-    last = {}
-    try:
-        lines = (run_dir / METRICS).read_text().splitlines()
-    except OSError:
-        return last
-    for line in lines:
-        try:
-            row = json.loads(line)
-        except ValueError:
-            continue
-        if any(k.startswith(("val_knn_acc_", "val_rank_")) for k in row):
-            last = row
-    return last
+    rows = [row for row in read_metrics(run_dir) if any(k.startswith(("val_knn_acc_", "val_rank_")) for k in row)]
+    return rows[-1] if rows else {}
 
 
 def _read_json(path: Path) -> dict:

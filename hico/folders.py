@@ -138,3 +138,12 @@ def _same_folder(fd: int, path: Path) -> bool:
 def _writer_pid(path: Path) -> int | None:
     match = _WRITER_PID.search(path.name)
     return int(match[1]) if match else None
+
+
+def set_aside(folder: Path) -> Path:
+    """Rename a folder to a hidden sibling (`.deleted-<name>-<random>`) and return that: it leaves
+    every listing at once, whole, and can then be removed at leisure. Call it under the lock that
+    guards the folder's use; remove the returned path outside it."""
+    aside = folder.with_name(f".deleted-{folder.name}-{uuid.uuid4().hex[:8]}")
+    os.rename(folder, aside)
+    return aside
