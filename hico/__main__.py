@@ -1,4 +1,5 @@
-"""The command line: python -m hico {synth, train, embed, eval, compare, predict, bench} ...
+"""The command line: python -m hico {synth, train, finetune, embed, eval, compare, label-efficiency, predict,
+export, bench} ...
 
 Each command is a thin call into the package; a user error prints one sentence and exits 2.
 """
@@ -52,6 +53,11 @@ def cmd_train(args) -> int:
     if main_rank:
         print(f"run folder: {run_dir}", file=sys.stderr)
     summary = train(cfg, run_dir, resume=bool(args.resume))
+    return report_training(summary, run_dir, main_rank)
+
+
+def report_training(summary: dict, run_dir: Path, main_rank: bool = True) -> int:
+    """Print a finished or stopped run's summary; the exit code (0, or EXIT_STOPPED)."""
     code = EXIT_STOPPED if summary["state"] == "stopped" else 0
     if not main_rank:
         return code
@@ -59,13 +65,29 @@ def cmd_train(args) -> int:
     print(f"{summary['state']} at step {summary['step']}/{summary['total_steps']} "
           f"(epoch {summary['epochs']:.2f}) in {summary['elapsed_s']:.1f} s, "
           f"{summary['images_per_s']:.1f} images/s; loss {final.get('total', float('nan')):.4f}")
-    if summary["best_step"] is not None:
+    if summary.get("best_val_acc") is not None:
+        print(f"best held-out accuracy {summary['best_val_acc']:.3f} at step {summary['best_step']}")
+    elif summary["best_step"] is not None:
         print(f"best held-out contrastive loss {summary['best_val_contrastive']:.4f} at step {summary['best_step']}")
+    if summary.get("stopped_early_at") is not None:
+        print(f"stopped early at step {summary['stopped_early_at']} (train.patience)")
     print(f"run folder: {run_dir}")
     if code:
-        print(f"hico train: stopped before step {summary['total_steps']}; continue it with --resume {run_dir}",
-              file=sys.stderr)
+        print(f"hico: stopped before step {summary['total_steps']}; continue it with "
+              f"python -m hico train --resume {run_dir}", file=sys.stderr)
     return code
+
+
+def cmd_finetune(args) -> int:
+    from hico.finetune import default_run_dir, finetune
+    from hico.runs import Run
+
+    source = Run(args.run)
+    run_dir = Path(args.run_dir).expanduser() if args.run_dir else default_run_dir(source, args.head)
+    print(f"run folder: {run_dir}", file=sys.stderr)
+    summary = finetune(source, run_dir, args.data, head=args.head, overrides=args.overrides,
+                       checkpoint=args.checkpoint)
+    return report_training(summary, run_dir)
 
 
 def cmd_embed(args) -> None:
@@ -128,6 +150,27 @@ def cmd_compare(args) -> None:
     with pd.option_context("display.float_format", "{:.3f}".format, "display.width", 160):
         print(view.to_string(index=False))
     print(f"tables and plot -> {out}")
+
+
+def cmd_label_efficiency(args) -> None:
+    from hico import config as config_mod
+    from hico.label_efficiency import Study, parse_modes, parse_shares, run_study, share_tag
+
+    cfg = config_mod.load(args.config, args.overrides)
+    name = args.name or f"{Path(args.config).stem}-labels"
+    if args.seeds < 1:
+        raise HiCoError(f"--seeds must be 1 or more, got {args.seeds}.")
+    study = Study(name, cfg, args.eval_data, parse_modes(args.modes), parse_shares(args.shares),
+                  tuple(range(args.seeds)),
+                  Path(args.runs_dir).expanduser() if args.runs_dir else hico_home() / "runs",
+                  Path(args.out).expanduser() if args.out else hico_home() / "compare" / name, args.finetune_steps)
+    summary = run_study(study)
+    for protocol, part in summary.groupby("protocol", sort=False):
+        print(f"{protocol}:")
+        for row in part.itertuples():
+            print(f"  {row.mode:<11} {share_tag(row.share):>4} % ({row.labelled_videos} videos)  "
+                  f"{row.acc_mean:.3f} ± {row.acc_std:.3f}  {row.feature}")
+    print(f"tables and plots -> {study.out_dir}")
 
 
 def cmd_export(args) -> None:
@@ -224,6 +267,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.batch_size=8")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("finetune", help="train a classifier for a labelled dataset from a pretrained run "
+                       "(linear head on frozen features, or the whole network); the result is a run like any other")
+    p.add_argument("run", help="the pretrained run folder")
+    p.add_argument("data", help="labelled dataset folder or CSV manifest (may be the run's own dataset)")
+    p.add_argument("--head", default="full", choices=("full", "linear"),
+                   help="full: the whole network, the backbone at a tenth of the learning rate; "
+                   "linear: one linear layer on frozen features")
+    p.add_argument("--checkpoint", default="auto", choices=("auto", "best", "last"), help="which of its checkpoints")
+    p.add_argument("--run-dir", help="where the fine-tuned run goes (default $HICO_HOME/runs/<run>-ft-<head>-<time>)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="config overrides, e.g. data.label_fraction=0.1 train.max_steps=600")
+    p.set_defaults(func=cmd_finetune)
+
     for name, help_text, func in (("embed", "write per-frame embeddings of every level to Parquet", cmd_embed),
                                   ("eval", "linear-probe and kNN accuracy per level, split by video", cmd_eval)):
         p = sub.add_parser(name, help=help_text)
@@ -253,6 +309,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-data", help="evaluate on this dataset (clips the runs never saw; default: data.root)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_steps=150")
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("label-efficiency", help="accuracy on unseen clips against the share of labelled videos "
+                       "(linear probe and fine-tuned) for HiCo with and without labels, its baselines and "
+                       "supervised from scratch; convergence from the same runs")
+    p.add_argument("--config", required=True, help="YAML pretraining config every mode shares (e.g. configs/demo.yaml)")
+    p.add_argument("--eval-data", required=True, help="labelled clips of the same classes that no run trains on")
+    p.add_argument("--modes", default="untrained,hico,simclr,peer,hico-sup,supervised",
+                   help="comma-separated: untrained, hico (no labels), simclr, peer, hico-sup (its soft-label "
+                   "term on the labelled share), supervised (from scratch on the labelled share)")
+    p.add_argument("--shares", default="0.01,0.1,1", help="labelled shares of each class's training videos "
+                   "(at least one video per class)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds 0..N-1")
+    p.add_argument("--finetune-steps", type=int, default=200, help="steps of each fine-tune")
+    p.add_argument("--name", help="names the runs and the tables' folder (default: <config>-labels)")
+    p.add_argument("--out", help="folder for the tables and plots (default $HICO_HOME/compare/NAME)")
+    p.add_argument("--runs-dir", help="where the runs go (default $HICO_HOME/runs)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides, e.g. train.max_steps=200")
+    p.set_defaults(func=cmd_label_efficiency)
 
     p = sub.add_parser("predict", help="per-frame and clip-level class probabilities for a clip")
     p.add_argument("run_dir")
@@ -294,7 +368,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    # argparse fills RUN DATA and the overrides in one go: key=value words after an option
+    # (`finetune RUN DATA --head linear key=value`) come back unparsed and are overrides too.
+    if extra and getattr(args, "overrides", None) is not None and all("=" in e and not e.startswith("-") for e in extra):
+        args.overrides = [*args.overrides, *extra]
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s",
                         stream=sys.stderr)
     try:

@@ -199,6 +199,7 @@ def check_architecture(path: Path, expected: dict, found: dict | None) -> None:
     """HiCoError naming what differs when a checkpoint's architecture is not the model's."""
     if found is None:
         return
+    found = {"classifier": "mlp", **found}  # saved before model.classifier existed: the MLP head
     diff = [f"{k}={found.get(k)!r} (the model wants {v!r})" for k, v in expected.items() if found.get(k) != v]
     if diff:
         raise HiCoError(f"Checkpoint {path} does not fit this model: it has {', '.join(diff)}.")

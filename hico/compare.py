@@ -184,19 +184,31 @@ def markdown_table(summary: pd.DataFrame, metric: str = "linear_acc") -> str:
     """Modes as rows, features as columns, each cell `mean ± std` of `metric`, the best level of
     each mode in bold."""
     features = list(dict.fromkeys(summary["feature"]))
-    lines = ["| mode | " + " | ".join(features) + " |", "|---|" + "---|" * len(features)]
-    for mode, part in summary.groupby("mode", sort=False):
-        part = part.set_index("feature")
+
+    def bold_best(part: pd.DataFrame, feature: str, text: str) -> str:
         best = part.loc[[f for f in features if f in part.index and f != "concat"], f"{metric}_mean"].idxmax()
+        return f"**{text}**" if feature == best else text
+
+    return "\n".join(mean_std_table(summary, "feature", metric, decorate=bold_best)) + "\n"
+
+
+def mean_std_table(summary: pd.DataFrame, column: str, metric: str, label=str, decorate=None) -> list[str]:
+    """Markdown lines: one row per mode, one column per value of summary[column] (headed
+    label(value)), each cell `mean ± std` of `metric` (the columns <metric>_mean and _std);
+    decorate(the mode's rows indexed by column, value, text) may rewrite a cell."""
+    keys = list(dict.fromkeys(summary[column]))
+    lines = ["| mode | " + " | ".join(label(k) for k in keys) + " |", "|---|" + "---|" * len(keys)]
+    for mode, part in summary.groupby("mode", sort=False):
+        part = part.set_index(column)
         cells = []
-        for feature in features:
-            if feature not in part.index:
+        for key in keys:
+            if key not in part.index:
                 cells.append("")
                 continue
-            text = f"{part.at[feature, f'{metric}_mean']:.3f} ± {part.at[feature, f'{metric}_std']:.3f}"
-            cells.append(f"**{text}**" if feature == best else text)
+            text = f"{part.at[key, f'{metric}_mean']:.3f} ± {part.at[key, f'{metric}_std']:.3f}"
+            cells.append(decorate(part, key, text) if decorate else text)
         lines.append(f"| {mode} | " + " | ".join(cells) + " |")
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def comparison_figure(summary: pd.DataFrame, metric: str = "linear_acc"):

@@ -67,6 +67,7 @@ class ModelConfig:
     hidden_dim: int = 256
     proj_dim: int = 256
     weights: str = ""  # optional safetensors file to start the backbone from
+    classifier: str = "mlp"  # mlp (Linear, ReLU, Linear on the pooled C5) | linear (one Linear: a linear head)
 
 
 @dataclass
@@ -96,6 +97,9 @@ class TrainConfig:
     val_frames: int = 4  # evenly spaced frames per video embedded at each validation (accuracy, timeline)
     checkpoint_every: int = 0  # steps between `last` checkpoints; 0: once per epoch
     max_minutes: float = 0.0  # stop (with a checkpoint, resumable) after this many minutes of one process; 0: no limit
+    patience: int = 0  # early stopping: end after this many validations without a better held-out score; 0: never
+    backbone_lr: float = 1.0  # the trunk's and pyramid's learning rate as a share of train.lr (fine-tuning: 0.1)
+    freeze_encoder: bool = False  # train only the classifier and probes: trunk, pyramid, heads and their batch norm fixed
     sync_bn: bool = False  # with several ranks (torchrun): batch statistics over all ranks
     compile: str = "none"  # none | default | reduce-overhead (CUDA graphs) | max-autotune: torch.compile the model
     cuda_graph: bool = True  # on a CUDA GPU, one process, compile=none: each step is one captured CUDA graph
@@ -117,6 +121,7 @@ CHOICES = {
     "data.cache_on": ("auto", "device", "host"),
     "model.backbone": ("resnet18", "resnet50"),
     "model.heads": ("pooled", "flatten"),
+    "model.classifier": ("mlp", "linear"),
     "loss.mode": LOSS_MODES,
     "loss.cross_pairing": ("same_view", "cross_view"),
     "train.warmup": ("constant", "linear"),
@@ -306,6 +311,8 @@ def validate(cfg: Config) -> None:
         ("train.val_frames", 1 <= t.val_frames <= 256, "between 1 and 256"),
         ("train.checkpoint_every", t.checkpoint_every >= 0, "0 (each epoch) or more"),
         ("train.max_minutes", 0 <= t.max_minutes <= 10**7, "0 (no limit) or a number of minutes"),
+        ("train.patience", 0 <= t.patience <= 10_000, "0 (never stop early) to 10,000 validations"),
+        ("train.backbone_lr", 0 <= t.backbone_lr <= 1, "between 0 and 1 (a share of train.lr)"),
     ]
     for key, ok, want in checks:
         if not ok:

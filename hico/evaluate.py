@@ -50,7 +50,7 @@ def video_folds(table: pd.DataFrame, folds: int, seed: int) -> list[tuple[np.nda
     return list(splitter.split(np.zeros(len(table)), table["label"], groups=table["video_id"]))
 
 
-def _video_accuracy(probs: np.ndarray, classes: np.ndarray, labels: np.ndarray, videos: np.ndarray) -> float:
+def video_accuracy(probs: np.ndarray, classes: np.ndarray, labels: np.ndarray, videos: np.ndarray) -> float:
     frame = pd.DataFrame(probs, columns=classes)
     frame["video"] = videos
     mean = frame.groupby("video").mean()
@@ -70,7 +70,7 @@ def _fold_scores(x: np.ndarray, labels: np.ndarray, videos: np.ndarray, train: n
                                  ("knn", knn.classes_, knn.predict_proba(standardise(test)))):
         right = classes[probs.argmax(axis=1)] == labels[test]
         scores[name] = float(right.mean())
-        scores[f"{name}_video"] = _video_accuracy(probs, classes, labels[test], videos[test])
+        scores[f"{name}_video"] = video_accuracy(probs, classes, labels[test], videos[test])
         if name == "linear":
             for label in sorted(set(labels[test])):
                 scores[f"{CLASS_PREFIX}{label}"] = float(right[labels[test] == label].mean())
@@ -203,24 +203,36 @@ def calibration_on_data(loaded, data_dir: str | Path, device: str = "auto") -> d
     or the dataset no frames of the run's classes. `loaded`: the run (hico.inference.LoadedRun),
     whose checkpoint's embeddings table of the dataset is read (embedded on `device` if missing).
     {frames, ece_before, ece_after, temperature}."""
-    import torch
-
     from hico.calibration import expected_calibration_error, softmax
-    from hico.embed import level_matrix
 
     if loaded.model.classifier is None or not loaded.classes:
         return None
     table, _ = embed_dataset(loaded.run_dir, data_dir, checkpoint=loaded.checkpoint, device=device, progress=False)
-    index = {name: i for i, name in enumerate(loaded.classes)}
-    labels = np.array([index.get(label, -1) for label in table["label"]])
-    known = labels >= 0
-    if not known.any():
+    _, labels, logits = classifier_logits(loaded, table)
+    if logits is None:
         return None
+    fitted = loaded.calibration
+    temperature = fitted.temperature if fitted is not None else 1.0
+    return {"frames": int(len(labels)), "temperature": temperature,
+            "ece_before": expected_calibration_error(softmax(logits), labels),
+            "ece_after": expected_calibration_error(softmax(logits, temperature), labels)}
+
+
+def classifier_logits(loaded, table: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """The run's classifier on the frames of an embeddings table (of that run's checkpoint) whose
+    label is one of the run's classes: (their rows in the table M, class indices M, logits M x K),
+    the classifier applied to
+    the table's pooled C5 (`backbone`) as the model applies it. Logits None when no frame's label
+    is one of the run's classes, or the run has no classifier."""
+    import torch
+
+    index = {name: i for i, name in enumerate(loaded.classes)}
+    labels = np.array([index.get(label, -1) for label in table["label"]], dtype=np.int64)
+    known = labels >= 0
+    rows = np.flatnonzero(known)
+    if loaded.model.classifier is None or not known.any():
+        return rows, labels[known], None
     with torch.no_grad():
         backbone = torch.from_numpy(level_matrix(table, "backbone")[known]).to(loaded.device)
         logits = loaded.model.classifier(backbone).float().cpu().numpy()
-    fitted = loaded.calibration
-    temperature = fitted.temperature if fitted is not None else 1.0
-    return {"frames": int(known.sum()), "temperature": temperature,
-            "ece_before": expected_calibration_error(softmax(logits), labels[known]),
-            "ece_after": expected_calibration_error(softmax(logits, temperature), labels[known])}
+    return rows, labels[known], logits

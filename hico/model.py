@@ -4,7 +4,8 @@ Shapes, for an input of B x C x S x S (C is 1 for gray or 3 for colour):
     C2..C5  backbone stage outputs, strides 4, 8, 16, 32 (64..512 channels for ResNet-18)
     P2..P5  FPN maps with `fpn_dim` channels at the same strides
     local, medium, global   B x proj_dim projections of the three chosen levels
-    logits  B x classes, from the pooled C5 (only when the model has classes)
+    logits  B x classes, from the pooled C5 (only when the model has classes): an MLP (Linear,
+            ReLU, Linear) or, with classifier="linear", a single Linear layer
     probe_local, probe_medium, probe_global   B x classes: linear probes on each pooled level,
             trained on detached features (they watch the levels and never change them); their
             weights turn a level's map into a class activation map for saliency
@@ -170,7 +171,7 @@ class HiCoModel(nn.Module):
 
     def __init__(self, backbone: str = "resnet18", heads: str = "pooled", levels=("P2", "P3", "P5"),
                  input_size: int = 224, num_classes: int = 0, fpn_dim: int = 256,
-                 hidden_dim: int = 256, proj_dim: int = 256):
+                 hidden_dim: int = 256, proj_dim: int = 256, classifier: str = "mlp"):
         super().__init__()
         self.levels = tuple(levels)
         self.input_size = input_size
@@ -182,9 +183,12 @@ class HiCoModel(nn.Module):
             for name, lvl in zip(LEVELS, self.levels)
         })
         self.classifier = self.probes = None
+        if classifier not in ("mlp", "linear"):
+            raise ValueError(f"classifier must be mlp or linear, got {classifier!r}")
         if num_classes > 0:
-            self.classifier = nn.Sequential(nn.Linear(self.trunk.channels[3], 256), nn.ReLU(inplace=True),
-                                            nn.Linear(256, num_classes))
+            c5 = self.trunk.channels[3]
+            self.classifier = (nn.Sequential(nn.Linear(c5, num_classes)) if classifier == "linear" else
+                               nn.Sequential(nn.Linear(c5, 256), nn.ReLU(inplace=True), nn.Linear(256, num_classes)))
             self.probes = nn.ModuleDict({name: nn.Linear(fpn_dim, num_classes) for name in LEVELS})
         self._init_weights()
 
@@ -240,11 +244,17 @@ class HiCoModel(nn.Module):
 def build_model(cfg: Config, num_classes: int) -> HiCoModel:
     m = cfg.model
     return HiCoModel(m.backbone, m.heads, tuple(m.levels), cfg.data.size, num_classes,
-                     m.fpn_dim, m.hidden_dim, m.proj_dim)
+                     m.fpn_dim, m.hidden_dim, m.proj_dim, m.classifier)
 
 
 def architecture(cfg: Config, num_classes: int) -> dict:
     """What must match for a checkpoint to load into a model."""
     m = cfg.model
     return {"backbone": m.backbone, "heads": m.heads, "levels": list(m.levels), "input_size": cfg.data.size,
-            "num_classes": num_classes, "fpn_dim": m.fpn_dim, "hidden_dim": m.hidden_dim, "proj_dim": m.proj_dim}
+            "num_classes": num_classes, "fpn_dim": m.fpn_dim, "hidden_dim": m.hidden_dim, "proj_dim": m.proj_dim,
+            "classifier": m.classifier}
+
+
+def encoder_parameters(model: HiCoModel) -> list[nn.Parameter]:
+    """The trunk's and pyramid's parameters: what fine-tuning trains at train.backbone_lr."""
+    return [*model.trunk.parameters(), *model.fpn.parameters()]

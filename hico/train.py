@@ -38,7 +38,7 @@ from hico.inference import embed_frames, freeze, resolve_device
 from hico.io import ClipLimits
 from hico.losses import TERMS, HiCoLoss, probe_loss
 from hico.metrics import MetricWindow
-from hico.model import architecture, build_model
+from hico.model import architecture, build_model, encoder_parameters
 from hico.paths import expand_path, hico_home
 from hico.runs import Run
 from hico.spectrum import effective_ranks
@@ -74,9 +74,11 @@ def prepare_data(cfg: Config, progress: bool = True, dataset: Dataset | None = N
     note = held_out_note(splits, d.val_fraction)
     if note:
         log.warning(note)
-    keep = labelled_mask(dataset, d.label_fraction, cfg.train.seed)
+    keep = labelled_mask(dataset, d.label_fraction, cfg.train.seed, splits)
     labels = np.array([dataset.label_index(c) if keep[i] else -1 for i, c in enumerate(dataset.clips)], dtype=np.int64)
     train_idx = np.array([i for i, s in enumerate(splits) if s == "train"], dtype=np.int64)
+    if cfg.loss.mode == "supervised":  # nothing to learn from an unlabelled video: train on the labelled share only
+        train_idx = train_idx[labels[train_idx] >= 0]
     val_idx = np.array([i for i, s in enumerate(splits) if s == "val"], dtype=np.int64)
     order = np.concatenate([train_idx, val_idx])
     cache_dir = expand_path(d.cache_dir) if d.cache_dir else None
@@ -184,15 +186,14 @@ class Trainer:
         self.raw_model = self.model  # what checkpoints hold; self.model may be its DDP wrapper
         self.loss_fn = HiCoLoss.from_config(cfg)
         self.graphed = self._graphed()
-        # A captured step reads the learning rate from a device tensor that the host sets in place.
         self.optimizer = torch.optim.Adam(
-            self.model.parameters(), lr=torch.tensor(t.lr, device=self.device) if self.graphed else t.lr,
-            weight_decay=t.weight_decay, **({"fused": True} if self.cuda else {}),
+            self._param_groups(), weight_decay=t.weight_decay, **({"fused": True} if self.cuda else {}),
             **({"capturable": True} if self.graphed else {}))
         self.captured = CapturedStep(self._update, self.optimizer) if self.graphed else None
         self.cache = self.data.cache = self._place_cache(self.data.cache)  # no host copy kept once on the GPU
         self.labels = torch.from_numpy(self.data.labels[np.concatenate([self.data.train_idx, self.data.val_idx])])
         self.step, self.best_val, self.best_step, self.lr = 0, float("inf"), None, t.lr
+        self.stale = 0  # validations since the best held-out score (train.patience)
         if resume:
             self._resume()
         if self.main:  # a resumed run drops the snapshots after its step; a new one any left before it
@@ -205,6 +206,37 @@ class Trainer:
                 net, device_ids=[self.device.index] if self.cuda else None)
         if t.compile != "none":  # compiled on the first step; checkpoints keep holding raw_model's weights
             self.model = torch.compile(self.model, mode=None if t.compile == "default" else t.compile)
+
+    def _param_groups(self) -> list[dict]:
+        """Adam's parameter groups, each with its `lr_scale` (of train.lr): one group of every
+        parameter, as runs always had; with train.backbone_lr below 1, the trunk and pyramid in a
+        group of their own at that share; with train.freeze_encoder, trunk, pyramid and projection
+        heads left out and frozen (the classifier and the level probes train). A captured step
+        reads each group's learning rate from a device tensor of its own that the host sets in place."""
+        t, model = self.cfg.train, self.raw_model
+        encoder = encoder_parameters(model)
+        if t.freeze_encoder:
+            for p in (*encoder, *model.heads.parameters()):
+                p.requires_grad_(False)
+            groups = [{"params": [p for p in model.parameters() if p.requires_grad], "lr_scale": 1.0}]
+        elif t.backbone_lr < 1.0:
+            own = {id(p) for p in encoder}
+            groups = [{"params": [p for p in model.parameters() if id(p) not in own], "lr_scale": 1.0},
+                      {"params": encoder, "lr_scale": t.backbone_lr}]
+        else:
+            groups = [{"params": list(model.parameters()), "lr_scale": 1.0}]
+        for group in groups:
+            lr = t.lr * group["lr_scale"]
+            group["lr"] = torch.tensor(lr, device=self.device) if self.graphed else lr
+        return groups
+
+    def _train_mode(self) -> None:
+        """The model in training mode, but a frozen encoder (train.freeze_encoder) in eval mode, so
+        that its batch-norm statistics stay those it was pretrained with."""
+        self.model.train()
+        if self.cfg.train.freeze_encoder:
+            for part in (self.raw_model.trunk, self.raw_model.fpn, self.raw_model.heads):
+                part.eval()
 
     def _graphed(self) -> bool:
         """Whether each step runs as a captured CUDA graph (train.cuda_graph, hico.graph_step): on
@@ -254,6 +286,7 @@ class Trainer:
         self.step = int(state["step"])
         self.best_val = float(state.get("best_val", float("inf")))
         self.best_step = state.get("best_step")
+        self.stale = int(state.get("stale", 0))
         runs.truncate_metrics(self.run_dir, self.step)
         log.info("resumed %s at step %d", self.run_dir, self.step)
 
@@ -296,11 +329,12 @@ class Trainer:
         t = self.cfg.train
         self.lr = t.lr * lr_factor(self.step, self.total_steps, self.warmup_steps, t.warmup)
         for group in self.optimizer.param_groups:
+            lr = self.lr * group.get("lr_scale", 1.0)
             if isinstance(group["lr"], torch.Tensor):
-                group["lr"].fill_(self.lr)  # in place: a captured step reads this tensor
+                group["lr"].fill_(lr)  # in place: a captured step reads this tensor
             else:
-                group["lr"] = self.lr
-        self.model.train()
+                group["lr"] = lr
+        self._train_mode()
         if self.captured is not None:
             terms = self.captured(v1, v2, labels)
         else:
@@ -342,7 +376,7 @@ class Trainer:
                         step, watched["video_id"], watched["frame"], watched["label"],
                         np.where(watched["held_out"], "val", "train"), vectors))
         finally:
-            self.raw_model.train()
+            self._train_mode()
         return fields
 
     def _held_out_loss(self) -> float:
@@ -435,7 +469,7 @@ class Trainer:
         state = None
         if with_state:
             state = {"optimizer": portable_state(self.optimizer.state_dict()), "step": self.step,
-                     "best_val": self.best_val, "best_step": self.best_step}
+                     "best_val": self.best_val, "best_step": self.best_step, "stale": self.stale}
         save_checkpoint(Run(self.run_dir).checkpoints, name, self.raw_model, self.sidecar(metrics), state)
 
     def _line_fields(self) -> dict:
@@ -445,6 +479,21 @@ class Trainer:
             fields["gpu_mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
             fields.update(_gpu_utilisation(self.device))
         return fields
+
+    def held_out_score(self, line: dict) -> float | None:
+        """What picks the `best` checkpoint and ends a run early (train.patience), lower being
+        better: the held-out contrastive loss, or for loss.mode=supervised (a classifier trained
+        from scratch or fine-tuned) the held-out classifier's error, 1 - val_acc. None when the
+        validation measured neither."""
+        if self.cfg.loss.mode == "supervised":
+            accuracy = line.get("val_acc")
+            return None if accuracy is None else 1.0 - accuracy
+        return line.get("val_contrastive")
+
+    @property
+    def out_of_patience(self) -> bool:
+        patience = self.cfg.train.patience
+        return bool(patience) and self.best_step is not None and self.stale >= patience
 
     def _record(self, line: dict, metrics_file, bar, validate: bool) -> None:
         """One window's means as a metrics.jsonl line (validated first when asked); keeps it as
@@ -458,10 +507,12 @@ class Trainer:
             started = time.perf_counter()
             line.update(self.validate(line["step"]))
             line["val_s"] = time.perf_counter() - started
-            val = line.get("val_contrastive")
+            val = self.held_out_score(line)
             if val is not None and val < self.best_val:
-                self.best_val, self.best_step = val, line["step"]
+                self.best_val, self.best_step, self.stale = val, line["step"], 0
                 self.save("best", line, with_state=False)
+            elif val is not None:
+                self.stale += 1
         if self.main:
             metrics_file.write(json.dumps(line) + "\n")
             metrics_file.flush()
@@ -478,13 +529,18 @@ class Trainer:
                               device=str(self.device), error=None, ranks=self.world.size, stopped_by=None)
         window = MetricWindow(METRIC_TERMS, self.device)
         started = time.perf_counter()
-        steps_done, state, stopped_by = 0, "finished", None
+        steps_done, state, stopped_by, early = 0, "finished", None, None
         self.last_metrics = {}
         bar = tqdm(total=self.total_steps, initial=self.step, desc="training", unit="step",
                    disable=not self.progress, dynamic_ncols=True)
         log_file = (run_dir / runs.METRICS).open("a") if self.main else contextlib.nullcontext()
         with _StopFlag(run_dir) as stop, log_file as metrics_file:
             while self.step < self.total_steps:
+                if self.out_of_patience:  # a planned end: the run is finished, its best checkpoint chosen
+                    early = self.step
+                    log.info("stopped early at step %d: no better held-out score in %d validations (best at step %s)",
+                             self.step, self.stale, self.best_step)
+                    break
                 # Several ranks agree on stopping through a collective, which waits for the device:
                 # they ask at log points only. A single process looks every step, for free.
                 if self.world.size == 1 or self.step % t.log_every == 0:
@@ -526,9 +582,13 @@ class Trainer:
                    "epochs": self.step / self.steps_per_epoch, "steps_this_session": steps_done,
                    "elapsed_s": elapsed, "images_per_s": 2 * self.global_batch * steps_done / max(elapsed, 1e-9),
                    "train_videos": self.n_train, "val_videos": len(self.data.val_idx),
-                   "classes": self.classes, "best_val_contrastive": None if self.best_step is None else self.best_val,
-                   "best_step": self.best_step, "device": str(self.device),
+                   "classes": self.classes, "best_step": self.best_step, "stopped_early_at": early, "device": str(self.device),
                    "cuda_graph": self.step_captured, "final": self.last_metrics, "stopped_by": stopped_by}
+        best = None if self.best_step is None else self.best_val
+        if self.cfg.loss.mode == "supervised":
+            summary["best_val_acc"] = None if best is None else 1.0 - best
+        else:
+            summary["best_val_contrastive"] = best
         if self.main and state == "finished":
             summary["calibration"] = self._measure_held_out()
         if self.main:

@@ -14,6 +14,8 @@ held-out videos' frames:
                            backbone.
     val_probe_acc_<level>  the model's own linear probe of that level (probe_<level>), argmax
                            against the frame's class. Only for models with classes.
+    val_acc                the model's classifier (logits), argmax against the frame's class: what
+                           Diagnose predicts with. Only for models with classes.
 
 Accuracies are over held-out frames with a class and use every clip's class, also where
 `data.label_fraction` withheld it from training (as `hico eval` does): they measure the
@@ -85,7 +87,7 @@ def level_accuracies(vectors: dict[str, np.ndarray], labels: np.ndarray, held_ou
     vectors: {column: M x d} as `embed_frames` returns them (local, medium, global, backbone and,
     for a model with classes, probe_<level>: M x K logits); labels: M int, class index or -1 for
     a frame without a class; held_out: M bool, the frame's video is held out. Returns
-    {val_knn_acc_<level>: float, val_probe_acc_<level>: float} in [0, 1]; {} without labelled
+    {val_knn_acc_<level>: float, val_probe_acc_<level>: float, val_acc: float} in [0, 1]; {} without labelled
     held-out frames, and no kNN fields without labelled training frames.
     """
     labels, held_out = np.asarray(labels, np.int64), np.asarray(held_out, bool)
@@ -99,6 +101,8 @@ def level_accuracies(vectors: dict[str, np.ndarray], labels: np.ndarray, held_ou
             if level in vectors:
                 predicted = knn_predict(vectors[level][train], labels[train], vectors[level][test], k)
                 fields[f"val_knn_acc_{level}"] = float((predicted == labels[test]).mean())
+    if "logits" in vectors:
+        fields["val_acc"] = float((vectors["logits"][test].argmax(axis=1) == labels[test]).mean())
     for level in PROBE_LEVELS:
         logits = vectors.get(f"probe_{level}")
         if logits is not None:

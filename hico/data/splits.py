@@ -54,11 +54,20 @@ def assign_splits(dataset: Dataset, val_fraction: float, seed: int) -> list[str]
     return splits
 
 
-def labelled_mask(dataset: Dataset, label_fraction: float, seed: int) -> list[bool]:
+def labelled_mask(dataset: Dataset, label_fraction: float, seed: int, splits: list[str] | None = None) -> list[bool]:
     """Which clips keep their label: `label_fraction` of the labelled videos of each class
-    (at least one per class when the fraction is above 0), chosen with `seed`."""
+    (at least one per class when the fraction is above 0), chosen with `seed`.
+
+    Given the clips' `splits` (assign_splits), the share is taken of each class's *training*
+    videos, so that every class keeps a labelled video to train on, and clips outside training
+    (held-out videos, which are only ever measured on) keep their labels.
+    """
     keep = [False] * len(dataset.clips)
     labelled = [i for i, c in enumerate(dataset.clips) if c.label is not None]
+    if splits is not None:
+        for i in labelled:
+            keep[i] = splits[i] != "train"
+        labelled = [i for i in labelled if splits[i] == "train"]
     rng = np.random.default_rng([seed, 29])
     for label, members in sorted(_by_class(dataset, labelled).items()):
         n = int(round(label_fraction * len(members)))
