@@ -54,14 +54,19 @@ HEAD_SETTINGS = {
 }
 
 
-def finetune_config(source: Run, data_root: str = "", head: str = "full", overrides: list[str] | None = None) -> Config:
+def finetune_config(source: Run, data_root: str = "", head: str = "full", overrides: list[str] | None = None,
+                    checkpoint: str = "auto") -> Config:
     """The config of a fine-tune of `source` on `data_root` (default: the source's own dataset).
 
     Keeps the source's model and data preparation; sets loss.mode=supervised, the head's settings
     (HEAD_SETTINGS), FINETUNE_STEPS steps with FINETUNE_VALIDATIONS validations and
-    FINETUNE_PATIENCE, every label used (data.label_fraction=1); then applies `overrides`."""
+    FINETUNE_PATIENCE, every label used (data.label_fraction=1); then applies `overrides`.
+    HiCoError when the source has no config or no such checkpoint, or a value is wrong."""
     if head not in HEADS:
         raise HiCoError(f"--head must be one of {', '.join(HEADS)}, got {head!r:.40}.")
+    if not source.config_file.is_file():
+        raise HiCoError(f"Run {source.path} does not exist or has no config.yaml.")
+    source.checkpoint(checkpoint)  # a run without that checkpoint is refused before anything is written
     values = source.config.to_dict()
     values["data"]["root"] = data_root or values["data"]["root"]
     values["data"]["label_fraction"] = 1.0
@@ -114,28 +119,31 @@ def default_run_dir(source: Run, head: str) -> Path:
     return hico_home() / "runs" / f"{source.name}-ft-{head}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def prepare(source: str | Path | Run, run_dir: str | Path, data_root: str = "", head: str = "full",
-            overrides: list[str] | None = None, checkpoint: str = "auto") -> Config:
-    """Check everything, then make the fine-tune's folder: init.safetensors, finetune.json and
-    config.yaml (model.weights naming the copy). Returns the config for hico.train.train.
-    HiCoError (and no folder) when the source, the dataset or an override is wrong."""
-    from hico.train import check_config
-
-    source = Run.of(source)
-    run_dir = Path(run_dir).expanduser()
-    if not source.config_file.is_file():
-        raise HiCoError(f"Run {source.path} does not exist or has no config.yaml.")
-    source.checkpoint(checkpoint)  # a run without that checkpoint is refused before anything is written
-    if Run(run_dir).checkpoints.exists():
-        raise HiCoError(f"Run folder {run_dir} already holds a run; pick another --run-dir.")
-    cfg = finetune_config(source, data_root, head, overrides)
-    check_config(cfg)  # device, dataset, labels: before the folder exists
+def write_run(source: Run, run_dir: Path, cfg: Config, checkpoint: str = "auto") -> Config:
+    """Make the fine-tune's folder from its config (finetune_config, checked): init.safetensors,
+    finetune.json and config.yaml with model.weights naming the copy. Returns that config, which
+    `hico train --config RUN_DIR/config.yaml --run-dir RUN_DIR` (the app) or hico.train.train trains."""
     write_init(source, run_dir, checkpoint)
     values = cfg.to_dict()
     values["model"]["weights"] = str(run_dir / INIT)
     cfg = config_mod.from_dict(values)
     config_mod.save(cfg, run_dir / runs.CONFIG)
     return cfg
+
+
+def prepare(source: str | Path | Run, run_dir: str | Path, data_root: str = "", head: str = "full",
+            overrides: list[str] | None = None, checkpoint: str = "auto") -> Config:
+    """Check everything, then make the fine-tune's folder (write_run). Returns the config for
+    hico.train.train. HiCoError (and no folder) when the source, the dataset or an override is wrong."""
+    from hico.train import check_config
+
+    source = Run.of(source)
+    run_dir = Path(run_dir).expanduser()
+    cfg = finetune_config(source, data_root, head, overrides, checkpoint)
+    if Run(run_dir).checkpoints.exists():
+        raise HiCoError(f"Run folder {run_dir} already holds a run; pick another --run-dir.")
+    check_config(cfg)  # device, dataset, labels: before the folder exists
+    return write_run(source, run_dir, cfg, checkpoint)
 
 
 def finetune(source: str | Path | Run, run_dir: str | Path, data_root: str = "", head: str = "full",
