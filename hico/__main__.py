@@ -84,7 +84,6 @@ def cmd_finetune(args) -> int:
 
     source = Run(args.run)
     run_dir = Path(args.run_dir).expanduser() if args.run_dir else default_run_dir(source, args.head)
-    print(f"run folder: {run_dir}", file=sys.stderr)
     summary = finetune(source, run_dir, args.data, head=args.head, overrides=args.overrides,
                        checkpoint=args.checkpoint)
     return report_training(summary, run_dir)
