@@ -206,7 +206,8 @@ def write_card(loaded: LoadedRun, path: Path, files: dict[str, Path], check: dic
               f"- Loss: {cfg.loss.mode} (peer {cfg.loss.peer_weight}, cross {cfg.loss.cross_weight}, supervised "
               f"{cfg.loss.sup_weight}, temperature {cfg.loss.temperature}).",
               f"- {summary.get('step', loaded.step)} steps of batch {cfg.train.batch_size}, lr {cfg.train.lr:g}, "
-              f"{cfg.train.epochs} epochs planned, seed {cfg.train.seed}.", "",
+              f"{cfg.train.epochs} epochs planned, seed {cfg.train.seed}.",
+              *_finetune_lines(run_dir, cfg, summary), "",
               "## Held-out accuracy per level", ""]
     accuracy = [(view, row.get(f"val_knn_acc_{view}"), row.get(f"val_probe_acc_{view}"), row.get(f"val_rank_{view}"))
                 for view in VIEWS]
@@ -243,6 +244,25 @@ def write_card(loaded: LoadedRun, path: Path, files: dict[str, Path], check: dic
                 if Path(cfg.data.root or "").name == "synth" else []), ""]
     write_text(path, "\n".join(lines))
     return path
+
+
+def _finetune_lines(run_dir: Path, cfg, summary: dict) -> list[str]:
+    """What a fine-tuned run (hico.finetune) came from and how it was tuned; [] for any other run."""
+    from hico.finetune import read_source
+
+    source = read_source(run_dir)
+    if source is None:
+        return []
+    head = ("a linear head on the frozen encoder" if cfg.train.freeze_encoder else
+            f"the whole network, the backbone at {cfg.train.backbone_lr:g} of the learning rate")
+    lines = [f"- Fine-tuned from run `{source.get('run')}` (checkpoint `{source.get('checkpoint')}` at step "
+             f"{source.get('step')}, pretrained with loss {source.get('mode')}, labels on "
+             f"{float(source.get('label_fraction', 0)):.0%} of its training videos): {head}."]
+    if summary.get("best_val_acc") is not None:
+        lines.append(f"- Held-out classifier accuracy {summary['best_val_acc']:.3f} at step {summary.get('best_step')}"
+                     + (f"; stopped early at step {summary['stopped_early_at']} (train.patience "
+                        f"{cfg.train.patience})." if summary.get("stopped_early_at") is not None else "."))
+    return lines
 
 
 def _figure(value, spec: str = ".3f") -> str:
