@@ -73,8 +73,8 @@ def report_training(summary: dict, run_dir: Path, main_rank: bool = True) -> int
         print(f"stopped early at step {summary['stopped_early_at']} (train.patience)")
     print(f"run folder: {run_dir}")
     if code:
-        print(f"hico: stopped before step {summary['total_steps']}; continue it with "
-              f"python -m hico train --resume {run_dir}", file=sys.stderr)
+        print(f"hico: stopped before step {summary['total_steps']}; continue it with --resume {run_dir} "
+              f"(python -m hico train --resume {run_dir})", file=sys.stderr)
     return code
 
 

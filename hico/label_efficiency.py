@@ -367,7 +367,9 @@ def figure(summary: pd.DataFrame, curves: pd.DataFrame):
                 hovertemplate=f"{mode}, %{{x:g}} % labels (%{{customdata[0]}} videos): %{{y:.3f}}"
                               + (" (%{customdata[1]})" if protocol == "probe" else "") + "<extra></extra>"),
                 row=1, col=col)
-        fig.update_xaxes(type="log", title_text="labelled training videos (%)", row=1, col=col)
+        shares = sorted(set(summary["share"]))
+        fig.update_xaxes(type="log", title_text="labelled training videos", tickvals=[100 * s for s in shares],
+                         ticktext=[f"{share_tag(s)} %" for s in shares], row=1, col=col)
     dashes = {}
     for (mode, share), part in curves.groupby(["mode", "share"], sort=False):
         name = curve_name(mode, share)
@@ -377,9 +379,9 @@ def figure(summary: pd.DataFrame, curves: pd.DataFrame):
                                  showlegend=False, line={"color": colours[mode], "dash": dash},
                                  hovertemplate=f"{name}, step %{{x}}: %{{y:.3f}}<extra></extra>"), row=1, col=3)
     fig.update_xaxes(title_text="step", row=1, col=3)
-    fig.update_yaxes(range=[0, 1], title_text="accuracy on unseen clips", row=1, col=1)
-    fig.update_yaxes(range=[0, 1], row=1, col=2)
-    fig.update_yaxes(range=[0, 1], title_text="held-out accuracy", row=1, col=3)
+    fig.update_yaxes(range=[0, 1.02], title_text="accuracy on unseen clips", row=1, col=1)
+    fig.update_yaxes(range=[0, 1.02], row=1, col=2)
+    fig.update_yaxes(range=[0, 1.02], title_text="held-out accuracy", row=1, col=3)
     fig.update_layout(legend={"title": "mode"}, height=440, margin={"t": 60},
                       title="Accuracy against labelled share, and against pretraining steps (dotted/dashed: "
                             "label shares of hico-sup and supervised)")

@@ -76,7 +76,7 @@ def test_tables_plot_and_convergence(study):
     assert "| mode | 25 % | 100 % |" in text and "Fine-tuned (2 steps, full network)" in text
     assert "Labelled videos per share: 25 %: 2, 100 %: 8." in text
     html = (plan.out_dir / "compare.html").read_text()
-    assert "Held-out kNN accuracy while pretraining" in html and "labelled training videos (%)" in html
+    assert "Held-out kNN accuracy while pretraining" in html and "labelled training videos" in html
     curves = pd.read_csv(plan.out_dir / "convergence.csv")
     # 3 validations of hico (label-free: share 0) and of each share's supervised run
     assert len(curves) == 3 * (1 + 2) and set(curves["step"]) == {1, 2, 3}
