@@ -1,4 +1,4 @@
-"""The training processes behind the Train tab: start, resume, stop, and stop on the app's exit.
+"""The training processes behind the Train tab: start, fine-tune, resume, stop, and stop on the app's exit.
 
 A run is `python -m hico train` in a child process (a crash there never takes the app down).
 Whether a run is alive, its step and its error are read from its folder (`hico.runs`): the
@@ -14,12 +14,15 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from hico import config as config_mod
 from hico import runs
+from hico.config import Config
 from hico.errors import HiCoError
 from hico.folders import set_aside
+from hico.runs import Run
 
 from app.limits import Caps
 
@@ -55,19 +58,47 @@ class Jobs:
         Raises HiCoError (with the reason) for a bad value, a cap passed, a run that will not fit,
         a missing dataset, or while another run is training; nothing is written then.
         """
+        cfg = self._admitted(values)
+        return self._launch(name or f"{cfg.loss.mode}-{time.strftime('%Y%m%d-%H%M%S')}", owner,
+                            lambda run_dir: config_mod.save(cfg, run_dir / runs.CONFIG))
+
+    def finetune(self, source: Path, cfg: Config, head: str, name: str | None = None, owner: str | None = None,
+                 checkpoint: str = "auto") -> Path:
+        """Fine-tune the run in `source` (hico.finetune) as a new run, trained like any other: `cfg`
+        is its checked config (hico.finetune.finetune_config), to which the caps are applied as to a
+        new run's. The folder (default name `<source>-ft-<head>`) gets the source's encoder, where
+        it came from and config.yaml (hico.finetune.write_run). HiCoError as for start()."""
+        from hico.finetune import write_run
+
+        cfg, source = self._admitted(cfg.to_dict()), Run(source)
+        return self._launch(name or f"{source.name[:100]}-ft-{head}", owner,
+                            lambda run_dir: write_run(source, run_dir, cfg, checkpoint))
+
+    def _admitted(self, values: dict) -> Config:
+        """The config of a new run: the operator's caps applied, the config's bounds checked, its
+        dataset read and its memory estimate within what the device has (HiCoError otherwise)."""
         from hico.train import check_config  # imports torch: only when a run starts
 
         cfg = config_mod.from_dict(self.caps.check(values))
         self._refuse_if_too_big(cfg, check_config(cfg))
+        return cfg
+
+    def _launch(self, base: str, owner: str | None, write: Callable[[Path], object]) -> Path:
+        """Under the start lock, unless a run trains: a new folder RUNS_DIR/base (base-2, base-3, ...
+        when taken), filled by `write(folder)` (config.yaml at least; the folder is removed if it
+        fails), its owner recorded, and `hico train` on it in a child process."""
         with runs.serialised(self.runs_dir / ".jobs.lock"):
             self._refuse_if_busy()
-            base = name or f"{cfg.loss.mode}-{time.strftime('%Y%m%d-%H%M%S')}"
             run_dir, n = self.runs_dir / base, 1
             while run_dir.exists():
                 n += 1
                 run_dir = self.runs_dir / f"{base}-{n}"
             run_dir.mkdir(parents=True)
-            config_mod.save(cfg, run_dir / runs.CONFIG)
+            try:
+                write(run_dir)
+            except BaseException:
+                shutil.rmtree(run_dir, ignore_errors=True)
+                raise
             if owner:
                 runs.write_owner(run_dir, owner)
             self._spawn(run_dir, ["--config", str(run_dir / runs.CONFIG), "--run-dir", str(run_dir)])

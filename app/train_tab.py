@@ -1,5 +1,5 @@
-"""The Train tab: what it and the /start_training, /training_status, /stop_training endpoints do
-(plain functions over a `Jobs` runner), and its layout and handlers (`TrainTab`, at the end).
+"""The Train tab: what it and the /start_training, /finetune, /training_status, /stop_training
+endpoints do (plain functions over a `Jobs` runner), and its layout and handlers (`TrainTab`, at the end).
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from hico.archive import NAME, Room, dataset_name, dataset_owner, folder_bytes, 
 from hico.config import LOSS_MODES
 from hico.errors import HiCoError
 from hico.files import byte_size
+from hico.finetune import FINETUNE_STEPS, HEADS, finetune_config
 from hico.folders import set_aside
 from hico.paths import expand_path
 from hico.runs import Run, list_runs, read_run, serialised
@@ -144,6 +145,46 @@ def start_training(jobs: Jobs, access: Access, resume: str, form: TrainForm, use
     run_dir = jobs.start(values, owner=user)
     note = " The demo model paused at its checkpoint and continues when no run is training." if yielded else ""
     return run_dir, f"Started **{run_dir.name}**.{note}"
+
+
+FINETUNE_HEADS = {"full": "the whole network", "linear": "a linear head on frozen features"}  # each of HEADS
+
+
+def start_finetune(jobs: Jobs, access: Access, source_name: str, dataset: str = "", head: str = "full",
+                   label_fraction: float = 1.0, user: str | None = None, steps: int = 0) -> tuple[Path, str]:
+    """Fine-tune the run called `source_name` (hico.finetune) into a new run, trained like any
+    other: on `dataset` (one this app may read; empty: the run's own, checked again as a resumed
+    run's is), training `head` (full or linear) on `label_fraction` (above 0, at most 1) of its
+    training videos, for at most `steps` steps (0: hico.finetune's FINETUNE_STEPS; it ends sooner
+    once held-out accuracy stops improving). Reading a run is anyone's, so any user may fine-tune
+    any run; the new run is theirs (`user`). Returns (its folder, a sentence for the page)."""
+    source = Run(access.run(source_name))
+    if head not in HEADS:
+        raise HiCoError(f"The head must be one of {', '.join(HEADS)}, got {head!r:.40}.")
+    fraction = _number("labelled fraction", label_fraction)
+    if not 0 < fraction <= 1:
+        raise HiCoError(f"The labelled fraction must be above 0 and at most 1, got {fraction:g}.")
+    steps = _int("number of steps", steps or 0)
+    if steps < 0:
+        raise HiCoError(f"The number of steps must be 0 (the fine-tune's default) or more, got {steps}.")
+    root = access.dataset((dataset or "").strip() or source.config.data.root)
+    overrides = [f"data.label_fraction={fraction}"] + ([f"train.max_steps={steps}"] if steps else [])
+    cfg = finetune_config(source, str(root), head, overrides)
+    jobs.caps.check(cfg.to_dict())  # a cap passed is refused before the demo is asked to make room
+    yielded = yield_demo(jobs)
+    run_dir = jobs.finetune(source.path, cfg, head, owner=user)
+    share = f"{fraction * 100:.3g}% of " if fraction < 1 else ""
+    note = " The demo model paused at its checkpoint and continues when no run is training." if yielded else ""
+    return run_dir, (f"Started **{run_dir.name}**: {FINETUNE_HEADS[head]} of {source.name} fine-tuned on {share}the "
+                     f"labelled videos of {root.name}, for at most {cfg.train.max_steps} steps.{note}")
+
+
+def run_dataset(access: Access, name: str):
+    """The dataset a run trained on (the fine-tune's default when the run is chosen), or no change."""
+    try:
+        return Run(access.run(name)).config.data.root or gr.update()
+    except HiCoError:
+        return gr.update()
 
 
 def run_epochs(access: Access, name: str):
@@ -409,7 +450,7 @@ def run_comparison(access: Access, names: str, metrics_cache: MetricsCache | Non
 
 
 class TrainTab:
-    """Train: the form, Start/Stop, the live progress bar and curves, the run list.
+    """Train: the form, Start/Stop, Fine-tune, the live progress bar and curves, the run list.
 
     Mixed into `app.ui.HiCoApp`; uses its shared state (`jobs`, `access`, `home`)."""
 
@@ -563,6 +604,31 @@ class TrainTab:
                 "encoder": gr.FileData(path=str(written["state_dict"])),
                 "card": gr.FileData(path=str(written["card"]))}
 
+    def finetune_chosen_run(self, name, dataset, head, label_fraction, steps, request: gr.Request):
+        """The Fine-tune button: a sentence, and the Show choice on the new run (the progress panel
+        follows it as any run started here)."""
+        try:
+            run_dir, message = start_finetune(self.jobs, self.access, name, dataset, head, label_fraction,
+                                              Owners.user(request), steps)
+        except HiCoError as exc:
+            return f"⚠️ {exc}", gr.update()
+        return message, gr.update(choices=shown_choices(self.jobs), value=run_dir.name)
+
+    def api_finetune(self, run: str = "", dataset: str = "", head: str = "full", label_fraction: float = 1.0,
+                     steps: int = 0, request: gr.Request = None) -> StartReply:
+        """Fine-tune a run into a new one (hico finetune), trained as /start_training's are: on
+        dataset ("": the run's own), head full (the whole network, its backbone at a tenth of the
+        learning rate) or linear (one layer on frozen features), on label_fraction (0 to 1] of the
+        training videos, for at most steps steps (0: the default, 300; it ends early once held-out
+        accuracy stops improving); returns {ok, message, run}. Any user may fine-tune any run; the
+        new run is theirs."""
+        try:
+            run_dir, message = start_finetune(self.jobs, self.access, run, dataset, head, label_fraction,
+                                              Owners.user(request), steps)
+        except HiCoError as exc:
+            return {"ok": False, "message": str(exc), "run": None}
+        return {"ok": True, "message": message.replace("**", ""), "run": run_dir.name}
+
     def api_compare(self, runs: str = "") -> CompareReply:
         """Held-out accuracy per level of several runs (comma-separated names), latest and over
         steps: {ok, message, runs: [{run, mode, seed, state, step, latest, series}]}."""
@@ -620,6 +686,27 @@ class TrainTab:
                     stop = gr.Button("Stop", variant="stop", elem_id="stop-training")
                 gr.Markdown(self.jobs.caps.describe(), elem_id="train-limits")
                 message = gr.Markdown(elem_id="train-message")
+                with gr.Accordion("Fine-tune a run", open=False, elem_id="finetune"):
+                    gr.Markdown("Trains a classifier for a labelled dataset from a run's pretrained encoder, as "
+                                "`hico finetune` does: the whole network (its backbone at a tenth of the learning "
+                                "rate) or one linear layer on frozen features, a label-free run's too. It ends early "
+                                "once held-out accuracy stops improving and is a run like any other: shown on the "
+                                "right while it trains, then in Explore and Diagnose.")
+                    with gr.Row():
+                        tuned = gr.Dropdown(self.model_runs(), value=None, label="Run to fine-tune",
+                                            elem_id="finetune-run")
+                        tuned_data = self.dataset_dropdown(value="", label="Labelled dataset",
+                                                           info="default: the one the run trained on",
+                                                           elem_id="finetune-dataset")
+                    head = gr.Radio([("Full network", "full"), ("Linear head", "linear")], value="full",
+                                    label="Train", elem_id="finetune-head")
+                    with gr.Row():
+                        tuned_fraction = gr.Number(1.0, label="Labelled fraction", info="of the training videos",
+                                                   elem_id="finetune-fraction")
+                        tuned_steps = gr.Number(FINETUNE_STEPS, label="Steps", precision=0, elem_id="finetune-steps",
+                                                info="at most")
+                    finetune = gr.Button("Fine-tune", elem_id="finetune-start")
+                    tuned_message = gr.Markdown(elem_id="finetune-message")
             with gr.Column(scale=3, min_width=420):
                 shown = gr.Dropdown(shown_choices(self.jobs), value=LIVE, label="Show",
                                     info="the run training now, or one run: a run you start stays shown, "
@@ -658,6 +745,10 @@ class TrainTab:
         doomed.focus(lambda: gr.update(choices=run_names(self.jobs)), None, doomed, api_visibility="private")
         export.click(self.export_chosen_run, exported, [export_files, message], api_visibility="private")
         exported.focus(lambda: gr.update(choices=self.model_runs()), None, exported, api_visibility="private")
+        finetune.click(self.finetune_chosen_run, [tuned, tuned_data, head, tuned_fraction, tuned_steps],
+                       [tuned_message, shown], api_visibility="private")
+        tuned.focus(self.refresh_choices, None, tuned, api_visibility="private")
+        tuned.change(lambda name: run_dataset(self.access, name), tuned, tuned_data, api_visibility="private")
         resume.change(lambda name: run_epochs(self.access, name), resume, epochs, api_visibility="private")
         archive.upload(self.add_dataset, [archive, new_name], [message, dataset, doomed_dataset],
                        api_visibility="private")

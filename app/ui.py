@@ -40,8 +40,8 @@ log = logging.getLogger(__name__)
 
 EXAMPLES = REPO / "assets" / "examples"
 # the API: each name's handler is HiCoApp.api_<name>; what it returns is declared in app.api_types
-ENDPOINTS = ("start_training", "training_status", "stop_training", "upload_dataset", "delete_dataset", "delete_run",
-             "embeddings",
+ENDPOINTS = ("start_training", "finetune", "training_status", "stop_training", "upload_dataset", "delete_dataset",
+             "delete_run", "embeddings",
              "timeline", "compare", "predict", "find_similar", "export")
 # Gradio keeps every upload and a copy of every file it serves: they go after an hour, checked
 # every 5 minutes, and the oldest go sooner when they take more than the cap (app.uploads).
@@ -116,11 +116,11 @@ class HiCoApp(TrainTab, ExploreTab, DiagnoseTab):
         """On focus: new runs appear in the list; the value is left alone (the user is choosing)."""
         return gr.update(choices=self.model_runs())
 
-    def dataset_dropdown(self, **kwargs) -> gr.Dropdown:
-        """A dataset choice: the app's datasets (listed again when it gets focus), the embedded
-        synthetic set chosen, and any path the app may read typed in."""
-        dropdown = gr.Dropdown(self.access.datasets(), value=str(synth_dir(self.home)), allow_custom_value=True,
-                               **kwargs)
+    def dataset_dropdown(self, value: str | None = None, **kwargs) -> gr.Dropdown:
+        """A dataset choice: the app's datasets (listed again when it gets focus), `value` chosen
+        (default: the embedded synthetic set), and any path the app may read typed in."""
+        value = str(synth_dir(self.home)) if value is None else value
+        dropdown = gr.Dropdown(self.access.datasets(), value=value, allow_custom_value=True, **kwargs)
         dropdown.focus(lambda: gr.update(choices=self.access.datasets()), None, dropdown, api_visibility="private")
         return dropdown
 

@@ -25,12 +25,14 @@ def client(live_app):  # noqa: F811
 def test_api_names_are_published(client):
     endpoints = client.view_api(print_info=False, return_format="dict")["named_endpoints"]
     assert {"/start_training", "/training_status", "/stop_training", "/embeddings", "/predict", "/timeline",
-            "/compare", "/upload_dataset", "/delete_dataset", "/delete_run", "/find_similar", "/export"} <= set(endpoints)
+            "/compare", "/upload_dataset", "/delete_dataset", "/delete_run", "/find_similar", "/export",
+            "/finetune"} <= set(endpoints)
     # every endpoint says what it returns, field by field (app.api_types), not Any
     returns = {name: ep["returns"][0]["python_type"]["type"] for name, ep in endpoints.items()}
     assert all(kind.startswith("dict(") for kind in returns.values()), returns
     assert returns["/stop_training"] == "dict(ok: bool, message: str)"
     assert returns["/upload_dataset"] == "dict(ok: bool, message: str, dataset: None | str)"
+    assert returns["/finetune"] == "dict(ok: bool, message: str, run: None | str)"
     assert "unfamiliar: None | bool" in returns["/predict"] and "accuracy_state: str" in returns["/embeddings"]
     assert "unfamiliar_reason" in returns["/predict"] and "placed" in returns["/find_similar"]
 
@@ -53,6 +55,114 @@ def test_training_through_the_api(client, live_app):  # noqa: F811
     assert run["last"]["step"] == 2 and run["last"]["total"] > 0
     assert {r["run"] for r in status["runs"]} >= {"tiny", started["run"]}
     assert client.predict(api_name="/stop_training") == {"ok": False, "message": "No run is training."}
+
+
+def _finished(hico_app, run: str) -> dict:
+    """Wait for `run` (started through the app) to finish; its run info."""
+    return wait_for(lambda: (info := read_run(hico_app.jobs.runs_dir / run)).state == "finished"
+                    and hico_app.jobs.active() is None and info, timeout=180)
+
+
+def test_a_run_is_fine_tuned_through_the_api_into_one_that_predicts(client, live_app):  # noqa: F811
+    """/finetune refuses what is wrong with one sentence and writes nothing; a fine-tune of `tiny`
+    is a supervised run starting from tiny's encoder, and /predict classifies a clip with it."""
+    import os
+
+    import yaml
+
+    _, home, data, hico_app = live_app
+    before = sorted(p.name for p in (home / "runs").iterdir())
+    for asked, sentence in (({"run": "nope"}, "There is no run named 'nope'."),
+                            ({"run": "../tiny"}, "'../tiny' is not a run name: a run is named by its folder in the "
+                                                 "runs list (letters, digits, '.', '_' and '-')."),
+                            ({"run": "tiny", "label_fraction": 0},
+                             "The labelled fraction must be above 0 and at most 1, got 0."),
+                            ({"run": "tiny", "label_fraction": 2},
+                             "The labelled fraction must be above 0 and at most 1, got 2."),
+                            ({"run": "tiny", "label_fraction": "abc"},
+                             "The labelled fraction must be a number, got 'abc'."),
+                            ({"run": "tiny", "head": "x"}, "The head must be one of full, linear, got 'x'."),
+                            ({"run": "tiny", "steps": -1},
+                             "The number of steps must be 0 (the fine-tune's default) or more, got -1."),
+                            ({"run": "tiny", "dataset": "nowhere"}, "Dataset nowhere does not exist.")):
+        assert client.predict(**asked, api_name="/finetune") == {"ok": False, "message": sentence, "run": None}
+    assert sorted(p.name for p in (home / "runs").iterdir()) == before
+    out = client.predict(run="tiny", steps=4, api_name="/finetune")
+    assert out == {"ok": True, "run": "tiny-ft-full",
+                   "message": "Started tiny-ft-full: the whole network of tiny fine-tuned on the labelled videos of "
+                              "data, for at most 4 steps."}
+    run_dir = home / "runs" / "tiny-ft-full"
+    info = _finished(hico_app, "tiny-ft-full")
+    assert info.step == info.total_steps == 4
+    cfg = yaml.safe_load((run_dir / "config.yaml").read_text())
+    assert cfg["loss"]["mode"] == "supervised" and cfg["model"]["weights"] == str(run_dir / "init.safetensors")
+    assert cfg["data"]["root"] == os.path.realpath(data) and cfg["train"]["max_steps"] == 4
+    assert cfg["model"]["classifier"] == "mlp" and cfg["train"]["freeze_encoder"] is False
+    assert json.loads((run_dir / "finetune.json").read_text())["run"] == "tiny"
+    assert [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
+            if "val_acc" in json.loads(line)] == [1, 2, 3, 4]  # held-out classifier accuracy, every step here
+    predicted = client.predict(clip=handle_file(str(data / "bright" / "bright_0.mp4")), run="tiny-ft-full",
+                               api_name="/predict")
+    assert predicted["ok"], predicted
+    assert predicted["classes"] == ["bright", "dark"] and abs(sum(predicted["clip_probs"]) - 1) < 1e-6
+    again = client.predict(run="tiny", head="linear", label_fraction=0.5, steps=2, api_name="/finetune")
+    assert again["ok"] and again["run"] == "tiny-ft-linear", again
+    assert "50% of the labelled videos" in again["message"]
+    _finished(hico_app, "tiny-ft-linear")
+
+
+def test_a_label_free_run_becomes_one_that_predicts_with_a_linear_head(client, live_app):  # noqa: F811
+    """A SimCLR run trained without labels has no classifier: /predict refuses it; fine-tuned with
+    the linear head (frozen encoder) on the same dataset, it predicts the dataset's classes."""
+    from hico import config
+    from hico.train import train
+
+    _, home, data, hico_app = live_app
+    cfg = config.load(None, [f"data.root={data}", "data.size=32", "train.batch_size=4", "train.max_steps=2",
+                             "train.warmup_epochs=0", "device=cpu", "data.val_fraction=0.25", "loss.mode=simclr",
+                             "data.label_fraction=0"])
+    train(cfg, home / "runs" / "label-free", progress=False)
+    clip = handle_file(str(data / "dark" / "dark_0.mp4"))
+    refused = client.predict(clip=clip, run="label-free", api_name="/predict")
+    assert refused == {"ok": False, "message": f"Run {home / 'runs' / 'label-free'} has no classifier to predict "
+                                               f"with: it was trained without labels or with loss.mode=simclr."}
+    out = client.predict(run="label-free", head="linear", steps=3, api_name="/finetune")
+    assert out["ok"] and out["run"] == "label-free-ft-linear", out
+    assert out["message"].startswith("Started label-free-ft-linear: a linear head on frozen features of label-free")
+    _finished(hico_app, "label-free-ft-linear")
+    tuned = read_run(home / "runs" / "label-free-ft-linear").config
+    assert tuned["model"]["classifier"] == "linear" and tuned["train"]["freeze_encoder"] is True
+    predicted = client.predict(clip=clip, run="label-free-ft-linear", api_name="/predict")
+    assert predicted["ok"] and predicted["classes"] == ["bright", "dark"], predicted
+
+
+def test_a_fine_tune_gets_the_caps_of_a_new_run_and_leaves_nothing_when_refused(live_app, tmp_path):  # noqa: F811
+    """Jobs.finetune: the operator's minutes cap is set on the fine-tune, a cap it passes refuses it
+    before any folder exists, and a second fine-tune of a run gets the next free name."""
+    from app.limits import Caps
+    from hico.finetune import finetune_config
+    from hico.runs import Run
+
+    _, home, data, _ = live_app
+    source = Run(home / "runs" / "tiny")
+    cfg = finetune_config(source, str(data), "linear")
+    with pytest.raises(HiCoError, match="^The input size can be at most 16 px on this server, got 32.$"):
+        Jobs(tmp_path / "runs", caps=Caps(input_size=16)).finetune(source.path, cfg, "linear")
+    assert not (tmp_path / "runs").exists()
+    jobs = Jobs(tmp_path / "runs", python="/bin/false", caps=Caps(train_minutes=3))
+    first = jobs.finetune(source.path, cfg, "linear", owner="ana")
+    wait_for(lambda: jobs.active() is None, timeout=20)
+    second = jobs.finetune(source.path, cfg, "linear")
+    wait_for(lambda: jobs.active() is None, timeout=20)
+    assert [first.name, second.name] == ["tiny-ft-linear", "tiny-ft-linear-2"]
+    assert Run(first).config.train.max_minutes == 3.0 and read_run(first).owner == "ana"
+    assert sorted(p.name for p in first.iterdir()) >= ["config.yaml", "finetune.json", "init.safetensors"]
+    broken = tmp_path / "broken"  # its checkpoint gone after the config was made: the new folder goes too
+    shutil.copytree(source.path, broken)
+    shutil.rmtree(broken / "checkpoints")
+    with pytest.raises(HiCoError, match="^Run folder .*broken has no checkpoint yet"):
+        jobs.finetune(broken, cfg, "linear")
+    assert [r.name for r in list_runs(tmp_path / "runs")] == [second.name, first.name]
 
 
 def test_embeddings_endpoint(client, live_app):  # noqa: F811

@@ -116,6 +116,33 @@ def test_a_zip_uploaded_in_the_train_tab_trains_with_live_progress_and_curves(pa
     assert f"Exported {run_name}" in page.inner_text("#train-message")
 
 
+def test_a_run_is_fine_tuned_from_the_train_tab_and_followed_like_any_run(page, live_app):  # noqa: F811
+    """Fine-tune a run: choosing a run fills in its own dataset; Fine-tune starts the new run, says
+    its name, and the progress panel and the run list follow it to its end."""
+    from hico.runs import read_run
+
+    _, home, data, _ = live_app
+    page.get_by_text("Fine-tune a run").click()
+    _choose(page, "finetune-run", "tiny")
+    page.wait_for_function(f"document.querySelector('#finetune-dataset input').value === '{data}'", timeout=10000)
+    page.locator("#finetune-head").get_by_label("Linear head").check()
+    _fill(page, "finetune-fraction", "0.5")
+    _fill(page, "finetune-steps", "3")
+    page.click("#finetune-start")
+    page.wait_for_function("document.querySelector('#finetune-message').innerText.includes('Started')", timeout=20000)
+    assert page.inner_text("#finetune-message") == ("Started tiny-ft-linear: a linear head on frozen features of tiny "
+                                                    "fine-tuned on 50% of the labelled videos of data, for at most 3 "
+                                                    "steps.")
+    assert page.locator("#train-shown input").first.input_value() == "tiny-ft-linear"
+    page.wait_for_function("(document.querySelector('#train-progress')?.innerText || '').includes('tiny-ft-linear')"
+                           " && document.querySelector(\"#train-progress [data-state='finished']\")", timeout=120000)
+    assert "step 3/3" in page.inner_text("#train-progress")
+    assert "tiny-ft-linear" in page.inner_text("#run-list")
+    info = read_run(home / "runs" / "tiny-ft-linear")
+    assert info.state == "finished" and info.config["loss"]["mode"] == "supervised"
+    assert info.config["data"]["label_fraction"] == 0.5
+
+
 def test_explore_selection_fills_the_gallery(page, live_app):  # noqa: F811
     _, _, data, _ = live_app
     page.get_by_role("tab", name="Explore").click()
