@@ -25,8 +25,11 @@ ACCURACY_LEVELS = VIEWS
 RUN_COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2", "#17becf",
                "#bcbd22", "#7f7f7f")
 KINDS = {"knn": ("kNN", "solid", "circle"), "probe": ("linear probe", "dot", "circle-open"),
+         "classifier": ("classifier", "dash", "diamond"),
          "rank": ("effective rank (right axis)", "dashdot", "triangle-up")}
-FIELDS = {"knn": "val_knn_acc_{}", "probe": "val_probe_acc_{}", "rank": "val_rank_{}"}  # metrics.jsonl, per level
+FIELDS = {"knn": "val_knn_acc_{}", "probe": "val_probe_acc_{}", "classifier": "val_acc",
+          "rank": "val_rank_{}"}  # metrics.jsonl, per level
+ONLY_ON = {"classifier": "backbone"}  # the classifier reads the pooled C5: drawn in the backbone's panel
 _KEY_COLOUR = "#555555"
 
 
@@ -38,11 +41,13 @@ def training_figure(rows: list[dict], others: dict[str, list[dict]] | None = Non
     learning rate, throughput and GPU memory / utilisation when logged (right). Bottom, one panel
     per level (local, medium, global, backbone) of held-out accuracy over steps for every run: a
     colour per run (the first for `name`), kNN solid and the online linear probe dotted
-    (val_knn_acc_<level>, val_probe_acc_<level>), and on a right axis shared by the four panels the
+    (val_knn_acc_<level>, val_probe_acc_<level>), the model's classifier dashed in the backbone's
+    panel (val_acc: what Diagnose predicts with, and what picks a fine-tune's best checkpoint),
+    and on a right axis shared by the four panels the
     level's effective rank, dash-dotted (val_rank_<level>, hico.spectrum: a level whose features
     collapse into few directions shows it there first). The loss panels show `name` only: loss
     values of different modes are not comparable, accuracies are. Accuracy traces carry
-    meta = {"run", "level", "kind"} (kind: knn | probe | rank); the runs' legend is `legend2`.
+    meta = {"run", "level", "kind"} (kind: knn | probe | classifier | rank); the runs' legend is `legend2`.
     """
     gpu = bool(rows) and ("gpu_mem_gb" in rows[-1] or "gpu_util" in rows[-1])
     # the third row is an empty band that holds the loss legend between the two blocks
@@ -113,7 +118,8 @@ def training_figure(rows: list[dict], others: dict[str, list[dict]] | None = Non
 def _accuracy_traces(fig: go.Figure, runs: dict[str, list[dict]]) -> bool:
     """Add every run's held-out accuracy lines to the bottom row, and its effective rank per level
     (hico.spectrum) on each panel's right axis; True when any run has an accuracy or a rank."""
-    logged = {run: any(k.startswith(("val_knn_acc_", "val_probe_acc_", "val_rank_")) for r in rows for k in r)
+    logged = {run: any(k.startswith(("val_knn_acc_", "val_probe_acc_", "val_rank_")) or k == "val_acc"
+                       for r in rows for k in r)
               for run, rows in runs.items()}
     drawn = set()
     for i, (run, rows) in enumerate(runs.items()):
@@ -124,6 +130,8 @@ def _accuracy_traces(fig: go.Figure, runs: dict[str, list[dict]]) -> bool:
                                      line=dict(color=colour, width=3)), row=4, col=1)
         for col, level in enumerate(ACCURACY_LEVELS, start=1):
             for kind, (label, dash, symbol) in KINDS.items():
+                if ONLY_ON.get(kind, level) != level:
+                    continue
                 field = FIELDS[kind].format(level)
                 points = [(r["step"], r[field]) for r in rows if field in r]
                 if not points:

@@ -215,3 +215,18 @@ def test_a_run_validates_val_points_times_evenly(class_dataset, tmp_path):
     train(cfg, tmp_path / "run", progress=False)
     validated = [r["step"] for r in read_metrics(tmp_path / "run") if "val_s" in r]
     assert validated == [2, 4, 6, 8, 10]
+
+
+def test_a_classifier_run_draws_its_classifier_accuracy_in_the_backbone_panel():
+    rows = _rows(0.5, 0.4)
+    for row in rows:
+        if "val_knn_acc_local" in row:
+            row["val_acc"] = 0.7 + row["step"] / 100  # a fine-tune's held-out classifier accuracy
+    lines = _accuracy(training_figure(rows, name="tuned"))
+    assert lines[("tuned", "backbone", "classifier")] == ([2, 4], pytest.approx([0.72, 0.74]))
+    assert not any(kind == "classifier" and level != "backbone" for _, level, kind in lines)
+    fig = training_figure(rows, name="tuned")
+    legend = [t.name for t in fig.data if t.legend == "legend2" and t.showlegend is not False]
+    assert "classifier" in legend
+    only_classifier = [{"step": 2, "total": 1.0, "val_acc": 0.6}]  # a supervised run logs val_acc alone
+    assert _accuracy(training_figure(only_classifier, name="sup")) == {("sup", "backbone", "classifier"): ([2], [0.6])}
