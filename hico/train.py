@@ -536,17 +536,21 @@ class Trainer:
         log_file = (run_dir / runs.METRICS).open("a") if self.main else contextlib.nullcontext()
         with _StopFlag(run_dir) as stop, log_file as metrics_file:
             while self.step < self.total_steps:
-                if self.out_of_patience:  # a planned end: the run is finished, its best checkpoint chosen
-                    early = self.step
-                    log.info("stopped early at step %d: no better held-out score in %d validations (best at step %s)",
-                             self.step, self.stale, self.best_step)
-                    break
                 # Several ranks agree on stopping through a collective, which waits for the device:
-                # they ask at log points only. A single process looks every step, for free.
+                # they ask at log points only. A single process looks every step, for free. Only
+                # the main rank validates, so it alone can run out of patience (a planned end: the
+                # run is finished, its best checkpoint chosen); the others stop with it.
                 if self.world.size == 1 or self.step % t.log_every == 0:
                     out_of_time = bool(t.max_minutes) and time.perf_counter() - self.began >= 60 * t.max_minutes
-                    asked = bool(stop) or out_of_time or (stop_at_step is not None and self.step >= stop_at_step)
+                    patience_spent = self.out_of_patience
+                    asked = (bool(stop) or out_of_time or patience_spent
+                             or (stop_at_step is not None and self.step >= stop_at_step))
                     if distributed.any_rank(asked, self.world, self.device):
+                        if patience_spent and not (bool(stop) or out_of_time):
+                            early = self.step
+                            log.info("stopped early at step %d: no better held-out score in %d validations "
+                                     "(best at step %s)", self.step, self.stale, self.best_step)
+                            break
                         state = "stopped"
                         if out_of_time:
                             stopped_by = f"its time limit of {t.max_minutes:g} min (train.max_minutes)"
