@@ -546,10 +546,13 @@ class Trainer:
                     asked = (bool(stop) or out_of_time or patience_spent
                              or (stop_at_step is not None and self.step >= stop_at_step))
                     if distributed.any_rank(asked, self.world, self.device):
-                        if patience_spent and not (bool(stop) or out_of_time):
+                        # every rank learns whether this is the planned end (a second, rare collective)
+                        planned = patience_spent and not (bool(stop) or out_of_time)
+                        if distributed.any_rank(planned, self.world, self.device):
                             early = self.step
-                            log.info("stopped early at step %d: no better held-out score in %d validations "
-                                     "(best at step %s)", self.step, self.stale, self.best_step)
+                            if self.main:
+                                    log.info("stopped early at step %d: no better held-out score in %d validations "
+                                         "(best at step %s)", self.step, self.stale, self.best_step)
                             break
                         state = "stopped"
                         if out_of_time:

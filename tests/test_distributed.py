@@ -93,3 +93,24 @@ def test_torchrun_trains_with_two_cpu_ranks_and_rank_zero_writes(class_dataset, 
     assert [x["step"] for x in lines] == [1, 2, 3]
     assert json.loads((run / "status.json").read_text())["state"] == "finished"
     assert json.loads((run / "checkpoints" / "last.json").read_text())["step"] == 3
+
+
+def test_two_ranks_stop_early_together(class_dataset, tmp_path):
+    """Only rank 0 validates, so only it runs out of patience: the other rank must stop with it
+    (through the ranks' collective), not wait for it forever."""
+    import json
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    env = dict(os.environ, HICO_HOME=str(tmp_path / "home"))
+    # a frozen encoder at lr 1e-9: the held-out accuracy cannot improve after the first validation
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "hico",
+           "train", "--config", "configs/tiny.yaml", "--run-dir", str(run), f"data.root={class_dataset}",
+           "data.size=32", "train.batch_size=2", "train.epochs=30", "train.log_every=1", "data.val_fraction=0.25",
+           "loss.mode=supervised", "train.freeze_encoder=true", "train.lr=1e-9", "train.patience=2", "device=cpu"]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "stopped early at step 3 (train.patience)" in done.stdout
+    status = json.loads((run / "status.json").read_text())
+    assert status["state"] == "finished" and status["step"] == 3 and status["ranks"] == 2
