@@ -382,9 +382,11 @@ def figure(summary: pd.DataFrame, curves: pd.DataFrame):
     fig.update_yaxes(range=[0, 1.02], title_text="accuracy on unseen clips", row=1, col=1)
     fig.update_yaxes(range=[0, 1.02], row=1, col=2)
     fig.update_yaxes(range=[0, 1.02], title_text="held-out accuracy", row=1, col=3)
+    shares = ", ".join(f"{dash.replace('dashdot', 'dash-dot').replace('longdash', 'long dashes')} "
+                       f"{share_tag(share)} %" for share, dash in dashes.items())
     fig.update_layout(legend={"title": "mode"}, height=440, margin={"t": 60},
-                      title="Accuracy against labelled share, and against pretraining steps (dotted/dashed: "
-                            "label shares of hico-sup and supervised)")
+                      title="Accuracy against labelled share, and against pretraining steps"
+                            + (f" (right: solid without labels; {shares} of labels)" if shares else ""))
     return fig
 
 
