@@ -126,7 +126,7 @@ def ensure_run(cfg: Config, run_dir: Path, untrained: bool = False, progress: bo
     resume = info is not None and "last" in info.checkpoints
     train(cfg, run_dir, resume=resume, progress=progress)
     if runs.read_status(run_dir).get("state") != "finished":
-        raise HiCoError(f"Run {run_dir} stopped before its last step; run compare again to continue it.")
+        raise HiCoError(f"Run {run_dir} stopped before its last step; run the same command again to continue it.")
 
 
 def untrained_run(cfg: Config, run_dir: Path, progress: bool = True) -> None:

@@ -26,6 +26,7 @@ the pretrained run is deleted; RUN_DIR/finetune.json says what it came from.
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
@@ -107,8 +108,6 @@ def write_init(source: Run, run_dir: Path, which: str = "auto") -> dict:
 
 def read_source(run_dir: str | Path) -> dict | None:
     """finetune.json of a fine-tuned run (what it was fine-tuned from), or None."""
-    import json
-
     try:
         return json.loads((Path(run_dir) / SOURCE).read_text())
     except (OSError, ValueError):

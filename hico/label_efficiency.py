@@ -188,23 +188,20 @@ def classifier_scores(run_dir: Path, eval_root: str, progress: bool) -> dict:
 
 
 def ensure_finetune(study: Study, mode: str, seed: int, share: float, progress: bool) -> Path:
-    """The fine-tune of (mode, seed, share), trained unless finished (an interrupted one resumes)."""
-    from hico.finetune import finetune
-    from hico.train import train
+    """The fine-tune of (mode, seed, share): its folder made (hico.finetune.prepare) unless it
+    holds a checkpoint, then trained, resumed or kept as hico.compare.ensure_run does."""
+    from hico.finetune import prepare
 
     target = study.finetune_dir(mode, seed, share)
     if mode == "supervised":
         return target
     info = runs.read_run(target) if target.exists() else None
-    if info is not None and info.state == "finished":
-        return target
-    if info is not None and "last" in info.checkpoints:
-        train(runs.Run(target).config, target, resume=True, progress=progress)
+    if info is None or not info.checkpoints:
+        cfg = prepare(study.pretrain_dir(mode, seed, share), target, study.cfg.data.root, head="full",
+                      overrides=study.finetune_overrides(seed, share))
     else:
-        finetune(study.pretrain_dir(mode, seed, share), target, study.cfg.data.root, head="full",
-                 overrides=study.finetune_overrides(seed, share), progress=progress)
-    if runs.read_status(target).get("state") != "finished":
-        raise HiCoError(f"Fine-tune {target} stopped before its last step; run the study again to continue it.")
+        cfg = runs.Run(target).config
+    ensure_run(cfg, target, progress=progress)
     return target
 
 
