@@ -23,14 +23,14 @@ def free_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def live_app(tmp_path_factory):
+def live_app(module_tmp):
     """(url, home, dataset, hico_app): an app on a free port with one trained run named `tiny`."""
     import os
 
     from hico import config
     from hico.train import train
 
-    base = tmp_path_factory.mktemp("app")
+    base = module_tmp("app")
     home = base / "home"
     old_home = os.environ.get("HICO_HOME")
     os.environ["HICO_HOME"] = str(home)

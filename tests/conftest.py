@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,22 @@ def hico_home(tmp_path, monkeypatch):
     home = tmp_path / "hico_home"
     monkeypatch.setenv("HICO_HOME", str(home))
     return home
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory):
+    """`tmp_path_factory.mktemp` for module-scoped fixtures, whose folders go when the module's tests
+    end: a module's trained runs take a few hundred MB, and a full session kept them all (14 GB) until
+    it ended. (A passing test's own tmp_path goes when it ends: tmp_path_retention_policy.)"""
+    made = []
+
+    def mktemp(name: str):
+        made.append(tmp_path_factory.mktemp(name))
+        return made[-1]
+
+    yield mktemp
+    for path in made:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture(autouse=True, scope="session")

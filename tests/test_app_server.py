@@ -35,9 +35,9 @@ def client(live_app):  # noqa: F811
 
 
 @pytest.fixture(scope="module")
-def secret(tmp_path_factory):
+def secret(module_tmp):
     """An image and a clip outside everything the app may read, and a path that does not exist."""
-    folder = tmp_path_factory.mktemp("secret")
+    folder = module_tmp("secret")
     shutil.copy(EXAMPLES / "lung_effusion_still.png", folder / "scan.png")
     shutil.copy(EXAMPLES / "lung_b_lines.mp4", folder / "clip.mp4")
     (folder / "notes.txt").write_text("not a clip")
@@ -167,7 +167,7 @@ def test_load_twenty_concurrent_clients(live_app):  # noqa: F811
 
 
 # ---- per-session state ------------------------------------------------------------------------
-def test_thumbnails_come_from_the_table_each_page_shows(live_app, tmp_path_factory):  # noqa: F811
+def test_thumbnails_come_from_the_table_each_page_shows(live_app):  # noqa: F811
     """Before: hover thumbnails came from the table the last session loaded (wrong frames, or
     IndexError when that table was shorter)."""
     from hico.data import load_clip_frames
@@ -192,7 +192,7 @@ def test_thumbnails_come_from_the_table_each_page_shows(live_app, tmp_path_facto
     assert value["source"] == big_item.source
 
 
-def test_umap_requests_share_the_one_background_projection(live_app, tmp_path_factory, monkeypatch):  # noqa: F811
+def test_umap_requests_share_the_one_background_projection(live_app, monkeypatch):  # noqa: F811
     """Before: each /embeddings?method=umap that came before the background's UMAP computed its
     own (tens of seconds of CPU each) and wrote it into the table every session shares."""
     import threading

@@ -60,8 +60,8 @@ def test_summary_is_mean_and_std_over_seeds():
 
 
 @pytest.fixture(scope="module")
-def compared(tmp_path_factory):
-    base = tmp_path_factory.mktemp("compare")
+def compared(module_tmp):
+    base = module_tmp("compare")
     _, cfg = tiny_run_config(base, per_class=4, frames=4)
     plan = Plan("t", cfg, ("untrained", "hico", "simclr"), (0, 1), base / "runs", base / "out", folds=2)
     return plan, compare(plan, progress=False)

@@ -16,8 +16,8 @@ from tests.conftest import tiny_run_config
 
 
 @pytest.fixture(scope="module")
-def run(tmp_path_factory):
-    base = tmp_path_factory.mktemp("export")
+def run(module_tmp):
+    base = module_tmp("export")
     _, cfg = tiny_run_config(base)
     train(cfg, base / "run", progress=False)
     return base / "run"

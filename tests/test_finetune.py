@@ -24,9 +24,9 @@ BASE = ["data.size=32", "train.batch_size=4", "train.log_every=1", "train.warmup
 
 
 @pytest.fixture(scope="module")
-def label_free(tmp_path_factory):
+def label_free(module_tmp):
     """A run pretrained without labels (simclr, 3 steps) on a bright/dark set, and that set."""
-    base = tmp_path_factory.mktemp("ft")
+    base = module_tmp("ft")
     data, cfg = tiny_run_config(base, per_class=5, frames=4)
     values = cfg.to_dict()
     values["loss"]["mode"] = "simclr"

@@ -15,8 +15,8 @@ from tests.conftest import write_class_dataset
 
 
 @pytest.fixture(scope="module")
-def study(tmp_path_factory):
-    base = tmp_path_factory.mktemp("labels")
+def study(module_tmp):
+    base = module_tmp("labels")
     train = write_class_dataset(base / "train", per_class=5, frames=3)
     test = write_class_dataset(base / "test", per_class=2, frames=3)
     cfg = config.load(None, [f"data.root={train}", "data.size=32", "train.batch_size=4", "train.max_steps=3",

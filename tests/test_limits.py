@@ -441,11 +441,11 @@ def test_resizing_in_steps_gives_the_same_frames(monkeypatch):
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory):
+def run_dir(module_tmp):
     """A one-step run with a classifier, trained in-process (a few seconds)."""
     from hico.train import train
 
-    base = tmp_path_factory.mktemp("limits")
+    base = module_tmp("limits")
     data = write_class_dataset(base / "data", per_class=3, frames=4, size=32)
     cfg = config.load(None, [f"data.root={data}", "data.size=32", "train.batch_size=4", "train.max_steps=1",
                              "train.warmup_epochs=0", "device=cpu", "data.cache_dir=" + str(base / "cache")])

@@ -15,9 +15,9 @@ from tests.conftest import moving_square_clip, tiny_run_config
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(module_tmp):
     """A 2-step run on a 2-class dataset (bright vs dark clips), shared by the tests below."""
-    base = tmp_path_factory.mktemp("pipeline")
+    base = module_tmp("pipeline")
     data, cfg = tiny_run_config(base)
     train(cfg, base / "run", progress=False)
     return base / "run", data

@@ -81,11 +81,11 @@ KILL_POINTS = {
 
 
 @pytest.fixture(scope="module")
-def straight_run(tmp_path_factory):
+def straight_run(module_tmp):
     """Five uninterrupted steps: what every interrupted and resumed run must equal."""
     from tests.conftest import write_class_dataset
 
-    base = tmp_path_factory.mktemp("straight")
+    base = module_tmp("straight")
     data = write_class_dataset(base / "data")
     train(make_cfg(data, "train.max_steps=5"), base / "run", progress=False)
     return data, load_file(str(base / "run" / "checkpoints" / "last.safetensors"))
