@@ -34,7 +34,8 @@ class UploadReply(Reply):
 class StatusReply(TypedDict):
     active: bool  # a run is training now
     run: dict[str, Any] | None  # name, folder, state, step, total_steps, epoch, epochs, images_per_s, eta_s,
-    #                             device, error, stopped_by (why it stopped unasked), owner, last
+    #                             device, error, stopped_by (why it stopped unasked), owner, gpu
+    #                             ({name, total_gb, memory_gb, util} on a GPU, else None), last
     #                             (its latest metrics line)
     runs: list[dict[str, Any]]  # every run: run, state, step, loss mode, size, started, owner
     startup: str  # what the app's first start is doing before the demo run exists ("" once done)

@@ -59,13 +59,14 @@ class DiagnoseTab:
         return result.overlay[i], frame_probabilities(pred.classes, pred.frame_probs, i)
 
     def _diagnose(self, clip, run, level, keep: bool = True):
-        """Diagnose a clip the request uploaded; a message that names the file names it as the user
-        knows it, not by the server's upload path. `keep`: for the page's frame slider."""
+        """Diagnose a clip the request uploaded; a message that names the file or the run names them
+        as the user knows them, not by the server's paths. `keep`: for the page's frame slider."""
         path = self.access.uploaded(clip)
+        run_dir = self.run_path(run)
         try:
-            return self.diagnoser.diagnose(self.run_path(run), path, level, keep=keep)
+            return self.diagnoser.diagnose(run_dir, path, level, keep=keep)
         except HiCoError as exc:
-            raise HiCoError(str(exc).replace(str(path), path.name)) from None
+            raise HiCoError(str(exc).replace(str(path), path.name).replace(str(run_dir), run_dir.name)) from None
 
     def api_predict(self, clip: gr.FileData, run: str = "", level: str = "all") -> PredictReply:
         """Predict a clip (video, DICOM or image) with a run: class probabilities per clip and per frame,

@@ -300,9 +300,30 @@ def training_status(jobs: Jobs, shown: str | None = None, startup: str = "",
                   "total_steps": current.total_steps, "epoch": last.get("epoch", current.epoch),
                   "epochs": current.config.get("train", {}).get("epochs"), "images_per_s": speed, "eta_s": eta,
                   "device": current.device, "error": current.error, "stopped_by": current.stopped_by,
-                  "owner": current.owner, "last": last}
+                  "owner": current.owner, "gpu": gpu_reading(current, last), "last": last}
     out["metrics"] = rows
     return out
+
+
+def gpu_reading(info, last: dict) -> dict | None:
+    """The GPU a run trains on: its name and total memory (status.json), and from the latest
+    metrics line the peak memory the run has taken (GB) and the GPU's utilisation (%, NVML; None
+    where NVML is missing). None for a run on the CPU."""
+    if not str(info.device).startswith("cuda"):
+        return None
+    return {"name": info.device_name or info.device, "total_gb": info.device_memory_gb,
+            "memory_gb": last.get("gpu_mem_gb"), "util": last.get("gpu_util")}
+
+
+def gpu_text(gpu: dict) -> str:
+    """'NVIDIA H200: 12.3 of 139 GB, 97 % busy', with the parts that are known."""
+    memory = ""
+    if gpu.get("memory_gb") is not None:
+        total = f" of {gpu['total_gb']:.0f}" if gpu.get("total_gb") else ""
+        memory = f"{gpu['memory_gb']:.1f}{total} GB"
+    busy = f"{gpu['util']:.0f} % busy" if gpu.get("util") is not None else ""
+    details = ", ".join(part for part in (memory, busy) if part)
+    return gpu["name"] + (f": {details}" if details else "")
 
 
 def _recent_speed(rows: list[dict], window: int = 5) -> float | None:
@@ -340,6 +361,8 @@ def progress_html(status: dict) -> str:
         parts = [f"<b>{html.escape(run['name'])}</b> — starting: loading the model and reading the clips"]
     elif run["state"] == "running":
         parts += [speed] + ([f"ETA {eta}"] if eta else [])
+    if run.get("gpu") and run["total_steps"]:
+        parts.append(html.escape(gpu_text(run["gpu"])))
     return (f"<div class='hico-progress' data-state='{run['state']}' data-step='{run['step']}'>"
             f"<div class='hico-bar'><div style='width:{pct:.1f}%;background:{colour}'></div></div>"
             f"<div class='hico-progress-text'>{' · '.join(parts)}</div></div>")

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
-# Every GPU check and figure of issues 4, 11 and 20 in one call on the GPU machine: at most 9
-# minutes (each step has its own limit; they add up to 565 s).
+# Every GPU check and figure of issues 4, 11 and 20 in one call on the GPU machine: at most 9.5
+# minutes (each step has its own limit; they add up to 550 s, plus about 10 s to unpack).
 #
-#   here, once:  bash benchmarks/fetch_wheels.sh          (PyAV for the GPU machine's Python)
+#   here, once:  bash benchmarks/fetch_wheels.sh   (.whl/site-py312.tar.xz: PyAV, gradio, plotly,
+#                                                   umap-learn, pydicom for the GPU machine's Python)
 #   then:        the device tool's run with command "bash benchmarks/gpu_check.sh",
-#                carry [".whl"], timeout_s 540 (with the start, about 10 of the 15 device minutes)
+#                carry [".whl"], timeout_s 580 (with the start, about 12 of the 15 device minutes)
 #
 # It prints the end of each step's log and writes to $OUT (the device tool's folder that comes
 # back, at most 8 files; /tmp/hico-out elsewhere): gpu.txt (card, driver, torch), gpu-tests.log
@@ -12,7 +13,7 @@
 # four settings with the step captured as a CUDA graph, as `hico train` runs it), summary.json
 # and metrics.jsonl (the real training loop through the CLI, logging and checkpoints included,
 # GPU utilisation per line), compare224.md and compare224.csv (label-free HiCo against its
-# baselines at 224 px).
+# baselines at 224 px), app.json (the app on the GPU through its API: benchmarks/gpu_app.py).
 # Whole logs stay in /tmp/hico-logs. Each step has its own time limit, so a slow one cannot take
 # the others down with it.
 set -uo pipefail
@@ -21,14 +22,14 @@ export PYTHONUNBUFFERED=1 HICO_HOME=/tmp/hico-home
 OUT=${OUT:-/tmp/hico-out}
 LOGS=/tmp/hico-logs
 mkdir -p "$OUT" "$LOGS"
-if compgen -G ".whl/*.whl" > /dev/null; then
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
+if [ -f .whl/site-py312.tar.xz ]; then  # benchmarks/fetch_wheels.sh: what the GPU machine lacks
+    mkdir -p /tmp/site && tar -C /tmp/site -xJf .whl/site-py312.tar.xz || exit 1
     export PYTHONPATH="/tmp/site:$PWD"
 fi
 {
     date -u +"%Y-%m-%d %H:%M UTC"
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
-    python3 -c "import torch, av; print('torch', torch.__version__, '| PyAV', av.__version__, '| CPUs', __import__('os').cpu_count())"
+    python3 -c "import torch, av, gradio; print('torch', torch.__version__, '| PyAV', av.__version__, '| gradio', gradio.__version__, '| CPUs', __import__('os').cpu_count())"
 } 2>&1 | tee "$OUT/gpu.txt"
 
 step() {  # step NAME SECONDS COMMAND...: run with a limit, keep its log, say how it ended
@@ -41,11 +42,11 @@ step() {  # step NAME SECONDS COMMAND...: run with a limit, keep its log, say ho
 }
 
 # 0. What only a GPU runs, checked before it is timed (tests/test_gpu.py; skipped on CPUs).
-step gpu-tests 130 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
+step gpu-tests 100 python3 -m pytest -q -p no:cacheprovider tests/test_gpu.py
 cp "$LOGS/gpu-tests.log" "$OUT/"
 # 1. The issue's four settings (pooled and flatten heads, batch 32 and 128, 224 px), the step
 #    captured as a CUDA graph (train.cuda_graph, the default).
-step bench 115 python3 -m hico bench --out "$OUT/bench.json"
+step bench 100 python3 -m hico bench --out "$OUT/bench.json"
 # (The eager step and the profile of issues 4 and 11 are recorded in RESULTS.md; to measure them
 #  again: `hico bench --eager` and `hico bench --settings pooled:32,pooled:128 --profile`.)
 # 4. The whole training loop as a user runs it, on the benchmark's clips: 300 steps at the paper's
@@ -60,10 +61,14 @@ cp "$HICO_HOME/runs/gpu-check/metrics.jsonl" "$OUT/metrics.jsonl" 2>/dev/null
 #    README's comparison is 64 and 96 px on two CPU cores): the demo's settings at 224 px, 450
 #    steps, no labels, one seed, evaluated by linear probe and kNN on 200 unseen clips (5 folds
 #    by video). summary.md and summary.csv come back as compare224.md and compare224.csv.
-step synth 40 bash -c "python3 -m hico synth $HICO_HOME/datasets/synth && python3 -m hico synth $HICO_HOME/datasets/synth_test --seed 1"
-step compare224 ${COMPARE_S:-220} python3 -m hico compare --config configs/demo.yaml --name c224 \
+step synth 30 bash -c "python3 -m hico synth $HICO_HOME/datasets/synth && python3 -m hico synth $HICO_HOME/datasets/synth_test --seed 1"
+step compare224 ${COMPARE_S:-170} python3 -m hico compare --config configs/demo.yaml --name c224 \
     --modes untrained,hico,simclr,peer --seeds 1 --eval-data "$HICO_HOME/datasets/synth_test" \
     data.root="$HICO_HOME/datasets/synth" data.size=224 data.label_fraction=0 train.val_points=10
 cp "$HICO_HOME/compare/c224/summary.md" "$OUT/compare224.md" 2>/dev/null
 cp "$HICO_HOME/compare/c224/summary.csv" "$OUT/compare224.csv" 2>/dev/null
+# 6. Issue 20: the app itself on the GPU, through its API (benchmarks/gpu_app.py): a run started
+#    with /start_training at 224 px, the GPU's name, memory and utilisation in /training_status and
+#    the Train tab's progress line, then Explore (PCA and UMAP) and Diagnose on that run.
+step app ${APP_S:-90} python3 -m benchmarks.gpu_app --out "$OUT/app.json" --size 224 --epochs 2
 exit 0

@@ -155,9 +155,12 @@ def _temperature(loaded: LoadedRun) -> float:
     return fitted.temperature if fitted is not None else 1.0
 
 
-def _last_validation(run_dir: Path) -> dict:
-    """The last metrics line that holds held-out accuracy or effective rank."""
-    rows = [row for row in read_metrics(run_dir) if any(k.startswith(("val_knn_acc_", "val_rank_")) for k in row)]
+def validation_at(run_dir: Path, step: int) -> dict:
+    """The metrics line of the checkpoint's validation: the last that holds held-out accuracy or
+    effective rank at or before `step` (a `best` checkpoint is saved at a validation; a run that
+    went on, or stopped early, validated again after it)."""
+    rows = [row for row in read_metrics(run_dir) if any(k.startswith(("val_knn_acc_", "val_rank_")) for k in row)
+            and int(row.get("step", 0)) <= step]
     return rows[-1] if rows else {}
 
 
@@ -177,7 +180,7 @@ def write_card(loaded: LoadedRun, path: Path, files: dict[str, Path], check: dic
     cfg, run_dir = loaded.cfg, loaded.run_dir
     summary = _read_json(run_dir / SUMMARY)
     calibration = loaded.calibration
-    row = _last_validation(run_dir)
+    row = validation_at(run_dir, loaded.step)
     reference = read(reference_path(run_dir, loaded.checkpoint, loaded.step))
     classes = loaded.classes
     lines = [f"# Model card: HiCo run `{run_dir.name}`", "",

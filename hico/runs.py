@@ -441,6 +441,8 @@ class RunInfo:
     checkpoints: tuple[str, ...] = ()
     stopped_by: str | None = None  # why a stopped run stopped, when not asked to (its time limit)
     owner: str | None = None  # the login that started it in the app (OWNER), None for the CLI and the demo
+    device_name: str = ""  # the GPU's name ("" on the CPU)
+    device_memory_gb: float | None = None  # the GPU's total memory
 
     @property
     def name(self) -> str:
@@ -491,7 +493,8 @@ def read_run(run_dir: str | Path) -> RunInfo:
                    float(status.get("epoch", 0.0) or 0.0), float(started or 0.0),
                    float(status.get("updated", 0.0) or 0.0), status.get("pid"), error, status.get("device", ""),
                    cfg if isinstance(cfg, dict) else {}, checkpoints,
-                   status.get("stopped_by") if state == "stopped" else None, read_owner(run_dir))
+                   status.get("stopped_by") if state == "stopped" else None, read_owner(run_dir),
+                   str(status.get("device_name") or ""), status.get("device_memory_gb"))
 
 
 def list_runs(runs_dir: str | Path) -> list[RunInfo]:

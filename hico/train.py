@@ -526,7 +526,8 @@ class Trainer:
         run_dir = self.run_dir
         if self.main:
             runs.write_status(run_dir, state="running", pid=os.getpid(), step=self.step, total_steps=self.total_steps,
-                              device=str(self.device), error=None, ranks=self.world.size, stopped_by=None)
+                              device=str(self.device), error=None, ranks=self.world.size, stopped_by=None,
+                              **_device_card(self.device))
         window = MetricWindow(METRIC_TERMS, self.device)
         started = time.perf_counter()
         steps_done, state, stopped_by, early = 0, "finished", None, None
@@ -620,6 +621,14 @@ def portable_state(state: dict, into: torch.optim.Optimizer | None = None) -> di
             own = into.param_groups[i]
             group.update({k: own[k] for k in ("lr", "fused", "capturable", "foreach", "differentiable") if k in own})
     return {**state, "param_groups": groups}
+
+
+def _device_card(device: torch.device) -> dict:
+    """status.json's `device_name` and `device_memory_gb` (the card's total) for a GPU; nothing on the CPU."""
+    if device.type != "cuda":
+        return {"device_name": "", "device_memory_gb": None}
+    props = torch.cuda.get_device_properties(device)
+    return {"device_name": props.name, "device_memory_gb": round(props.total_memory / 2**30, 1)}
 
 
 def _gpu_utilisation(device: torch.device) -> dict:

@@ -124,8 +124,8 @@ def test_a_label_free_run_becomes_one_that_predicts_with_a_linear_head(client, l
     train(cfg, home / "runs" / "label-free", progress=False)
     clip = handle_file(str(data / "dark" / "dark_0.mp4"))
     refused = client.predict(clip=clip, run="label-free", api_name="/predict")
-    assert refused == {"ok": False, "message": f"Run {home / 'runs' / 'label-free'} has no classifier to predict "
-                                               f"with: it was trained without labels or with loss.mode=simclr."}
+    assert refused == {"ok": False, "message": "Run label-free has no classifier to predict with: it was trained "
+                                               "without labels or with loss.mode=simclr."}  # no server path
     out = client.predict(run="label-free", head="linear", steps=3, api_name="/finetune")
     assert out["ok"] and out["run"] == "label-free-ft-linear", out
     assert out["message"].startswith("Started label-free-ft-linear: a linear head on frozen features of label-free")

@@ -1,6 +1,8 @@
 """hico export (issue 20, item 6): ONNX checked against torch with onnxruntime, the encoder as a
 plain ResNet state dict, and a model card, for a tiny trained run."""
 
+import json
+
 import numpy as np
 import onnxruntime
 import pytest
@@ -69,3 +71,18 @@ def test_a_mismatch_or_an_unknown_format_is_one_sentence(run, tmp_path, monkeypa
     assert "hico export: error: Export format torchscript is not one of onnx, state_dict." in capsys.readouterr().err
     assert main(["export", str(run), "--format", "state_dict", "--out", str(tmp_path / "cli")]) == 0
     assert (tmp_path / "cli" / "resnet18_encoder.pt").is_file() and (tmp_path / "cli" / "MODEL_CARD.md").is_file()
+
+
+def test_the_card_reads_the_validation_of_the_exported_checkpoint(tmp_path):
+    """A `best` checkpoint at step 4 of a run that validated again at step 6 (it went on, or stopped
+    early): the card's accuracy is step 4's, not the last line's."""
+    from hico.export import validation_at
+
+    lines = [{"step": s, "total": 1.0} for s in range(1, 7)]
+    for line in lines:
+        if line["step"] % 2 == 0:
+            line["val_knn_acc_global"] = line["step"] / 10
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert validation_at(tmp_path, 4)["val_knn_acc_global"] == 0.4
+    assert validation_at(tmp_path, 5)["step"] == 4 and validation_at(tmp_path, 6)["step"] == 6
+    assert validation_at(tmp_path, 1) == {}

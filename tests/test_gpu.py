@@ -76,6 +76,8 @@ def test_a_gpu_run_logs_every_step_and_saves(class_dataset, tmp_path, cache_on):
     assert [x["step"] for x in lines] == list(range(1, summary["total_steps"] + 1))
     assert all(np.isfinite(x["total"]) and x["images_per_s"] > 0 and x["gpu_mem_gb"] > 0 for x in lines)
     assert any("val_contrastive" in x for x in lines)
+    status = json.loads((run / "status.json").read_text())  # what /training_status names the card by
+    assert status["device_name"] == torch.cuda.get_device_name() and status["device_memory_gb"] > 1
 
 
 def test_cache_placement_does_not_change_the_losses(class_dataset, tmp_path):

@@ -230,3 +230,40 @@ def test_a_classifier_run_draws_its_classifier_accuracy_in_the_backbone_panel():
     assert "classifier" in legend
     only_classifier = [{"step": 2, "total": 1.0, "val_acc": 0.6}]  # a supervised run logs val_acc alone
     assert _accuracy(training_figure(only_classifier, name="sup")) == {("sup", "backbone", "classifier"): ([2], [0.6])}
+
+
+def test_a_gpu_run_reports_its_card_memory_and_utilisation(tmp_path):
+    """/training_status and the progress line name the GPU a run trains on (status.json, written
+    by the trainer) with the peak memory and utilisation of its latest metrics line; a CPU run has
+    no GPU reading."""
+    from app.jobs import Jobs
+
+    runs_dir = tmp_path / "runs"
+    for name, device, card in (("on-gpu", "cuda:0", {"device_name": "NVIDIA H200", "device_memory_gb": 139.8}),
+                               ("on-cpu", "cpu", {"device_name": "", "device_memory_gb": None})):
+        folder = runs_dir / name
+        folder.mkdir(parents=True)
+        (folder / "config.yaml").write_text("{}\n")
+        (folder / "status.json").write_text(json.dumps({"state": "finished", "step": 20, "total_steps": 20,
+                                                        "device": device, **card}))
+        line = {"step": 20, "total": 1.0, "images_per_s": 3000.0}
+        if device != "cpu":
+            line.update(gpu_mem_gb=12.34, gpu_util=97.0)
+        (folder / "metrics.jsonl").write_text(json.dumps(line) + "\n")
+    jobs = Jobs(runs_dir)
+    gpu = train_tab.training_status(jobs, "on-gpu")
+    assert gpu["run"]["gpu"] == {"name": "NVIDIA H200", "total_gb": 139.8, "memory_gb": 12.34, "util": 97.0}
+    assert "NVIDIA H200: 12.3 of 140 GB, 97 % busy" in train_tab.progress_html(gpu)
+    cpu = train_tab.training_status(jobs, "on-cpu")
+    assert cpu["run"]["gpu"] is None and "busy" not in train_tab.progress_html(cpu)
+    # without NVML the utilisation is not logged: the line says what is known
+    assert train_tab.gpu_text({"name": "NVIDIA H100", "total_gb": 79.6, "memory_gb": 3.0, "util": None}) == \
+        "NVIDIA H100: 3.0 of 80 GB"
+
+
+def test_the_trainer_writes_no_card_for_the_cpu():
+    import torch
+
+    from hico.train import _device_card
+
+    assert _device_card(torch.device("cpu")) == {"device_name": "", "device_memory_gb": None}
