@@ -494,7 +494,11 @@ def read_run(run_dir: str | Path) -> RunInfo:
                    float(status.get("updated", 0.0) or 0.0), status.get("pid"), error, status.get("device", ""),
                    cfg if isinstance(cfg, dict) else {}, checkpoints,
                    status.get("stopped_by") if state == "stopped" else None, read_owner(run_dir),
-                   str(status.get("device_name") or ""), status.get("device_memory_gb"))
+                   str(status.get("device_name") or ""), _number(status.get("device_memory_gb")))
+
+
+def _number(value) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
 
 
 def list_runs(runs_dir: str | Path) -> list[RunInfo]:
