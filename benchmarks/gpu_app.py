@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -38,8 +39,9 @@ def _port() -> int:
         return s.getsockname()[1]
 
 
-def check(args) -> dict:
-    """Run the three steps; returns the report (report["ok"] False, with "problem", where one failed)."""
+def check(args, report: dict) -> dict:
+    """Run the three steps, filling `report` as they go (report["ok"] False, with "problem", where
+    one failed)."""
     from gradio_client import Client, handle_file
 
     from app import train_tab
@@ -48,7 +50,7 @@ def check(args) -> dict:
 
     home = hico_home()
     dataset = Path(args.dataset or home / "datasets" / "synth")
-    report: dict = {"ok": False, "device": args.device, "size": args.size, "dataset": str(dataset)}
+    report.update(device=args.device, size=args.size, dataset=str(dataset))
     port = _port()
     blocks, _ = launch(port=port, demo=False, prevent_thread_lock=True, home=home, data_dirs=[dataset])
     try:
@@ -79,6 +81,10 @@ def check(args) -> dict:
         busy = [r["util"] for r in readings if r.get("util") is not None]
         report["train"]["gpu_util_max"] = max(busy) if busy else None
         report["train"]["gpu_util_median"] = sorted(busy)[len(busy) // 2] if busy else None
+        if current.get("state") == "running":
+            client.predict(api_name="/stop_training")
+            report["problem"] = f"the run had not finished after {args.train_timeout:.0f} s (stopped)"
+            return report
         if current.get("state") != "finished":
             report["problem"] = f"the run ended {current.get('state')}: {current.get('error')}"
             return report
@@ -106,7 +112,7 @@ def check(args) -> dict:
         if not answer.get("ok") or not answer.get("overlay_video"):
             report["problem"] = f"/predict gave no prediction with an overlay: {answer.get('message')}"
             return report
-        report["ok"] = True
+        report.update(ok=True, problem=None)
         return report
     finally:
         blocks.close()
@@ -120,11 +126,16 @@ def main(argv=None) -> int:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--device", default="cuda:0")
-    parser.add_argument("--train-timeout", type=float, default=240)
+    parser.add_argument("--train-timeout", type=float, default=240, help="seconds the run may take")
     args = parser.parse_args(argv)
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
-    report = check(args)
-    Path(args.out).write_text(json.dumps(report, indent=1, default=str))
+    # a step limit (timeout's SIGTERM) still leaves what was measured so far in --out
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(124))
+    report: dict = {"ok": False, "problem": "stopped before the end (its time limit)"}
+    try:
+        check(args, report)
+    finally:
+        Path(args.out).write_text(json.dumps(report, indent=1, default=str))
     print(json.dumps({k: v for k, v in report.items() if k != "start"}, indent=1, default=str)[:6000])
     return 0 if report["ok"] else 1
 

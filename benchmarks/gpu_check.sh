@@ -70,5 +70,5 @@ cp "$HICO_HOME/compare/c224/summary.csv" "$OUT/compare224.csv" 2>/dev/null
 # 6. Issue 20: the app itself on the GPU, through its API (benchmarks/gpu_app.py): a run started
 #    with /start_training at 224 px, the GPU's name, memory and utilisation in /training_status and
 #    the Train tab's progress line, then Explore (PCA and UMAP) and Diagnose on that run.
-step app ${APP_S:-90} python3 -m benchmarks.gpu_app --out "$OUT/app.json" --size 224 --epochs 2
+step app ${APP_S:-90} python3 -m benchmarks.gpu_app --out "$OUT/app.json" --size 224 --epochs 2 --train-timeout 50
 exit 0
