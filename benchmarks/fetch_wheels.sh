@@ -25,7 +25,7 @@ python3 -m pip download -q "${platforms[@]}" -d "$stage/wheels" "gradio==$(pin g
     "umap-learn==$(pin umap-learn)" "av==$(pin av)" "pydicom==$(pin pydicom)" "nvidia-ml-py==$(pin nvidia-ml-py)"
 # what the GPU machine has (its own builds, some against its torch and numpy): not carried
 have='torch|triton|nvidia_(?!ml_py)|numpy|scipy|pandas|pyarrow|scikit_learn|numba|llvmlite|pillow|onnx|onnxruntime|sympy|mpmath|networkx|ml_dtypes|protobuf|joblib|threadpoolctl|pyyaml|safetensors|tqdm|hf_xet|fsspec|filelock|jinja2|markupsafe|setuptools|pygments|rich|markdown_it_py|mdurl|narwhals|packaging|typing_extensions|python_dateutil|six|certifi|idna|anyio|h11|httpx|httpcore|click|typer|shellingham|annotated_doc|cuda'
-find "$stage/wheels" -name '*.whl' | grep -P "/($have)-" | xargs -r rm
+find "$stage/wheels" -name '*.whl' | { grep -P "/($have)-" || true; } | xargs -r rm
 python3 -m pip install -q --no-deps --no-compile --target "$stage/site" "${platforms[@]}" "$stage"/wheels/*.whl
 rm -rf "$stage/site/gradio/templates/node" "$stage/site/gradio/media_assets" "$stage/site/plotly/labextension" \
     "$stage/site/share" "$stage/site/bin"
