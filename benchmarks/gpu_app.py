@@ -27,18 +27,6 @@ import time
 from pathlib import Path
 
 
-def _clip(dataset: Path) -> Path:
-    return next(p for p in sorted(dataset.rglob("*")) if p.suffix.lower() in (".mp4", ".avi", ".dcm"))
-
-
-def _port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def check(args, report: dict) -> dict:
     """Run the three steps, filling `report` as they go (report["ok"] False, with "problem", where
     one failed)."""
@@ -46,12 +34,14 @@ def check(args, report: dict) -> dict:
 
     from app import train_tab
     from app.ui import launch
+    from benchmarks.load_memory import free_port
+    from hico.data import find_clips
     from hico.paths import hico_home
 
     home = hico_home()
     dataset = Path(args.dataset or home / "datasets" / "synth")
     report.update(device=args.device, size=args.size, dataset=str(dataset))
-    port = _port()
+    port = free_port()
     blocks, _ = launch(port=port, demo=False, prevent_thread_lock=True, home=home, data_dirs=[dataset])
     try:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
@@ -100,7 +90,7 @@ def check(args, report: dict) -> dict:
             if not view["ok"]:
                 report["problem"] = f"/embeddings ({method}) refused: {view.get('message')}"
                 return report
-        clip = _clip(dataset)
+        clip = find_clips(dataset).clips[0].path
         t0 = time.perf_counter()
         answer = client.predict(clip=handle_file(str(clip)), run=run, api_name="/predict")
         probs = answer.get("clip_probs") or []

@@ -552,7 +552,7 @@ class Trainer:
                         if distributed.any_rank(planned, self.world, self.device):
                             early = self.step
                             if self.main:
-                                    log.info("stopped early at step %d: no better held-out score in %d validations "
+                                log.info("stopped early at step %d: no better held-out score in %d validations "
                                          "(best at step %s)", self.step, self.stale, self.best_step)
                             break
                         state = "stopped"
@@ -624,7 +624,8 @@ def portable_state(state: dict, into: torch.optim.Optimizer | None = None) -> di
 
 
 def _device_card(device: torch.device) -> dict:
-    """status.json's `device_name` and `device_memory_gb` (the card's total) for a GPU; nothing on the CPU."""
+    """status.json's `device_name` and `device_memory_gb` (the card's total) for a GPU; empty on the
+    CPU, so that a run resumed there does not keep the card it left."""
     if device.type != "cuda":
         return {"device_name": "", "device_memory_gb": None}
     props = torch.cuda.get_device_properties(device)
